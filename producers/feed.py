@@ -1,0 +1,127 @@
+"""Feeders: documents and seed instructions from files or stdin onto their topics.
+
+Each good item becomes a root record whose id is the hash of its normalised text, so exact
+duplicates collapse (within a run they are not even sent again; across runs the sink and
+export keep one row per id). Bad items are counted and reported with their location; the
+feed never stops on one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Iterable, Literal
+
+import orjson
+
+from producers.readers import BadInput, FeedItem, ReadOptions, follow_paths, read_paths
+from streamer.config import Settings
+from streamer.kafka.clients import TopicNames, ensure_topics, make_producer
+from streamer.records import Document, Envelope, RecordData, Seed, new_root
+
+log = logging.getLogger(__name__)
+
+FeedKind = Literal["docs", "seeds"]
+MAX_LISTED_BAD = 50
+
+
+@dataclass
+class FeedReport:
+    topic: str
+    sent: int = 0
+    duplicates: int = 0
+    bad: list[BadInput] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"fed {self.sent} records to {self.topic}; {self.duplicates} exact duplicates collapsed; "
+                f"{len(self.bad)} bad inputs skipped")
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"topic": self.topic, "sent": self.sent, "duplicates": self.duplicates,
+                             "bad": [{"location": b.location, "reason": b.reason} for b in self.bad]},
+                            option=orjson.OPT_INDENT_2)
+
+
+def to_record(kind: FeedKind, item: FeedItem) -> Envelope:
+    data: RecordData
+    if kind == "docs":
+        data = Document(text=item.text, source=item.location, meta=dict(item.meta))
+    else:
+        meta = dict(item.meta)
+        document = meta.pop("document", None)
+        data = Seed(instruction=item.text, document=document if isinstance(document, str) else None,
+                    source=item.location, meta=meta)
+    return new_root(data)
+
+
+async def _items(paths: list[str], opts: ReadOptions, follow: bool, stop: asyncio.Event
+                 ) -> AsyncIterator[FeedItem | BadInput]:
+    if follow:
+        async for item in follow_paths(paths, opts, stop=stop):
+            yield item
+        return
+    for n, item in enumerate(read_paths(paths, opts)):
+        if stop.is_set():
+            return
+        yield item
+        if n % 256 == 0:
+            await asyncio.sleep(0)  # let the producer's network I/O run between reads
+
+
+async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_field: str | None = None,
+               follow: bool = False, stop: asyncio.Event | None = None, keep_ids: bool = False,
+               progress_every: float = 5.0, out=sys.stderr) -> FeedReport:
+    stop = stop or asyncio.Event()
+    topics = TopicNames(settings.kafka.topic_prefix)
+    await ensure_topics(settings)
+    default_field = settings.feed.text_field if kind == "docs" else settings.feed.seed_text_field
+    opts = ReadOptions(text_field=text_field or default_field, max_bytes=settings.feed.max_doc_bytes)
+    report = FeedReport(topic=topics(kind))
+    seen: set[bytes] = set()
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    pending: list[asyncio.Future] = []
+    last_note = time.monotonic()
+    try:
+        async for item in _items(paths, opts, follow, stop):
+            if isinstance(item, BadInput):
+                report.bad.append(item)
+                if len(report.bad) <= MAX_LISTED_BAD:
+                    print(f"skipped {item.location}: {item.reason}", file=out, flush=True)
+                continue
+            record = to_record(kind, item)
+            key = bytes.fromhex(record.id)
+            if key in seen:
+                report.duplicates += 1
+                continue
+            seen.add(key)
+            pending.append(await producer.send(report.topic, record.to_bytes(), key=record.root_id.encode()))
+            report.sent += 1
+            if keep_ids:
+                report.ids.append(record.id)
+            if len(pending) >= 1000:
+                await _acked(pending)
+            if time.monotonic() - last_note >= progress_every:
+                last_note = time.monotonic()
+                print(f"feed: {report.sent} sent, {report.duplicates} duplicates, {len(report.bad)} bad",
+                      file=out, flush=True)
+        await _acked(pending)
+    finally:
+        await producer.stop()
+    if len(report.bad) > MAX_LISTED_BAD:
+        print(f"... and {len(report.bad) - MAX_LISTED_BAD} more bad inputs", file=out, flush=True)
+    return report
+
+
+async def _acked(pending: list[asyncio.Future]) -> None:
+    # The feed reports a record as sent only once the broker acknowledged it.
+    await asyncio.gather(*pending)
+    pending.clear()
+
+
+def bad_lines(report: FeedReport) -> Iterable[str]:
+    return (f"{b.location}: {b.reason}" for b in report.bad)

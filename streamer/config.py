@@ -1,0 +1,266 @@
+"""Configuration: one optional TOML file plus environment overrides.
+
+Precedence (lowest to highest): built-in defaults, `synthstream.toml` (or the file named by
+`SYNTHSTREAM_CONFIG` / `--config`), `OPENAI_API_KEY` / `OPENAI_BASE_URL`, and
+`SYNTHSTREAM_<SECTION>__<KEY>` variables (`__` separates nesting levels, values are parsed as
+TOML literals when they parse, else taken as strings).
+
+Every unknown key or bad value is reported as a `ConfigError` naming the key and where it
+was set, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+ENV_PREFIX = "SYNTHSTREAM_"
+DEFAULT_CONFIG_FILE = "synthstream.toml"
+
+
+class ConfigError(Exception):
+    """A configuration problem a user must fix; the message names the key and its source."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str | None = Field(
+        None, description="host:port[,host:port]; empty means: start the embedded broker"
+    )
+    topic_prefix: str = "synth."
+    partitions: int = Field(4, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    topic_partitions: dict[str, int] = Field(
+        default_factory=dict, description="per-topic partition counts, by unprefixed name"
+    )
+    client_id: str = "synthstream"
+    # How fast the group notices a dead or departed worker; brokers enforce a minimum
+    # (Kafka: 6000 ms by default). The embedded broker uses 3000/500 unless these are set.
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+
+class BrokerSettings(_Section):
+    """The embedded single-machine broker (`synthstream broker`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9092, ge=0, le=65535)
+
+
+class LLMSettings(_Section):
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; none = simulator in demo")
+    model: str = "gpt-4o-mini"
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=1)
+    seed: int | None = None
+    requests_per_minute: int = Field(60, ge=1)
+    tokens_per_minute: int = Field(0, ge=0, description="0 = no token budget")
+    max_in_flight: int = Field(32, ge=1)
+    timeout: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0, description="retries for 429, 5xx, timeouts, truncation")
+    reasks: int = Field(2, ge=0, description="re-asks after output that fails the schema")
+    cache: bool = True
+
+    def resolved_api_key(self) -> str:
+        """The key from the settings, else from api_key_file; never logged."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_file is not None:
+            try:
+                return self.api_key_file.expanduser().read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"llm.api_key_file: cannot read {self.api_key_file}: {exc.strerror}") from exc
+        # Local servers (simulator, vLLM, Ollama) accept any key; the openai client needs one.
+        return "not-needed"
+
+
+class RuntimeSettings(_Section):
+    drain_timeout: float = Field(30.0, gt=0, description="seconds to finish in-flight work on SIGTERM")
+    commit_interval: float = Field(1.0, gt=0)
+    retry_backoff: float = Field(0.5, ge=0, description="base delay between a stage's attempts")
+    max_poll_records: int = Field(500, ge=1)
+    idle_grace: float = Field(2.0, gt=0, description="seconds of no lag before a finite run ends")
+    rebalance_wait: float = Field(10.0, ge=0, description="seconds to let revoked partitions finish")
+
+
+class FeedSettings(_Section):
+    text_field: str = Field("text", description="field holding a document's text in JSONL/Parquet")
+    seed_text_field: str = Field("instruction", description="field holding a seed's instruction")
+    max_doc_bytes: int = Field(1_000_000, ge=1)
+
+
+class StorageSettings(_Section):
+    data_dir: Path = Path("synthstream-data")
+    sink_batch_size: int = Field(500, ge=1)
+    sink_flush_interval: float = Field(2.0, gt=0)
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def cache_path(self) -> Path:
+        return self.data_dir / "llm-cache.sqlite"
+
+
+class StageSettings(_Section):
+    """Effective settings of one stage: runtime knobs, its LLM, and its own options."""
+
+    concurrency: int = Field(16, ge=1, description="records in flight per process")
+    attempts: int = Field(3, ge=1, description="tries before a record goes to dlq")
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Settings(_Section):
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    feed: FeedSettings = Field(default_factory=FeedSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    # Raw per-stage tables; resolved against each stage's declaration by `stage_settings`.
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    # Where each key came from, for error messages (not part of the configuration itself).
+    _sources: dict[str, str] = {}
+
+    def stage_settings(
+        self, name: str, *, default_concurrency: int = 16, options_model: type[BaseModel] | None = None
+    ) -> StageSettings:
+        raw = dict(self.stages.get(name, {}))
+        llm_raw = {**self.llm.model_dump(exclude_unset=True), **raw.pop("llm", {})}
+        runtime_keys = {k: raw.pop(k) for k in ("concurrency", "attempts") if k in raw}
+        runtime_keys.setdefault("concurrency", default_concurrency)
+        options_model = options_model or _NoOptions
+        try:
+            options = options_model.model_validate(raw)
+            return StageSettings(llm=LLMSettings.model_validate(llm_raw), options=options.model_dump(), **runtime_keys)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, prefix=f"stages.{name}", sources=self._sources)) from None
+
+    def check_stage_names(self, known: set[str]) -> None:
+        for name in self.stages:
+            if name not in known:
+                src = self._sources.get(f"stages.{name}", "configuration")
+                raise ConfigError(
+                    f"stages.{name} ({src}): unknown stage '{name}'; known stages: {', '.join(sorted(known))}"
+                )
+
+
+class _NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Build the effective settings from defaults, the config file and the environment."""
+    env = dict(os.environ if env is None else env)
+    raw: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    file_path = Path(path) if path else Path(env.get(f"{ENV_PREFIX}CONFIG", DEFAULT_CONFIG_FILE))
+    explicit = path is not None or f"{ENV_PREFIX}CONFIG" in env
+    if file_path.exists():
+        try:
+            with file_path.open("rb") as fh:
+                raw = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file_path}: not valid TOML: {exc}") from None
+        _record_sources(raw, str(file_path), sources)
+    elif explicit:
+        raise ConfigError(f"config file {file_path} does not exist")
+
+    # The usual OpenAI variables fill in only what the file leaves unset.
+    llm = raw.setdefault("llm", {})
+    if not isinstance(llm, dict):
+        raise ConfigError(f"llm ({file_path}): must be a table")
+    for var, key in (("OPENAI_API_KEY", "api_key"), ("OPENAI_BASE_URL", "base_url")):
+        if env.get(var) and key not in llm:
+            llm[key] = env[var]
+            sources[f"llm.{key}"] = f"env {var}"
+
+    for var, value in sorted(env.items()):
+        if not var.startswith(ENV_PREFIX) or var == f"{ENV_PREFIX}CONFIG":
+            continue
+        parts = [p.lower() for p in var[len(ENV_PREFIX):].split("__")]
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(
+                f"env {var}: expected {ENV_PREFIX}<SECTION>__<KEY> (e.g. {ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS)"
+            )
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"env {var}: {'.'.join(parts[:-1])} is not a table")
+        node[parts[-1]] = _parse_env_value(value)
+        sources[".".join(parts)] = f"env {var}"
+
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources=sources)) from None
+    settings._sources = sources
+    return settings
+
+
+def _parse_env_value(value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _record_sources(node: dict[str, Any], source: str, out: dict[str, str], prefix: str = "") -> None:
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        out[path] = source
+        if isinstance(value, dict):
+            _record_sources(value, source, out, f"{path}.")
+
+
+def _describe(exc: ValidationError, *, prefix: str = "", sources: dict[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        origin = _source_of(key, sources)
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key '{err['loc'][-1]}'"
+        else:
+            msg = f"{err['msg']} (got {err.get('input')!r})"
+        lines.append(f"{key}{f' ({origin})' if origin else ''}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _source_of(key: str, sources: dict[str, str]) -> str | None:
+    while key:
+        if key in sources:
+            return sources[key]
+        key = key.rpartition(".")[0]
+    return None
+
+
+def mask_secrets(value: Any) -> Any:
+    """A JSON-able copy of a settings dump with every secret replaced by a marker."""
+    if isinstance(value, SecretStr):
+        return "**** (set)"
+    if isinstance(value, dict):
+        return {k: mask_secrets(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_secrets(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

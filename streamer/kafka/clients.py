@@ -1,0 +1,119 @@
+"""Kafka client factories, topic names and topic creation. Only the runtime imports this."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import sys
+from typing import Any, Iterable, Iterator
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streamer.config import KafkaSettings, Settings
+from streamer.kafka.broker import EmbeddedBroker
+
+log = logging.getLogger(__name__)
+
+# Every topic of the pipeline (unprefixed). Partition counts come from the configuration;
+# the ones here override the default because a design rule needs them.
+TOPICS: tuple[str, ...] = (
+    "docs", "seeds", "seeds.attributed", "situations",
+    "glan.disciplines", "glan.subjects", "glan.syllabi",
+    "instructions", "instructions.scored", "instructions.embedded", "instructions.unique",
+    "samples", "rejected", "dlq",
+)
+FIXED_PARTITIONS = {"instructions.embedded": 1}  # dedup is a single writer
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class TopicNames:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __call__(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def unprefixed(self, topic: str) -> str:
+        return topic.removeprefix(self.prefix)
+
+
+def _common(kafka: KafkaSettings) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        opts["ssl_context"] = ssl.create_default_context()
+    if kafka.sasl_mechanism:
+        opts["sasl_mechanism"] = kafka.sasl_mechanism
+        opts["sasl_plain_username"] = kafka.sasl_username
+        if kafka.sasl_password is not None:
+            opts["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
+    return opts
+
+
+def make_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
+    # acks=all: an output counts as written only once the broker has it durably.
+    return AIOKafkaProducer(**_common(kafka), acks="all", linger_ms=5, max_request_size=MAX_MESSAGE_BYTES)
+
+
+def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
+    opts = dict(enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_bytes=MAX_MESSAGE_BYTES,
+                max_partition_fetch_bytes=MAX_MESSAGE_BYTES, session_timeout_ms=kafka.session_timeout_ms,
+                heartbeat_interval_ms=kafka.heartbeat_interval_ms)
+    opts.update(extra)
+    return AIOKafkaConsumer(*topics, **_common(kafka), group_id=group_id, **opts)
+
+
+def partitions_for(settings: Settings, name: str) -> int:
+    if name in FIXED_PARTITIONS:
+        return FIXED_PARTITIONS[name]
+    return settings.kafka.topic_partitions.get(name, settings.kafka.partitions)
+
+
+async def ensure_topics(settings: Settings, names: Iterable[str] = TOPICS) -> None:
+    """Create missing topics with their configured partition counts (existing ones are kept)."""
+    topic = TopicNames(settings.kafka.topic_prefix)
+    admin = AIOKafkaAdminClient(**_common(settings.kafka))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(topic(n), partitions_for(settings, n), settings.kafka.replication_factor)
+                   for n in names if topic(n) not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
+                await admin.create_topics(missing)
+            log.info("created topics: %s", ", ".join(t.name for t in missing))
+    finally:
+        await admin.close()
+
+
+@contextlib.contextmanager
+def kafka_available(settings: Settings, purpose: str) -> Iterator[Settings]:
+    """Yield settings with a reachable bootstrap server, starting an embedded broker if none is set."""
+    if settings.kafka.bootstrap_servers:
+        yield settings
+        return
+    broker = EmbeddedBroker()
+    broker.start()
+    print(
+        f"synthstream: no kafka.bootstrap_servers configured; started an embedded broker for {purpose} at "
+        f"{broker.bootstrap_servers} (pid {broker.process.pid}, in-memory, stopped on exit)",
+        file=sys.stderr, flush=True,
+    )
+    settings.kafka.bootstrap_servers = broker.bootstrap_servers
+    # One machine, one broker: a short session lets groups form and re-form in seconds.
+    for key, value in (("session_timeout_ms", 3000), ("heartbeat_interval_ms", 500)):
+        if key not in settings.kafka.model_fields_set:
+            setattr(settings.kafka, key, value)
+    try:
+        yield settings
+    finally:
+        broker.stop()
+        settings.kafka.bootstrap_servers = None
+        print(f"synthstream: embedded broker {broker.bootstrap_servers} stopped", file=sys.stderr, flush=True)

@@ -1,0 +1,299 @@
+"""LLM access for stages: one AsyncOpenAI client per endpoint, shared limits, retries,
+structured output validated into pydantic models with bounded re-asks, usage accounting and a
+response cache.
+
+Failure policy (the stage runtime retries or dead-letters whatever escapes from here):
+- 429: wait the server's Retry-After (every caller of the endpoint pauses), then retry;
+- 5xx, timeouts, connection errors, `finish_reason=length`: back off with jitter, retry;
+- output that is not JSON or fails the schema: re-ask with the error, up to `reasks` times;
+- other 4xx (bad request, auth): raised at once, a retry would not help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import openai
+from pydantic import BaseModel, ValidationError
+
+from streamer import metrics
+from streamer.backoff import jittered_backoff
+from streamer.config import LLMSettings
+from streamer.llm.cache import ResponseCache, cache_key
+from streamer.llm.limits import EndpointLimits
+
+log = logging.getLogger(__name__)
+
+SIMULATOR_FINGERPRINT = "synthstream-simulator"
+MAX_RETRY_AFTER = 120.0
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class LLMError(Exception):
+    """Base of the errors this client raises; the message is safe to log and to put in dlq."""
+
+
+class LLMUnavailableError(LLMError):
+    """The endpoint kept failing (429/5xx/timeouts/truncation) through all retries."""
+
+
+class LLMRequestError(LLMError):
+    """The endpoint refused the request itself (4xx other than 429): retrying will not help."""
+
+
+class LLMOutputError(LLMError):
+    """The model's output failed JSON/schema validation through all re-asks."""
+
+
+@dataclass
+class LLMResult:
+    content: str
+    model: str
+    simulated: bool
+    cached: bool
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    parsed: Any = None
+
+
+@dataclass
+class _Attempt:
+    content: str
+    finish_reason: str | None
+    model: str
+    simulated: bool
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class LLMPool:
+    """Per-process owner of HTTP clients, endpoint limits and the response cache."""
+
+    def __init__(self, cache: ResponseCache | None = None) -> None:
+        self.cache = cache
+        self._clients: dict[tuple[str | None, str], openai.AsyncOpenAI] = {}
+        self._limits: dict[tuple[str | None, str], EndpointLimits] = {}
+
+    def client(self, settings: LLMSettings, stage: str) -> LLMClient:
+        return LLMClient(self, settings, stage)
+
+    def _http(self, settings: LLMSettings) -> openai.AsyncOpenAI:
+        api_key = settings.resolved_api_key()
+        key = (settings.base_url, api_key)
+        if key not in self._clients:
+            # Retries are ours (shared pause, jitter, accounting), so the SDK must not add its own.
+            self._clients[key] = openai.AsyncOpenAI(
+                base_url=settings.base_url, api_key=api_key, max_retries=0, timeout=settings.timeout
+            )
+        return self._clients[key]
+
+    def limits(self, settings: LLMSettings) -> EndpointLimits:
+        # Providers meter quotas per model on an endpoint.
+        key = (settings.base_url, settings.model)
+        if key not in self._limits:
+            self._limits[key] = EndpointLimits(
+                requests_per_minute=settings.requests_per_minute,
+                tokens_per_minute=settings.tokens_per_minute,
+                max_in_flight=settings.max_in_flight,
+            )
+        return self._limits[key]
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+        if self.cache is not None:
+            self.cache.close()
+
+
+class LLMClient:
+    """What a stage sees: `complete()` for text, `structured()` for a validated pydantic model."""
+
+    def __init__(self, pool: LLMPool, settings: LLMSettings, stage: str) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.stage = stage
+        self.endpoint = settings.base_url or "default"
+        self.limits = pool.limits(settings)
+
+    @property
+    def model(self) -> str:
+        return self.settings.model
+
+    def _params(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        s = self.settings
+        params = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
+        if s.seed is not None:
+            params["seed"] = s.seed
+        params.update({k: v for k, v in overrides.items() if v is not None})
+        return params
+
+    async def complete(self, messages: list[dict[str, str]], **params: Any) -> LLMResult:
+        return await self._run(messages, self._params(params), response_model=None)
+
+    async def structured(self, messages: list[dict[str, str]], model: type[T], **params: Any) -> LLMResult:
+        """Ask for JSON matching `model`'s schema; `result.parsed` is a validated instance."""
+        return await self._run(messages, self._params(params), response_model=model)
+
+    async def _run(
+        self, messages: list[dict[str, str]], params: dict[str, Any], response_model: type[BaseModel] | None
+    ) -> LLMResult:
+        schema = response_model.model_json_schema() if response_model else None
+        key = cache_key(self.model, messages, {**params, "schema": schema})
+        cache = self.pool.cache if self.settings.cache else None
+        if cache is not None and (hit := await asyncio.to_thread(cache.get, key)) is not None:
+            try:
+                parsed = _parse(hit["content"], response_model) if response_model else None
+            except (ValueError, ValidationError):
+                pass  # a stale entry from an older schema: ask again
+            else:
+                self._count("cache_hit")
+                return LLMResult(hit["content"], hit["model"], hit["simulated"], True, parsed=parsed)
+
+        extra: dict[str, Any] = {}
+        if response_model is not None:
+            extra["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": response_model.__name__, "schema": schema, "strict": False},
+            }
+        conversation = list(messages)
+        usage = [0, 0]
+        last_error = ""
+        for ask in range(self.settings.reasks + 1):
+            attempt = await self._request(conversation, params, extra)
+            usage[0] += attempt.prompt_tokens
+            usage[1] += attempt.completion_tokens
+            try:
+                parsed = _parse(attempt.content, response_model) if response_model else None
+            except (ValueError, ValidationError) as exc:
+                last_error = _short_error(exc)
+                self._count("invalid_output")
+                log.debug("stage %s: output failed validation (ask %d): %s", self.stage, ask + 1, last_error)
+                conversation = [*messages, {"role": "assistant", "content": attempt.content[:4000]},
+                                {"role": "user", "content": _reask_message(last_error, schema)}]
+                continue
+            if cache is not None:
+                entry = {"content": attempt.content, "model": attempt.model, "simulated": attempt.simulated}
+                await asyncio.to_thread(cache.put, key, entry)
+            return LLMResult(attempt.content, attempt.model, attempt.simulated, False, usage[0], usage[1], parsed)
+        raise LLMOutputError(
+            f"output failed schema {response_model.__name__ if response_model else ''} after "
+            f"{self.settings.reasks + 1} asks: {last_error}"
+        )
+
+    async def _request(
+        self, messages: list[dict[str, str]], params: dict[str, Any], extra: dict[str, Any]
+    ) -> _Attempt:
+        http = self.pool._http(self.settings)  # noqa: SLF001 - pool and client are one unit
+        estimate = sum(len(m["content"]) for m in messages) // 4 + int(params.get("max_tokens", 0))
+        last = "no attempt made"
+        for retry in range(self.settings.max_retries + 1):
+            if retry:
+                await asyncio.sleep(jittered_backoff(retry))
+            async with self.limits.slot(estimate):
+                started = time.monotonic()
+                try:
+                    response = await http.chat.completions.create(
+                        model=self.model, messages=messages, **params, **extra
+                    )
+                except openai.RateLimitError as exc:
+                    wait = _retry_after(exc.response) or jittered_backoff(retry + 1)
+                    self.limits.pause(wait)
+                    self._count("rate_limited")
+                    last = f"429 rate limited (retry after {wait:.2f}s)"
+                    continue
+                except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                    self._count("error")
+                    last = f"{type(exc).__name__}: {exc}"
+                    continue
+                except openai.APIStatusError as exc:
+                    self._count("error")
+                    last = f"HTTP {exc.status_code}: {_api_message(exc)}"
+                    if exc.status_code >= 500 or exc.status_code in (408, 409):
+                        continue
+                    raise LLMRequestError(last) from None
+                finally:
+                    metrics.LLM_LATENCY.labels(self.endpoint, self.model).observe(time.monotonic() - started)
+            attempt = self._attempt_from(response)
+            if self.limits.tokens is not None:
+                self.limits.tokens.settle(estimate, attempt.prompt_tokens + attempt.completion_tokens)
+            if attempt.finish_reason == "length":
+                self._count("truncated")
+                last = f"output truncated at max_tokens={params.get('max_tokens')} (finish_reason=length)"
+                continue
+            self._count("ok")
+            return attempt
+        raise LLMUnavailableError(f"{self.settings.max_retries + 1} attempts failed; last: {last}")
+
+    def _attempt_from(self, response: Any) -> _Attempt:
+        choice = response.choices[0] if response.choices else None
+        usage = getattr(response, "usage", None)
+        prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
+        completion_tokens = getattr(usage, "completion_tokens", 0) or 0
+        labels = (self.stage, self.endpoint, self.model)
+        metrics.LLM_TOKENS.labels(*labels, "prompt").inc(prompt_tokens)
+        metrics.LLM_TOKENS.labels(*labels, "completion").inc(completion_tokens)
+        return _Attempt(
+            content=(choice.message.content or "") if choice else "",
+            finish_reason=choice.finish_reason if choice else None,
+            model=response.model or self.model,
+            simulated=getattr(response, "system_fingerprint", None) == SIMULATOR_FINGERPRINT,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+
+    def _count(self, outcome: str) -> None:
+        metrics.LLM_REQUESTS.labels(self.stage, self.endpoint, self.model, outcome).inc()
+
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+
+
+def _parse(content: str, model: type[BaseModel]) -> BaseModel:
+    # Many servers wrap JSON in a Markdown fence even when asked for JSON only.
+    if match := _FENCE.match(content):
+        content = match.group(1)
+    return model.model_validate(json.loads(content))
+
+
+def _short_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]]
+        return "; ".join(parts)
+    return f"not valid JSON: {exc}"
+
+
+def _reask_message(error: str, schema: dict[str, Any] | None) -> str:
+    return (
+        "Your previous reply could not be used: " + error + "\n"
+        "Reply again with only a JSON object that matches this JSON schema, no prose, no code fence:\n"
+        + json.dumps(schema, separators=(",", ":"))
+    )
+
+
+def _retry_after(response: Any) -> float | None:
+    headers = getattr(response, "headers", None) or {}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return min(MAX_RETRY_AFTER, max(0.0, float(value) * scale))
+        except ValueError:
+            continue  # an HTTP date; fall back to backoff
+    return None
+
+
+_KEY_LIKE = re.compile(r"\b(sk|key|token)-[\w*.-]{4,}", re.IGNORECASE)
+
+
+def _api_message(exc: openai.APIStatusError) -> str:
+    # Providers echo (partly masked) keys in auth errors; such text ends up in logs and dlq.
+    return _KEY_LIKE.sub(r"\1-***", str(exc.message or ""))[:300]

@@ -1,0 +1,40 @@
+"""Process-wide metrics (Prometheus client objects), read in-process for summaries too."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+RECORDS_IN = Counter("synthstream_stage_records_in", "Records a stage started on", ["stage"])
+RECORDS_OUT = Counter("synthstream_stage_records_out", "Records a stage produced", ["stage", "topic"])
+RECORDS_FAILED = Counter("synthstream_stage_attempts_failed", "Failed processing attempts", ["stage"])
+RECORDS_DLQ = Counter("synthstream_stage_records_dlq", "Records sent to the dead-letter topic", ["stage"])
+RECORDS_DONE = Counter("synthstream_stage_records_done", "Input records finished (outputs acked)", ["stage"])
+IN_FLIGHT = Gauge("synthstream_stage_in_flight", "Records being processed", ["stage"])
+LATENCY = Histogram(
+    "synthstream_stage_latency_seconds", "Time from start of processing to outputs acknowledged", ["stage"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+)
+CONSUMER_LAG = Gauge("synthstream_consumer_lag", "End offset minus committed offset", ["stage", "partition"])
+
+LLM_REQUESTS = Counter(
+    "synthstream_llm_requests", "LLM requests by outcome", ["stage", "endpoint", "model", "outcome"]
+)
+LLM_TOKENS = Counter("synthstream_llm_tokens", "LLM tokens used", ["stage", "endpoint", "model", "kind"])
+LLM_LATENCY = Histogram(
+    "synthstream_llm_latency_seconds", "LLM request latency", ["endpoint", "model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
+)
+
+SINK_ROWS = Counter("synthstream_sink_rows", "Rows written by the sink", ["topic"])
+
+
+def total(metric: Counter | Gauge, **labels: str) -> float:
+    """Sum of a metric's samples whose labels match the given ones (0 if none)."""
+    name = metric._name  # noqa: SLF001 - prometheus_client keeps the family name here
+    wanted = {f"{name}_total", name}
+    value = 0.0
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name in wanted and all(sample.labels.get(k) == v for k, v in labels.items()):
+                value += sample.value
+    return value

@@ -1,0 +1,126 @@
+"""What a stage author writes: a prompt, an output schema and an async function.
+
+A stage knows nothing about Kafka. It receives a typed input record and a `StageContext`
+(its settings, its options and an LLM client) and returns zero or more `Emit`s. The runtime
+wraps them in envelopes with deterministic ids and lineage, produces them and commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from pydantic import BaseModel, ConfigDict
+
+from streamer.config import StageSettings
+from streamer.llm.client import LLMClient, LLMResult
+from streamer.records import Envelope, RecordData, stable_hash
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A versioned prompt. `version` is bumped by hand on a deliberate change; `digest`
+    changes with any edit of the text, so a forgotten bump still changes the stage version."""
+
+    version: str
+    system: str
+    user: str
+
+    @property
+    def digest(self) -> str:
+        return stable_hash(self.system, self.user, length=8)
+
+    @property
+    def label(self) -> str:
+        return f"{self.version}-{self.digest}"
+
+    def messages(self, **fields: Any) -> list[dict[str, str]]:
+        return [
+            {"role": "system", "content": self.system.format(**fields)},
+            {"role": "user", "content": self.user.format(**fields)},
+        ]
+
+
+def delimit(text: str, tag: str) -> str:
+    """Wrap untrusted text in <tag>…</tag>, defusing any closing tag inside it so the text
+    cannot end the block early and pose as instructions."""
+    safe = text.replace(f"</{tag}>", f"</ {tag}>").replace(f"<{tag}>", f"< {tag}>")
+    return f"<{tag}>\n{safe}\n</{tag}>"
+
+
+@dataclass
+class Emit:
+    """One output of a stage for one input."""
+
+    data: RecordData
+    variant: str | int = 0
+    topic: str | None = None  # one of the stage's declared outputs; default: the first
+    seed_ids: list[str] | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # merged into lineage.details
+    method: str | None = None
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+StageFn = Callable[[Any, "StageContext"], Awaitable[list[Emit]]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    input_topic: str
+    output_topics: tuple[str, ...]
+    input_model: type[RecordData]
+    process: StageFn
+    prompt: Prompt | None = None
+    concurrency: int = 16
+    options_model: type[BaseModel] = NoOptions
+    description: str = ""
+
+    @property
+    def version(self) -> str:
+        """Prompt version + text digest; with the model it forms the stage's identity."""
+        return self.prompt.label if self.prompt else "1"
+
+    def identity(self, settings: StageSettings) -> str:
+        """Part of every output id, so a new prompt or model yields new records beside the old."""
+        return f"{self.version}@{settings.llm.model}"
+
+
+class RecordLLM:
+    """The stage's LLM client, remembering per record which model answered and whether it was simulated."""
+
+    def __init__(self, client: LLMClient) -> None:
+        self._client = client
+        self.simulated = False
+        self.models: set[str] = set()
+        self.calls = 0
+
+    @property
+    def model(self) -> str:
+        return self._client.model
+
+    def _note(self, result: LLMResult) -> LLMResult:
+        self.calls += 1
+        self.simulated |= result.simulated
+        self.models.add(result.model)
+        return result
+
+    async def complete(self, messages: list[dict[str, str]], **params: Any) -> LLMResult:
+        return self._note(await self._client.complete(messages, **params))
+
+    async def structured(self, messages: list[dict[str, str]], model: type[BaseModel], **params: Any) -> Any:
+        """Validated instance of `model`."""
+        return self._note(await self._client.structured(messages, model, **params)).parsed
+
+
+@dataclass
+class StageContext:
+    stage: str
+    settings: StageSettings
+    options: Any
+    llm: RecordLLM
+    record: Envelope
+    attempt: int

@@ -1,0 +1,113 @@
+"""Shared fixtures: one real embedded broker per test session, LLM simulators as real HTTP
+servers in their own processes, and an isolated pipeline (topic prefix + data dir) per test.
+Every process started here is stopped by its pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from streamer.config import Settings, load_settings
+from streamer.kafka.broker import EmbeddedBroker, free_port, port_open
+
+from helpers import CLI, stop_process, wait_for
+
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    b = EmbeddedBroker()
+    b.start()
+    yield b
+    b.stop()
+
+
+@dataclass
+class Simulator:
+    url: str
+    proc: subprocess.Popen
+
+
+@pytest.fixture
+def start_simulator(tmp_path: Path) -> Iterator[Callable[..., Simulator]]:
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str) -> Simulator:
+        port = free_port()
+        log = open(tmp_path / f"simulator-{port}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen([*CLI, "simulate-llm", "--port", str(port), *args], stdout=log, stderr=log,
+                                cwd=tmp_path)
+        procs.append(proc)
+        wait_for(lambda: port_open("127.0.0.1", port) or proc.poll() is not None, 20, what="simulator")
+        assert proc.poll() is None, (tmp_path / f"simulator-{port}.log").read_text()
+        return Simulator(f"http://127.0.0.1:{port}/v1", proc)
+
+    yield start
+    for proc in procs:
+        stop_process(proc)
+
+
+@dataclass
+class Pipeline:
+    """An isolated pipeline on the shared broker: own topic prefix, own data dir, own env."""
+
+    prefix: str
+    data_dir: Path
+    env: dict[str, str]
+    workdir: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def settings(self) -> Settings:
+        return load_settings(env=self.env)
+
+    def cli(self, *args: str, timeout: float = 120, check: bool = True, stdin: bytes | None = None
+            ) -> subprocess.CompletedProcess:
+        result = subprocess.run([*CLI, *args], env=self.env, cwd=self.workdir, capture_output=True,
+                                timeout=timeout, input=stdin)
+        if check and result.returncode != 0:
+            raise AssertionError(f"synthstream {' '.join(args)} exited {result.returncode}:\n"
+                                 f"{result.stderr.decode()[-4000:]}")
+        return result
+
+    def start(self, *args: str, name: str = "worker") -> subprocess.Popen:
+        log = open(self.workdir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen([*CLI, *args], env=self.env, cwd=self.workdir, stdout=log, stderr=log)
+        proc.log_path = log.name  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def log_of(proc: subprocess.Popen) -> str:
+        return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Pipeline]:
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNTHSTREAM_", "OPENAI_"))}
+    env.update({
+        "SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "SYNTHSTREAM_KAFKA__TOPIC_PREFIX": prefix,
+        "SYNTHSTREAM_KAFKA__PARTITIONS": "4",
+        "SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000",
+        "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
+        "SYNTHSTREAM_STORAGE__DATA_DIR": str(data_dir),
+        "SYNTHSTREAM_STORAGE__SINK_FLUSH_INTERVAL": "0.5",
+        "SYNTHSTREAM_RUNTIME__IDLE_GRACE": "1.5",
+        "SYNTHSTREAM_RUNTIME__RETRY_BACKOFF": "0.05",
+        "SYNTHSTREAM_LLM__MODEL": "synthstream-simulator",
+        "SYNTHSTREAM_LLM__REQUESTS_PER_MINUTE": "6000",
+        "PYTHONUNBUFFERED": "1",
+    })
+    p = Pipeline(prefix, data_dir, env, tmp_path)
+    yield p
+    for proc in p.procs:
+        stop_process(proc, signal.SIGKILL)

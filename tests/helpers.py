@@ -1,0 +1,104 @@
+"""Plain helpers for the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import orjson
+
+from streamer.records import content_id
+
+CLI = [sys.executable, "-m", "streamer.cli"]
+
+TOPIC_WORDS = [
+    "volcano", "sourdough", "compiler", "glacier", "violin", "mortgage", "orchid", "telescope", "marathon",
+    "espresso", "satellite", "tapestry", "algebra", "harbor", "lichen", "turbine", "sonnet", "vaccine",
+]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
+def make_texts(n: int) -> list[str]:
+    """n distinct short documents."""
+    out = []
+    for i in range(n):
+        a, b = TOPIC_WORDS[i % len(TOPIC_WORDS)], TOPIC_WORDS[(i * 7 + 3) % len(TOPIC_WORDS)]
+        out.append(f"Note {i} about the {a} and the {b}. The {a} matters because of detail number {i * 13}; "
+                   f"people who study the {b} often compare it with the {a}.")
+    return out
+
+
+def write_jsonl(path: Path, texts: list[str], field: str = "text") -> Path:
+    path.write_bytes(b"".join(orjson.dumps({field: t, "url": f"https://example.org/{i}"}) + b"\n"
+                              for i, t in enumerate(texts)))
+    return path
+
+
+def expected_ids(texts: list[str]) -> set[str]:
+    from producers.readers import normalise_text
+
+    return {content_id(normalise_text(t)) for t in texts}
+
+
+def stored_rows(data_dir: Path, topic: str) -> list[dict]:
+    from streamer.storage.export import iter_stored
+
+    store = data_dir / "store"
+    return list(iter_stored(store, topic)) if (store / topic).exists() else []
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 10) -> list[dict]:
+    """Every record of a topic, read without a consumer group."""
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> list[dict]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", enable_auto_commit=False,
+                                    max_partition_fetch_bytes=16 << 20, fetch_max_bytes=16 << 20)
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(topic) or set()
+            from aiokafka import TopicPartition
+
+            tps = [TopicPartition(topic, p) for p in parts]
+            ends = await consumer.end_offsets(tps)
+            out: list[dict] = []
+            deadline = time.monotonic() + timeout
+            async def behind() -> bool:
+                return any([await consumer.position(tp) < ends[tp] for tp in tps])
+
+            while await behind() and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=300)
+                for records in batch.values():
+                    out.extend(orjson.loads(r.value) for r in records)
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
