@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterable, Literal
+from typing import AsyncIterator, Literal
 
 import orjson
 
@@ -121,7 +121,3 @@ async def _acked(pending: list[asyncio.Future]) -> None:
     # The feed reports a record as sent only once the broker acknowledged it.
     await asyncio.gather(*pending)
     pending.clear()
-
-
-def bad_lines(report: FeedReport) -> Iterable[str]:
-    return (f"{b.location}: {b.reason}" for b in report.bad)

@@ -13,10 +13,8 @@ import gzip
 import itertools
 import json
 import os
-import re
 import sys
 import threading
-import unicodedata
 import zlib
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, BinaryIO, Callable, Iterator, Literal
@@ -26,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from producers.html_text import extract_main_text
+from streamer.text import normalise_text
 
 __all__ = ["BadInput", "FeedItem", "ReadOptions", "follow_paths", "normalise_text", "read_paths"]
 
@@ -69,28 +68,6 @@ _HTML_FACTOR = 16
 _SKIP_CHUNK = 1 << 20  # over-long lines are skipped in chunks of this size, never held whole
 _PARQUET_BATCH_ROWS = 256
 _READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, pa.ArrowException)
-
-# ---------------------------------------------------------------------------------------------
-# Normalisation
-
-_SPACES = re.compile(r"[ \t]+")
-_BLANK_RUNS = re.compile(r"\n{3,}")
-
-
-def normalise_text(text: str) -> str:
-    """NFKC, unified newlines, single spaces, at most one blank line in a row, stripped ends.
-
-    Idempotent; used both as the text sent on and for ids, so exact duplicates collapse."""
-    text = unicodedata.normalize("NFKC", text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    # The `in` checks are fast scans that spare most texts the (much slower) regex passes.
-    if "\t" in text or "  " in text:
-        text = _SPACES.sub(" ", text)
-    text = text.replace(" \n", "\n")  # after collapsing, a trailing run is a single space
-    if "\n\n\n" in text:
-        text = _BLANK_RUNS.sub("\n\n", text)
-    return text.strip()
-
 
 class _Rejected(Exception):
     """One input is bad; the message is the BadInput reason."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-import unicodedata
 from typing import Any, ClassVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
+
+from streamer.text import normalise_text
 
 SCHEMA_VERSION = 1
 
@@ -27,7 +28,7 @@ def stable_hash(*parts: str, length: int = 16) -> str:
 
 def content_id(text: str) -> str:
     """Id of a fed text: hash of its normalised form, so exact duplicates collapse."""
-    return stable_hash(unicodedata.normalize("NFKC", " ".join(text.split())))
+    return stable_hash(normalise_text(text))
 
 
 def derived_id(parent_id: str, stage: str, stage_version: str, variant: str | int = 0) -> str:

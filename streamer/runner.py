@@ -161,7 +161,8 @@ class StageRunner(GroupMember):
         attempts = self.stage_settings.attempts
         last: Exception | None = None
         for attempt in range(1, attempts + 1):
-            ctx = StageContext(self.stage.name, self.stage_settings, self.options, RecordLLM(self.llm), envelope, attempt)
+            ctx = StageContext(self.stage.name, self.stage_settings, self.options, RecordLLM(self.llm),
+                               envelope, attempt)
             try:
                 emits = await self.stage.process(payload, ctx)
                 return [self._wrap(envelope, emit, ctx) for emit in emits]

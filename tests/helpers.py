@@ -61,9 +61,7 @@ def write_jsonl(path: Path, texts: list[str], field: str = "text") -> Path:
 
 
 def expected_ids(texts: list[str]) -> set[str]:
-    from producers.readers import normalise_text
-
-    return {content_id(normalise_text(t)) for t in texts}
+    return {content_id(t) for t in texts}
 
 
 def stored_rows(data_dir: Path, topic: str) -> list[dict]:

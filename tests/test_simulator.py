@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, TypeAdapter, conint
 from streamer.llm.simulator import (
     SIMULATOR_FINGERPRINT,
     SIMULATOR_MODEL,
+    STATS_KEY,
     SimulatorSettings,
     SimulatorStats,
     create_app,
@@ -293,8 +294,8 @@ async def test_latency_delays_answers(simulator: Start) -> None:
 
 def test_create_app_exposes_stats() -> None:
     app = create_app(SimulatorSettings())
-    assert isinstance(app["stats"], SimulatorStats)
-    assert app["stats"].requests == 0
+    assert isinstance(app[STATS_KEY], SimulatorStats)
+    assert app[STATS_KEY].requests == 0
 
 
 def test_run_simulator_serves_until_sigterm() -> None:

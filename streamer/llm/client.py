@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import openai
@@ -27,10 +27,10 @@ from streamer.backoff import jittered_backoff
 from streamer.config import LLMSettings
 from streamer.llm.cache import ResponseCache, cache_key
 from streamer.llm.limits import EndpointLimits
+from streamer.llm.simulator import SIMULATOR_FINGERPRINT
 
 log = logging.getLogger(__name__)
 
-SIMULATOR_FINGERPRINT = "synthstream-simulator"
 MAX_RETRY_AFTER = 120.0
 
 T = TypeVar("T", bound=BaseModel)

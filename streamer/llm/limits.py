@@ -48,8 +48,9 @@ class TokenBudget:
 class EndpointLimits:
     def __init__(self, *, requests_per_minute: int, tokens_per_minute: int, max_in_flight: int) -> None:
         self.requests_per_minute = requests_per_minute
-        # About one second's share per window (rpm/60 per 1 s), with the window stretched so
-        # that rpm values not divisible by 60 are still paced exactly.
+        # A sliding window of about one second holding rpm/60 requests (stretched so rpm values
+        # not divisible by 60 are exact): never a minute's quota at once, so a server whose
+        # bucket holds a couple of seconds of quota never sees more than it can take.
         per_window = max(1, round(requests_per_minute / 60))
         self.throttler = Throttler(rate_limit=per_window, period=per_window * 60 / requests_per_minute)
         self.tokens = TokenBudget(tokens_per_minute) if tokens_per_minute else None

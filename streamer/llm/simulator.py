@@ -20,7 +20,6 @@ import signal
 import sys
 import time
 import uuid
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -620,14 +619,10 @@ class _Simulator:
 
 
 def create_app(settings: SimulatorSettings) -> web.Application:
-    """The simulator as an aiohttp app; `app["stats"]` is its live SimulatorStats."""
+    """The simulator as an aiohttp app; `app[STATS_KEY]` is its live SimulatorStats."""
     sim = _Simulator(settings)
     app = web.Application()
     app[STATS_KEY] = sim.stats
-    with warnings.catch_warnings():
-        # The plain "stats" key is part of the public interface, so aiohttp's AppKey advice is moot.
-        warnings.simplefilter("ignore", web.NotAppKeyWarning)
-        app["stats"] = sim.stats
     app.router.add_get("/v1/models", sim.models)
     app.router.add_get("/stats", sim.stats_view)
     app.router.add_post("/v1/chat/completions", sim.chat_completions)

@@ -1,0 +1,24 @@
+"""Text normalisation shared by the feeders and record ids."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_SPACES = re.compile(r"[ \t]+")
+_BLANK_RUNS = re.compile(r"\n{3,}")
+
+
+def normalise_text(text: str) -> str:
+    """NFKC, unified newlines, single spaces, at most one blank line in a row, stripped ends.
+
+    Idempotent; used both as the text sent on and for ids, so exact duplicates collapse."""
+    text = unicodedata.normalize("NFKC", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    # The `in` checks are fast scans that spare most texts the (much slower) regex passes.
+    if "\t" in text or "  " in text:
+        text = _SPACES.sub(" ", text)
+    text = text.replace(" \n", "\n")  # after collapsing, a trailing run is a single space
+    if "\n\n\n" in text:
+        text = _BLANK_RUNS.sub("\n\n", text)
+    return text.strip()

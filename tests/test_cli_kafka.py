@@ -1,0 +1,79 @@
+"""CLI commands that talk to Kafka: the embedded broker, topic creation, follow-mode feeding."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+
+import orjson
+from aiokafka.admin import AIOKafkaAdminClient
+
+from helpers import CLI, expected_ids, make_texts, read_topic, stop_process, wait_for, write_jsonl
+from streamer.kafka.broker import free_port, port_open
+
+
+def test_broker_command_serves_kafka_and_stops_on_sigterm(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "broker", "--port", str(port)], cwd=tmp_path, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port), 20, what="broker port")
+
+        async def topics() -> list[str]:
+            admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+            await admin.start()
+            try:
+                return await admin.list_topics()
+            finally:
+                await admin.close()
+
+        assert isinstance(asyncio.run(topics()), list)
+    finally:
+        code = stop_process(proc)
+    assert code == 0
+    assert not port_open("127.0.0.1", port), "the tansu child must stop with the command"
+    assert f"listening on 127.0.0.1:{port}" in proc.stderr.read().decode()
+
+
+def test_topics_are_created_with_configured_partition_counts(pipeline, broker, tmp_path):
+    pipeline.env["SYNTHSTREAM_KAFKA__TOPIC_PARTITIONS__DOCS"] = "3"
+    pipeline.cli("feed", "docs", str(write_jsonl(tmp_path / "d.jsonl", make_texts(2))))
+
+    async def partitions() -> dict[str, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+        await admin.start()
+        try:
+            names = [pipeline.prefix + n for n in ("docs", "samples", "instructions.embedded")]
+            described = await admin.describe_topics(names)
+            return {t["topic"].removeprefix(pipeline.prefix): len(t["partitions"]) for t in described}
+        finally:
+            await admin.close()
+
+    assert asyncio.run(partitions()) == {"docs": 3, "samples": 4, "instructions.embedded": 1}
+
+
+def test_feed_follow_picks_up_new_files_until_stopped(pipeline, broker, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    first, later = make_texts(6)[:3], make_texts(6)[3:]
+    write_jsonl(inbox / "a.jsonl", first)
+    feeder = pipeline.start("feed", "docs", str(inbox), "--follow", name="feeder")
+    topic = pipeline.prefix + "docs"
+    wait_for(lambda: len(read_topic(broker.bootstrap_servers, topic, timeout=2)) == 3, 60, what="first file fed")
+    write_jsonl(inbox / "b.jsonl", later)
+    wait_for(lambda: len(read_topic(broker.bootstrap_servers, topic, timeout=2)) == 6, 60, what="new file fed")
+    assert stop_process(feeder, signal.SIGTERM) == 0
+    assert "fed 6 records" in pipeline.log_of(feeder)
+    assert {d["id"] for d in read_topic(broker.bootstrap_servers, topic)} == expected_ids(first + later)
+
+
+def test_feed_seeds_from_stdin_collapses_exact_duplicates(pipeline, broker):
+    lines = [{"instruction": "How do I  descale a kettle?"}, {"instruction": "How do I descale a kettle?"},
+             {"instruction": "Explain eigenvalues", "document": "Linear algebra notes"}]
+    result = pipeline.cli("feed", "seeds", "-", stdin=b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    assert "fed 2 records" in result.stderr.decode() and "1 exact duplicates" in result.stderr.decode()
+    seeds = read_topic(broker.bootstrap_servers, pipeline.prefix + "seeds")
+    by_text = {s["data"]["instruction"]: s for s in seeds}
+    assert set(by_text) == {"How do I descale a kettle?", "Explain eigenvalues"}
+    assert by_text["Explain eigenvalues"]["data"]["document"] == "Linear algebra notes"
+    assert by_text["Explain eigenvalues"]["data"]["source"] == "<stdin>:3"

@@ -1,0 +1,164 @@
+"""The LLM client over real HTTP against the simulator: limits, retries, re-asks, cache."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+import pytest
+from pydantic import BaseModel, Field
+
+from streamer import metrics
+from streamer.config import LLMSettings
+from streamer.llm.cache import ResponseCache
+from streamer.llm.client import LLMOutputError, LLMPool, LLMRequestError, LLMUnavailableError
+from streamer.llm.simulator import STATS_KEY, SimulatorSettings, start_simulator
+
+
+class Answer(BaseModel):
+    title: str
+    points: list[str] = Field(min_length=1, max_length=4)
+    score: int = Field(ge=0, le=7)
+
+
+@asynccontextmanager
+async def simulator(**kw):
+    runner, port = await start_simulator(SimulatorSettings(port=0, **kw))
+    try:
+        yield f"http://127.0.0.1:{port}/v1", runner.app[STATS_KEY]
+    finally:
+        await runner.cleanup()
+
+
+def llm(url: str, **kw) -> LLMSettings:
+    base = dict(base_url=url, model="synthstream-simulator", requests_per_minute=6000, cache=False,
+                max_retries=2, reasks=1, api_key="sk-test-secret-abcdef")
+    return LLMSettings(**{**base, **kw})
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": text}]
+
+
+def count(stage: str, outcome: str) -> float:
+    return metrics.total(metrics.LLM_REQUESTS, stage=stage, outcome=outcome)
+
+
+async def test_structured_output_is_validated_marked_simulated_and_usage_counted():
+    async with simulator() as (url, stats):
+        pool = LLMPool()
+        client = pool.client(llm(url), "t-structured")
+        result = await client.structured(ask("volcanic basalt columns cooling slowly"), Answer)
+        await pool.close()
+    assert isinstance(result.parsed, Answer)
+    assert result.simulated and not result.cached
+    assert result.prompt_tokens > 0 and result.completion_tokens > 0
+    assert metrics.total(metrics.LLM_TOKENS, stage="t-structured", kind="prompt") == result.prompt_tokens
+    assert stats.completed == 1
+
+
+async def test_429_honours_retry_after_with_a_pause_shared_by_all_callers():
+    # One request per second, no burst: concurrent callers must wait rather than hammer.
+    async with simulator(rpm=60, burst_seconds=1) as (url, stats):
+        pool = LLMPool()
+        client = pool.client(llm(url, max_retries=6), "t-429")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await asyncio.gather(*(client.complete(ask(f"caller {i}")) for i in range(3)))
+        elapsed = loop.time() - started
+        await pool.close()
+    assert len(results) == 3 and stats.completed == 3
+    assert count("t-429", "rate_limited") >= 1
+    # The shared pause keeps 429s to about one per waiting caller per refill, not a storm.
+    assert stats.rate_limited <= 4, stats
+    assert elapsed >= 1.5  # three requests at one per second
+
+
+async def test_paced_client_gets_no_429_from_a_server_with_the_same_limit():
+    # The server holds two seconds of quota; the client, paced per second, never exceeds it.
+    async with simulator(rpm=120, burst_seconds=2) as (url, stats):
+        pool = LLMPool()
+        client = pool.client(llm(url, requests_per_minute=120), "t-paced")
+        await asyncio.gather(*(client.complete(ask(f"paced {i}")) for i in range(10)))
+        await pool.close()
+    assert stats.completed == 10 and stats.rate_limited == 0
+
+
+async def test_malformed_output_is_reasked_then_fails_with_the_reason():
+    async with simulator(malformed_rate=1.0) as (url, stats):
+        pool = LLMPool()
+        client = pool.client(llm(url, reasks=1), "t-malformed")
+        with pytest.raises(LLMOutputError, match="not valid JSON"):
+            await client.structured(ask("anything"), Answer)
+        await pool.close()
+    assert stats.requests == 2  # the ask and one re-ask
+
+
+async def test_reasks_recover_from_occasional_malformed_output():
+    async with simulator(malformed_rate=0.5, seed=3) as (url, stats):
+        pool = LLMPool()
+        client = pool.client(llm(url, reasks=5), "t-reask")
+        results = await asyncio.gather(*(client.structured(ask(f"topic {i}"), Answer) for i in range(10)))
+        await pool.close()
+    assert all(isinstance(r.parsed, Answer) for r in results)
+    assert count("t-reask", "invalid_output") >= 1 and stats.malformed >= 1
+
+
+async def test_server_errors_are_retried_then_raised():
+    async with simulator(error_rate=1.0) as (url, stats):
+        pool = LLMPool()
+        client = pool.client(llm(url, max_retries=2), "t-500")
+        with pytest.raises(LLMUnavailableError, match="3 attempts failed; last: HTTP 500"):
+            await client.complete(ask("x"))
+        await pool.close()
+    assert stats.requests == 3
+
+
+async def test_truncated_output_counts_as_failure_and_is_retried():
+    async with simulator() as (url, stats):
+        pool = LLMPool()
+        client = pool.client(llm(url, max_retries=1, max_tokens=2), "t-length")
+        with pytest.raises(LLMUnavailableError, match="finish_reason=length"):
+            await client.structured(ask("a long answer please"), Answer)
+        await pool.close()
+    assert stats.truncated == 2
+
+
+async def test_client_errors_are_not_retried():
+    async with simulator() as (url, stats):
+        pool = LLMPool()
+        client = pool.client(llm(url, max_retries=3), "t-400")
+        with pytest.raises(LLMRequestError, match="HTTP 400"):
+            await client.complete(ask("x"), max_tokens=0)
+        await pool.close()
+    assert stats.requests == 1
+
+
+async def test_cache_serves_a_repeated_request_even_after_a_restart(tmp_path):
+    async with simulator() as (url, stats):
+        settings = llm(url, cache=True)
+        pool = LLMPool(ResponseCache(tmp_path / "cache.sqlite"))
+        first = await pool.client(settings, "t-cache").structured(ask("cache me"), Answer)
+        again = await pool.client(settings, "t-cache").structured(ask("cache me"), Answer)
+        await pool.close()
+        restarted = LLMPool(ResponseCache(tmp_path / "cache.sqlite"))
+        after_restart = await restarted.client(settings, "t-cache").structured(ask("cache me"), Answer)
+        other = await restarted.client(settings, "t-cache").structured(ask("cache me"), Answer, temperature=0.1)
+        await restarted.close()
+    assert not first.cached and again.cached and after_restart.cached and not other.cached
+    assert again.parsed == first.parsed == after_restart.parsed
+    assert after_restart.simulated
+    assert stats.requests == 2  # the first call and the one with different params
+
+
+async def test_api_key_never_appears_in_logs_or_errors(caplog):
+    caplog.set_level(logging.DEBUG)
+    async with simulator(error_rate=1.0) as (url, _):
+        pool = LLMPool()
+        client = pool.client(llm(url, max_retries=1), "t-secret")
+        with pytest.raises(LLMUnavailableError) as info:
+            await client.complete(ask("x"))
+        await pool.close()
+    assert "sk-test-secret-abcdef" not in caplog.text
+    assert "sk-test-secret-abcdef" not in str(info.value)
