@@ -3,10 +3,16 @@ its function; none of them knows about Kafka."""
 
 from __future__ import annotations
 
+from consumers import answer, attribution, instruction, judge, passthrough, situation
 from streamer.stage import Stage
 
-from consumers import standin
-
 # In pipeline order; `synthstream run` runs all of them.
-PIPELINE: tuple[Stage, ...] = (standin.STAGE,)
+PIPELINE: tuple[Stage, ...] = (
+    attribution.STAGE,  # seeds -> seeds.attributed
+    situation.STAGE,  # docs (+ seeds.attributed as a table) -> situations
+    instruction.STAGE,  # situations -> instructions
+    judge.STAGE,  # instructions -> instructions.scored | rejected
+    passthrough.STAGE,  # instructions.scored -> instructions.unique
+    answer.STAGE,  # instructions.unique -> samples
+)
 STAGES: dict[str, Stage] = {stage.name: stage for stage in PIPELINE}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -19,6 +20,10 @@ log = logging.getLogger("synthstream")
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Model loading prints progress bars and hub notices; the encoder logs one line instead.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -27,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # aiokafka logs every rebalance and retry at INFO/WARNING; ours say what matters.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
-    for noisy in ("httpx", "httpx2", "aiohttp.access"):
+    for noisy in ("httpx", "httpx2", "aiohttp.access", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.handler(args) or 0)
@@ -65,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(handler=cmd_run)
 
+    rp = sub.add_parser("replay", help="make a stage reprocess its input history")
+    rp.add_argument("stage", help="stage name")
+    rp.add_argument("--from-beginning", action="store_true", required=True,
+                    help="rewind the stage's consumer group to the start of its input topic")
+    rp.set_defaults(handler=cmd_replay)
+
     f = sub.add_parser("feed", help="put documents or seed instructions on their topic")
     f.add_argument("kind", choices=["docs", "seeds"])
     f.add_argument("paths", nargs="+", metavar="PATH", help="JSONL/Parquet file, directory, or - for stdin")
@@ -90,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency", type=float, default=0.0, help="seconds per request")
     s.add_argument("--rpm", type=int, default=0, help="requests/min limit (0 = none)")
     s.add_argument("--error-rate", type=float, default=0.0)
-    s.add_argument("--malformed-rate", type=float, default=0.0)
+    s.add_argument("--malformed-rate", type=float, default=0.0, help="share of replies that are broken JSON")
+    s.add_argument("--invalid-rate", type=float, default=0.0, help="share of replies that are JSON breaking the schema")
     s.add_argument("--seed", type=int)
     s.set_defaults(handler=cmd_simulate)
 
@@ -169,6 +181,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from consumers import STAGES
+    from streamer.kafka.admin import GroupBusyError, rewind_group
+
+    settings = _settings(args)
+    if args.stage not in STAGES:
+        print(f"synthstream: unknown stage {args.stage}; stages: {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    if not settings.kafka.bootstrap_servers:
+        print("synthstream: replay needs kafka.bootstrap_servers: a broker started for one command has no "
+              "history to replay", file=sys.stderr)
+        return 2
+    stage, prefix = STAGES[args.stage], settings.kafka.topic_prefix
+    try:
+        offsets = asyncio.run(rewind_group(settings, f"{prefix}{stage.name}", f"{prefix}{stage.input_topic}"))
+    except GroupBusyError as exc:
+        print(f"synthstream: cannot replay {stage.name}: {exc}; stop its workers first (a stopped worker "
+              f"leaves the group within about two session timeouts)", file=sys.stderr)
+        return 3
+    print(f"stage {stage.name} will reprocess {prefix}{stage.input_topic} from offsets {offsets} when it next "
+          f"runs; records of a changed prompt or model get new ids and sit beside the old ones", file=sys.stderr)
+    return 0
+
+
 def cmd_feed(args: argparse.Namespace) -> int:
     from producers.feed import feed
 
@@ -225,7 +261,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from streamer.llm.simulator import SimulatorSettings, run_simulator
 
     run_simulator(SimulatorSettings(host=args.host, port=args.port, latency=args.latency, rpm=args.rpm,
-                                    error_rate=args.error_rate, malformed_rate=args.malformed_rate, seed=args.seed))
+                                    error_rate=args.error_rate, malformed_rate=args.malformed_rate,
+                                    invalid_rate=args.invalid_rate, seed=args.seed))
     return 0
 
 

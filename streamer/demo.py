@@ -55,11 +55,21 @@ async def _demo(settings: Settings, docs: Path, seeds: Path, out: Path, latency:
         settings.llm.requests_per_minute = 6000
         say(f"no LLM endpoint configured: using the simulator at {settings.llm.base_url} "
             f"({latency:.2f}s per call); its outputs are marked simulated")
+        judge = settings.stages.setdefault("judge", {})
+        if "threshold" not in judge:
+            # Simulated rubric scores are noise: filtering on them would drop documents at random.
+            judge["threshold"] = 0
+            say("the simulator's rubric scores are random, so the judge keeps everything "
+                "(set stages.judge.threshold to filter)")
     try:
         doc_report = await feed(settings, "docs", [str(docs)])
         say(doc_report.summary())
         seed_report = await feed(settings, "seeds", [str(seeds)])
         say(seed_report.summary())
+        # Seeds first: their attributions are the worked examples every document is matched against.
+        seeding = [s for s in PIPELINE if s.input_topic == "seeds"]
+        say(f"attributing seeds ({', '.join(s.name for s in seeding)})")
+        await Worker(settings, seeding, sink=True, until_idle=True).run()
         say(f"running stages {', '.join(s.name for s in PIPELINE)} and the sink until all input is processed")
         await Worker(settings, PIPELINE, sink=True, until_idle=True).run()
     finally:
@@ -70,7 +80,11 @@ async def _demo(settings: Settings, docs: Path, seeds: Path, out: Path, latency:
     result = export_samples(settings.storage.store_dir, f"{prefix}samples", out)
     dead = sum(1 for _ in iter_stored(settings.storage.store_dir, f"{prefix}dlq"))
     calls = {s.name: metrics.total(metrics.LLM_REQUESTS, stage=s.name) for s in PIPELINE}
-    say("LLM requests by stage: " + ", ".join(f"{k} {v:.0f}" for k, v in calls.items()))
-    say(f"dataset: {out} ({result.rows} rows from {doc_report.sent} documents; {dead} records in dlq)")
+    per_sample = max(result.rows, 1)
+    say("LLM requests by stage (per exported sample): " + ", ".join(
+        f"{k} {v:.0f} ({v / per_sample:.2f})" for k, v in calls.items() if v))
+    rejected = sum(1 for _ in iter_stored(settings.storage.store_dir, f"{prefix}rejected"))
+    say(f"dataset: {out} ({result.rows} rows from {doc_report.sent} documents and {seed_report.sent} seeds; "
+        f"{rejected} rejected, {dead} records in dlq)")
     print(out)
     return 0

@@ -26,6 +26,7 @@ from streamer.kafka.consumer import GroupMember
 from streamer.llm.client import LLMPool, LLMRequestError
 from streamer.records import DeadLetter, Envelope, Lineage, StageStamp, derived_id, stable_hash
 from streamer.stage import Emit, RecordLLM, Stage, StageContext
+from streamer.table import TopicTable
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,11 @@ class StageRunner(GroupMember):
             stage.name, default_concurrency=stage.concurrency, options_model=stage.options_model
         )
         self.options = stage.options_model.model_validate(self.stage_settings.options)
-        self.version = stage.version
+        self.prompt = stage.effective_prompt(self.stage_settings)
+        self.version = stage.version(self.stage_settings)
         self.identity = stage.identity(self.stage_settings)
+        self.tables = {name: TopicTable(settings, name, model) for name, model in stage.tables.items()}
+        self.resources: Any = None
         self.producer = producer
         self.llm = pool.client(self.stage_settings.llm, stage.name)
         self.stop_event = stop
@@ -61,6 +65,11 @@ class StageRunner(GroupMember):
 
     # Main loop ------------------------------------------------------------------------------
     async def run(self) -> None:
+        # Tables and resources first: the first record must already see them.
+        for table in self.tables.values():
+            await table.start()
+        if self.stage.setup is not None:
+            self.resources = await self.stage.setup(self.stage_settings, self.options)
         await self.start()
         log.info("stage %s %s: %s -> %s, concurrency %d, attempts %d", self.stage.name, self.identity,
                  self.stage.input_topic, ", ".join(self.stage.output_topics), self.stage_settings.concurrency,
@@ -78,6 +87,8 @@ class StageRunner(GroupMember):
             await self._drain()
         finally:
             await self.stop()
+            for table in self.tables.values():
+                await table.stop()
             self._log_summary()
         if self.fatal is not None:
             raise self.fatal
@@ -162,7 +173,7 @@ class StageRunner(GroupMember):
         last: Exception | None = None
         for attempt in range(1, attempts + 1):
             ctx = StageContext(self.stage.name, self.stage_settings, self.options, RecordLLM(self.llm),
-                               envelope, attempt)
+                               envelope, attempt, self.prompt, self.tables, self.resources)
             try:
                 emits = await self.stage.process(payload, ctx)
                 return [self._wrap(envelope, emit, ctx) for emit in emits]

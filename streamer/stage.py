@@ -7,12 +7,14 @@ wraps them in envelopes with deterministic ids and lineage, produces them and co
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from pydantic import BaseModel, ConfigDict
 
-from streamer.config import StageSettings
+from streamer.config import ConfigError, StageSettings
 from streamer.llm.client import LLMClient, LLMResult
 from streamer.records import Envelope, RecordData, stable_hash
 
@@ -39,6 +41,15 @@ class Prompt:
             {"role": "system", "content": self.system.format(**fields)},
             {"role": "user", "content": self.user.format(**fields)},
         ]
+
+    @classmethod
+    def from_file(cls, path: Path) -> Prompt:
+        """A prompt override: TOML with `version`, `system` and `user` (same placeholders)."""
+        try:
+            raw = tomllib.loads(path.read_text())
+            return cls(version=str(raw["version"]), system=raw["system"], user=raw["user"])
+        except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"prompt file {path}: needs TOML keys version, system and user ({exc!r})") from None
 
 
 def delimit(text: str, tag: str) -> str:
@@ -77,16 +88,22 @@ class Stage:
     prompt: Prompt | None = None
     concurrency: int = 16
     options_model: type[BaseModel] = NoOptions
+    tables: dict[str, type[RecordData]] = field(default_factory=dict)  # topics read whole, by name
+    # Called once per process before the first record; its result is `ctx.resources`.
+    setup: Callable[[StageSettings, Any], Awaitable[Any]] | None = None
     description: str = ""
 
-    @property
-    def version(self) -> str:
+    def effective_prompt(self, settings: StageSettings) -> Prompt | None:
+        return Prompt.from_file(settings.prompt_file) if settings.prompt_file else self.prompt
+
+    def version(self, settings: StageSettings) -> str:
         """Prompt version + text digest; with the model it forms the stage's identity."""
-        return self.prompt.label if self.prompt else "1"
+        prompt = self.effective_prompt(settings)
+        return prompt.label if prompt else "1"
 
     def identity(self, settings: StageSettings) -> str:
         """Part of every output id, so a new prompt or model yields new records beside the old."""
-        return f"{self.version}@{settings.llm.model}"
+        return f"{self.version(settings)}@{settings.llm.model}"
 
 
 class RecordLLM:
@@ -124,3 +141,6 @@ class StageContext:
     llm: RecordLLM
     record: Envelope
     attempt: int
+    prompt: Prompt | None = None
+    tables: dict[str, Any] = field(default_factory=dict)  # name -> streamer.table.TopicTable
+    resources: Any = None

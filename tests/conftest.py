@@ -64,6 +64,14 @@ class Pipeline:
     workdir: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
 
+    def feed(self, tmp_path: Path, docs: list[str], seeds: int) -> None:
+        """Seeds and documents onto their topics through the CLI, as a user would."""
+        from helpers import write_jsonl, write_seeds
+
+        if seeds:
+            self.cli("feed", "seeds", str(write_seeds(tmp_path / "seeds.jsonl", seeds)))
+        self.cli("feed", "docs", str(write_jsonl(tmp_path / "docs.jsonl", docs)))
+
     def settings(self) -> Settings:
         return load_settings(env=self.env)
 
@@ -105,6 +113,8 @@ def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Pipeline]:
         "SYNTHSTREAM_RUNTIME__RETRY_BACKOFF": "0.05",
         "SYNTHSTREAM_LLM__MODEL": "synthstream-simulator",
         "SYNTHSTREAM_LLM__REQUESTS_PER_MINUTE": "6000",
+        # Simulated rubric scores are random; keeping everything makes outcomes countable.
+        "SYNTHSTREAM_STAGES__JUDGE__THRESHOLD": "0",
         "PYTHONUNBUFFERED": "1",
     })
     p = Pipeline(prefix, data_dir, env, tmp_path)

@@ -100,3 +100,46 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 10) -> list[dict]:
             await consumer.stop()
 
     return asyncio.run(run())
+
+
+SEED_INSTRUCTIONS = [
+    "How do I keep my sourdough starter alive while I'm travelling for two weeks?",
+    "Write a Python function that merges overlapping time intervals and explain its complexity.",
+    "My landlord wants a 12% rent increase; draft a polite counter-offer email.",
+    "Explain why the sky looks red at sunset to a curious ten-year-old.",
+    "What should I check on a used car with 120,000 km before buying it?",
+    "Summarise the causes of the French Revolution in five bullet points for my exam.",
+    "I'm a nurse on night shifts. How can I sleep better during the day?",
+    "Compare B-tree and hash indexes for a table queried by date ranges.",
+    "Plan a 10K training schedule for a beginner who can run 3 km today.",
+    "How do I descale an espresso machine without damaging the seals?",
+]
+
+
+def write_seeds(path: Path, n: int) -> Path:
+    path.write_bytes(b"".join(orjson.dumps({"instruction": t}) + b"\n" for t in SEED_INSTRUCTIONS[:n]))
+    return path
+
+
+def produce(bootstrap: str, topic: str, envelopes: list) -> None:
+    """Put records straight onto a topic, as an upstream stage would."""
+    from aiokafka import AIOKafkaProducer
+
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for env in envelopes:
+                await producer.send_and_wait(topic, env.to_bytes(), key=env.root_id.encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def simulator_requests(url: str) -> list[dict]:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url.replace("/v1", "/requests"), timeout=10) as resp:
+        return json.load(resp)

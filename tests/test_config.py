@@ -93,15 +93,15 @@ def test_config_show_masks_secrets(tmp_path, monkeypatch, capsys):
     assert main(["config", "show"]) == 0
     out = capsys.readouterr().out
     assert "sk-very-secret-value" not in out and "kafka-secret-pw" not in out
-    assert 'api_key = "**** (set)"' in out and "[stages.standin.llm]" in out
+    assert 'api_key = "**** (set)"' in out and "[stages.judge.llm]" in out
     assert main(["config", "show", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["llm"]["api_key"] == "**** (set)"
-    assert shown["stages"]["standin"]["llm"]["api_key"] == "**** (set)"
+    assert shown["stages"]["judge"]["llm"]["api_key"] == "**** (set)"
 
 
 def test_cli_reports_config_error_with_exit_code_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    write(tmp_path, "[stages.standin]\nconcurency = 4\n")
+    write(tmp_path, "[stages.judge]\nconcurency = 4\n")
     assert main(["config", "show"]) == 2
-    assert "stages.standin.concurency" in capsys.readouterr().err
+    assert "stages.judge.concurency" in capsys.readouterr().err

@@ -10,7 +10,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from helpers import expected_ids, make_texts, read_topic, stop_process, stored_rows, wait_for, write_jsonl
+from helpers import (
+    SEED_INSTRUCTIONS,
+    expected_ids,
+    make_texts,
+    read_topic,
+    stop_process,
+    stored_rows,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +33,10 @@ def stored_count(pipeline, topic: str) -> int:
 
 
 def test_sigkill_mid_run_then_restart_exports_every_input_exactly_once(pipeline, start_simulator, tmp_path):
-    sim = start_simulator("--latency", "0.4")
-    pipeline.env.update({"SYNTHSTREAM_LLM__BASE_URL": sim.url, "SYNTHSTREAM_STAGES__STANDIN__CONCURRENCY": "4"})
-    texts = make_texts(60)
-    pipeline.cli("feed", "docs", str(write_jsonl(tmp_path / "docs.jsonl", texts)))
+    sim = start_simulator("--latency", "0.5")
+    pipeline.env.update({"SYNTHSTREAM_LLM__BASE_URL": sim.url, "SYNTHSTREAM_STAGES__SITUATION__CONCURRENCY": "4"})
+    texts = make_texts(40)
+    pipeline.feed(tmp_path, texts, seeds=6)
 
     worker = pipeline.start("run", "--no-progress")
     wait_for(lambda: stored_count(pipeline, "samples") >= 8, 60, what="first samples stored")
@@ -49,13 +57,16 @@ def test_sigkill_mid_run_then_restart_exports_every_input_exactly_once(pipeline,
 def test_two_workers_of_one_stage_split_partitions_and_process_each_record_once(pipeline, start_simulator, tmp_path):
     sim = start_simulator("--latency", "0.1")
     pipeline.env["SYNTHSTREAM_LLM__BASE_URL"] = sim.url
-    workers = [pipeline.start("run", "--stage", "standin", "--no-progress", name=f"standin{i}") for i in range(2)]
-    sink = pipeline.start("run", "--stage", "sink", "--no-progress", name="sink")
+    workers = [pipeline.start("run", "--stage", "instruction", "--no-progress", name=f"instruction{i}")
+               for i in range(2)]
+    others = [arg for stage in ("attribution", "situation", "judge", "passthrough", "answer", "sink")
+              for arg in ("--stage", stage)]
+    rest = pipeline.start("run", *others, "--no-progress", name="rest")
 
     def settled_assignment() -> list[set[int]] | None:
         latest = []
         for w in workers:
-            found = re.findall(r"standin: assigned partitions (.*)", pipeline.log_of(w))
+            found = re.findall(r"instruction: assigned partitions (.*)", pipeline.log_of(w))
             if not found:
                 return None
             latest.append({int(p) for p in re.findall(r"\[(\d+)\]", found[-1])})
@@ -65,10 +76,10 @@ def test_two_workers_of_one_stage_split_partitions_and_process_each_record_once(
     assignment = wait_for(settled_assignment, 60, what="both workers holding disjoint partitions")
     assert all(assignment), assignment
 
-    texts = make_texts(48)
-    pipeline.cli("feed", "docs", str(write_jsonl(tmp_path / "docs.jsonl", texts)))
-    wait_for(lambda: stored_count(pipeline, "samples") >= len(texts), 90, what="all samples stored")
-    for proc in (*workers, sink):
+    texts = make_texts(40)
+    pipeline.feed(tmp_path, texts, seeds=6)
+    wait_for(lambda: stored_count(pipeline, "samples") >= len(texts), 120, what="all samples stored")
+    for proc in (*workers, rest):
         assert stop_process(proc) == 0
 
     processed = []
@@ -85,29 +96,32 @@ def test_two_workers_of_one_stage_split_partitions_and_process_each_record_once(
 
 def test_llm_faults_end_in_storage_or_dlq_with_reason_and_counts_add_up(pipeline, start_simulator, tmp_path):
     sim = start_simulator("--error-rate", "0.2", "--malformed-rate", "0.1", "--seed", "11")
-    pipeline.env.update({
-        "SYNTHSTREAM_LLM__BASE_URL": sim.url,
-        # One try per record, so faults reach the dlq often enough to check both paths.
-        "SYNTHSTREAM_LLM__MAX_RETRIES": "0", "SYNTHSTREAM_LLM__REASKS": "0",
-        "SYNTHSTREAM_STAGES__STANDIN__ATTEMPTS": "1",
-    })
-    texts = make_texts(50)
-    pipeline.cli("feed", "docs", str(write_jsonl(tmp_path / "docs.jsonl", texts)))
-    run = pipeline.cli("run", "--until-idle", "--no-progress", timeout=180)
+    # One try per call and per record, so faults reach the dlq often enough to check both paths.
+    pipeline.env.update({"SYNTHSTREAM_LLM__BASE_URL": sim.url, "SYNTHSTREAM_LLM__MAX_RETRIES": "0",
+                         "SYNTHSTREAM_LLM__REASKS": "0"})
+    for stage in ("ATTRIBUTION", "SITUATION", "INSTRUCTION", "JUDGE", "ANSWER"):
+        pipeline.env[f"SYNTHSTREAM_STAGES__{stage}__ATTEMPTS"] = "1"
+    texts = make_texts(30)
+    pipeline.feed(tmp_path, texts, seeds=10)
+    run = pipeline.cli("run", "--until-idle", "--no-progress", timeout=240)
     assert run.returncode == 0
 
-    samples = {r["root_id"] for r in stored_rows(pipeline.data_dir, pipeline.prefix + "samples")}
+    def roots(topic: str) -> list[str]:
+        return [r["root_id"] for r in stored_rows(pipeline.data_dir, pipeline.prefix + topic)]
+
     dead = [orjson.loads(r["envelope"]) for r in stored_rows(pipeline.data_dir, pipeline.prefix + "dlq")]
-    dead_roots = {d["root_id"] for d in dead}
-    assert dead and samples, "with 28% failing calls both outcomes must occur"
-    assert not samples & dead_roots
-    assert samples | dead_roots == expected_ids(texts)
-    assert len(samples) + len(dead) == len(texts)
+    dead_roots = [d["root_id"] for d in dead]
+    # Every input ends exactly once: a document as a sample or a dead letter, a seed as an
+    # attributed seed or a dead letter (nothing is rejected: thresholds are 0 here).
+    endings = Counter(roots("samples") + roots("seeds.attributed") + dead_roots + roots("rejected"))
+    assert set(endings) == expected_ids(texts) | expected_ids(SEED_INSTRUCTIONS[:10])
+    assert all(n == 1 for n in endings.values()), [r for r, n in endings.items() if n > 1]
+    assert roots("samples") and dead, "with 28% failing calls both outcomes must occur"
     for letter in dead:
         data = letter["data"]
-        assert data["stage"] == "standin" and data["attempts"] == 1
-        assert data["error"] and data["error_type"] in {"LLMUnavailableError", "LLMOutputError"}
-        assert data["input"]["id"] == letter["root_id"]
+        assert data["stage"] in {"attribution", "situation", "instruction", "judge", "answer"}
+        assert data["attempts"] == 1 and data["error"]
+        assert data["input"]["root_id"] == letter["root_id"]
     reasons = {d["data"]["error_type"] for d in dead}
     assert reasons == {"LLMUnavailableError", "LLMOutputError"}, reasons
 
@@ -143,18 +157,17 @@ def test_bad_feed_lines_are_reported_and_good_lines_arrive(pipeline, broker, tmp
 
 
 def test_sigterm_drains_in_flight_and_restart_reprocesses_nothing_stored(pipeline, start_simulator, tmp_path):
-    # Calls slow enough that the first stored batch is seen while the next is still in flight.
-    sim = start_simulator("--latency", "2.0")
-    pipeline.env.update({"SYNTHSTREAM_LLM__BASE_URL": sim.url, "SYNTHSTREAM_STAGES__STANDIN__CONCURRENCY": "8"})
-    texts = make_texts(40)
-    pipeline.cli("feed", "docs", str(write_jsonl(tmp_path / "docs.jsonl", texts)))
+    sim = start_simulator("--latency", "1.0")
+    pipeline.env.update({"SYNTHSTREAM_LLM__BASE_URL": sim.url, "SYNTHSTREAM_STAGES__SITUATION__CONCURRENCY": "6"})
+    texts = make_texts(30)
+    pipeline.feed(tmp_path, texts, seeds=4)
 
     worker = pipeline.start("--log-level", "debug", "run", "--no-progress")
-    wait_for(lambda: stored_count(pipeline, "samples") >= 8, 60, what="first samples stored")
+    wait_for(lambda: stored_count(pipeline, "samples") >= 4, 90, what="first samples stored")
     assert stop_process(worker, signal.SIGTERM) == 0
     log = pipeline.log_of(worker)
-    drained = re.search(r"standin: draining (\d+) in-flight records", log)
-    assert drained and int(drained.group(1)) > 0, log[-3000:]
+    drained = [int(n) for n in re.findall(r"stage \w+: draining (\d+) in-flight records", log)]
+    assert sum(drained) > 0, log[-3000:]
     assert "not finished by the drain deadline" not in log
     stored_before = stored_count(pipeline, "samples")
     assert stored_before < len(texts)

@@ -19,7 +19,7 @@ import aiohttp
 import openai
 import pytest
 import pytest_asyncio
-from pydantic import BaseModel, Field, TypeAdapter, conint
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, conint
 
 from streamer.llm.simulator import (
     SIMULATOR_FINGERPRINT,
@@ -217,7 +217,8 @@ async def test_rate_limit_answers_429_with_retry_after(simulator: Start) -> None
             await client.chat.completions.create(model=SIMULATOR_MODEL, messages=MESSAGES)
     assert err.value.response.headers["retry-after-ms"]
     stats = await _get(port, "/stats")
-    assert stats == {"requests": 3, "completed": 1, "rate_limited": 2, "errors": 0, "malformed": 0, "truncated": 0}
+    assert stats == {"requests": 3, "completed": 1, "rate_limited": 2, "errors": 0, "malformed": 0, "invalid": 0,
+                     "truncated": 0}
 
 
 @pytest.mark.asyncio
@@ -417,3 +418,27 @@ def test_fill_schema_type_adapter_shapes() -> None:
         adapter = TypeAdapter(tp)
         for seed in range(10):
             adapter.validate_python(fill_schema(adapter.json_schema(), WORDS, random.Random(seed)))
+
+
+@pytest.mark.asyncio
+async def test_invalid_rate_gives_json_that_breaks_the_schema_and_requests_are_listed():
+    class Pair(BaseModel):
+        first: str
+        second: str
+
+    runner, port = await start_simulator(SimulatorSettings(port=0, invalid_rate=1.0))
+    try:
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", max_retries=0)
+        schema = {"type": "json_schema", "json_schema": {"name": "Pair", "schema": Pair.model_json_schema()}}
+        reply = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "<doc>tides</doc>"}], response_format=schema)
+        await client.close()
+        content = json.loads(reply.choices[0].message.content)
+        with pytest.raises(ValidationError):
+            Pair.model_validate(content)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/requests") as resp:
+                recent = await resp.json()
+        assert recent[-1]["messages"][0]["content"] == "<doc>tides</doc>"
+    finally:
+        await runner.cleanup()

@@ -41,7 +41,7 @@ class TopicNames:
         return topic.removeprefix(self.prefix)
 
 
-def _common(kafka: KafkaSettings) -> dict[str, Any]:
+def client_options(kafka: KafkaSettings) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap_servers,
         "client_id": kafka.client_id,
@@ -59,7 +59,7 @@ def _common(kafka: KafkaSettings) -> dict[str, Any]:
 
 def make_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
     # acks=all: an output counts as written only once the broker has it durably.
-    return AIOKafkaProducer(**_common(kafka), acks="all", linger_ms=5, max_request_size=MAX_MESSAGE_BYTES)
+    return AIOKafkaProducer(**client_options(kafka), acks="all", linger_ms=5, max_request_size=MAX_MESSAGE_BYTES)
 
 
 def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
@@ -67,7 +67,7 @@ def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str | None, **ex
                 max_partition_fetch_bytes=MAX_MESSAGE_BYTES, session_timeout_ms=kafka.session_timeout_ms,
                 heartbeat_interval_ms=kafka.heartbeat_interval_ms)
     opts.update(extra)
-    return AIOKafkaConsumer(*topics, **_common(kafka), group_id=group_id, **opts)
+    return AIOKafkaConsumer(*topics, **client_options(kafka), group_id=group_id, **opts)
 
 
 def partitions_for(settings: Settings, name: str) -> int:
@@ -79,7 +79,7 @@ def partitions_for(settings: Settings, name: str) -> int:
 async def ensure_topics(settings: Settings, names: Iterable[str] = TOPICS) -> None:
     """Create missing topics with their configured partition counts (existing ones are kept)."""
     topic = TopicNames(settings.kafka.topic_prefix)
-    admin = AIOKafkaAdminClient(**_common(settings.kafka))
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -46,6 +47,8 @@ class SimulatorSettings(BaseModel):
     burst_seconds: float = Field(3.0, gt=0, description="bucket capacity in seconds of rpm")
     error_rate: float = Field(0.0, ge=0, le=1, description="probability of a simulated 500")
     malformed_rate: float = Field(0.0, ge=0, le=1, description="probability of broken JSON when JSON was asked")
+    invalid_rate: float = Field(0.0, ge=0, le=1, description="probability of valid JSON that breaks the schema")
+    keep_requests: int = Field(200, ge=0, description="recent requests served at GET /requests")
     seed: int | None = Field(None, description="seeds fault injection (error/malformed draws)")
 
 
@@ -58,6 +61,7 @@ class SimulatorStats:
     rate_limited: int = 0
     errors: int = 0
     malformed: int = 0
+    invalid: int = 0
     truncated: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -248,6 +252,15 @@ MAX_VALUES = 5000  # values per document; keeps any schema's answer a sane size
 _SHORT_HINTS = frozenset(
     "name names title titles keyword keywords level levels label labels tag tags category categories".split()
 )
+
+
+def _break_schema(content: str) -> str:
+    """Valid JSON that a schema rejects: the object loses its first field."""
+    value = json.loads(content)
+    if isinstance(value, dict) and value:
+        value.pop(next(iter(value)))
+        return json.dumps(value)
+    return json.dumps({"unexpected": value})
 
 
 def fill_schema(schema: dict[str, Any], words: list[str], rng: random.Random) -> Any:
@@ -543,6 +556,7 @@ class _Simulator:
         self.bucket = _bucket_for(settings)
         # Separate from content RNGs so fault draws never change what a good answer says.
         self.faults = random.Random(settings.seed)
+        self.recent: deque[dict[str, Any]] = deque(maxlen=settings.keep_requests)
 
     async def models(self, _request: web.Request) -> web.Response:
         model = {"id": SIMULATOR_MODEL, "object": "model", "owned_by": "synthstream"}
@@ -550,6 +564,10 @@ class _Simulator:
 
     async def stats_view(self, _request: web.Request) -> web.Response:
         return web.json_response(self.stats.as_dict())
+
+    async def requests_view(self, _request: web.Request) -> web.Response:
+        """What was asked lately: lets a person (or a test) see the exact prompts a stage sends."""
+        return web.json_response(list(self.recent))
 
     async def chat_completions(self, request: web.Request) -> web.Response:
         self.stats.requests += 1
@@ -565,6 +583,7 @@ class _Simulator:
             return _bad_request("request body is not valid JSON")
         try:
             req = _parse_request(body)
+            self.recent.append({"model": req.model, "messages": req.messages})
             content = _build_content(req)
         except _BadRequest as exc:
             self.stats.errors += 1
@@ -589,6 +608,11 @@ class _Simulator:
         ):
             content = _malform(content, self.faults)
             self.stats.malformed += 1
+        elif req.format_type != "text" and self.settings.invalid_rate and (
+            self.faults.random() < self.settings.invalid_rate
+        ):
+            content = _break_schema(content)
+            self.stats.invalid += 1
         completion_tokens = math.ceil(len(content) / CHARS_PER_TOKEN)
         finish_reason = "stop"
         if req.max_tokens is not None and completion_tokens > req.max_tokens:
@@ -625,6 +649,7 @@ def create_app(settings: SimulatorSettings) -> web.Application:
     app[STATS_KEY] = sim.stats
     app.router.add_get("/v1/models", sim.models)
     app.router.add_get("/stats", sim.stats_view)
+    app.router.add_get("/requests", sim.requests_view)
     app.router.add_post("/v1/chat/completions", sim.chat_completions)
     return app
 

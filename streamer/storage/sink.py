@@ -28,7 +28,8 @@ from streamer.records import stable_hash
 
 log = logging.getLogger(__name__)
 
-SINK_TOPICS = ("samples", "rejected", "dlq")
+# Final and audit topics: what a person inspects, reports on and exports.
+SINK_TOPICS = ("samples", "rejected", "dlq", "seeds.attributed")
 
 ROW_SCHEMA = pa.schema([
     ("id", pa.string()), ("root_id", pa.string()), ("kind", pa.string()), ("method", pa.string()),

@@ -1,0 +1,68 @@
+"""Records the SynthQuestions and GLAN stages pass between them (the topics' data contracts).
+
+The runtime's own records (Document, Seed, Sample, DeadLetter) live in streamer.records.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field
+
+from consumers.rubric import Judgement
+from streamer.records import RecordData
+
+
+class Compositions(BaseModel):
+    """What an instruction is made of."""
+
+    ability: str = Field(description="the ability it exercises")
+    knowledge: str = Field(description="the knowledge it needs")
+    extra_information: str = Field(description="information the user supplies with it")
+    expected_output: str = Field(description="the form and content of a good answer")
+
+
+class AttributedSeed(RecordData):
+    kind: ClassVar[str] = "attributed_seed"
+    instruction: str
+    document: str | None = None
+    keywords: list[str]
+    user: str
+    motivation: str
+    scene: str
+    compositions: Compositions
+    score: int = Field(ge=0, le=7)
+    source: str
+
+    def example_text(self) -> str:
+        """What the seed contributes to similarity search and to a prompt's worked example."""
+        return f"{self.instruction}\n{self.scene}"
+
+
+class Situation(RecordData):
+    kind: ClassVar[str] = "situation"
+    document: str = Field(description="the document text as given to the LLM (within the token budget)")
+    user: str
+    circumstances: str
+    motivation: str
+    situation: str
+
+
+class Instruction(RecordData):
+    kind: ClassVar[str] = "instruction"
+    instruction: str
+    compositions: Compositions | None = None
+    context: dict[str, Any] = Field(default_factory=dict, description="method-specific inputs, e.g. the situation")
+
+
+class ScoredInstruction(Instruction):
+    kind: ClassVar[str] = "scored_instruction"
+    judgement: Judgement
+
+
+class Rejection(RecordData):
+    kind: ClassVar[str] = "rejection"
+    stage: str
+    reason: str
+    score: float | None = None
+    record: dict[str, Any]
