@@ -8,6 +8,7 @@ at random (`random`, seeded by the document id so a replay picks the same), or h
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from typing import Literal
@@ -71,18 +72,21 @@ class ExampleSelector:
         self.ids: list[str] = []
         self.matrix = np.zeros((0, 0), dtype=np.float32)
         self._seen_changes = -1
+        # Records are handled concurrently: one refreshes, the others wait for its result.
+        self._refreshing = asyncio.Lock()
 
     async def refresh(self, table: TopicTable) -> None:
-        if table.changes == self._seen_changes:
-            return
-        self._seen_changes = table.changes
-        known = set(self.ids)
-        new_ids = sorted(i for i in table.rows if i not in known)
-        if not new_ids:
-            return
-        vectors = await self.encoder.encode([table.rows[i][1].example_text() for i in new_ids])
-        self.matrix = vectors if not self.ids else np.vstack([self.matrix, vectors])
-        self.ids.extend(new_ids)
+        async with self._refreshing:
+            changes = table.changes
+            if changes == self._seen_changes:
+                return
+            known = set(self.ids)
+            new_ids = sorted(i for i in table.rows if i not in known)
+            if new_ids:
+                vectors = await self.encoder.encode([table.rows[i][1].example_text() for i in new_ids])
+                self.matrix = vectors if not self.ids else np.vstack([self.matrix, vectors])
+                self.ids.extend(new_ids)
+            self._seen_changes = changes
 
     async def choose(self, text: str, table: TopicTable, k: int, mode: str, seed: str) -> list[str]:
         """Ids of up to k seeds for a document; deterministic for the same table and document."""
@@ -136,10 +140,11 @@ async def make_situation(doc: Document, ctx: StageContext) -> list[Emit]:
     messages = ctx.prompt.messages(examples="\n".join(examples) or "(none)", document=delimit(document, "document"))
     out: SituationOutput = await ctx.llm.structured(messages, SituationOutput)
     situation = Situation(document=document, **out.model_dump())
-    seed_versions = sorted({s.version for i in seed_ids for s in table.rows[i][0].lineage.stages[-1:]})
-    details = {"demo_selection": opts.demo_selection, "example_seed_versions": seed_versions,
-               "document_source": doc.source}
-    return [Emit(situation, seed_ids=seed_ids, method="synthquestions", details=details)]
+    used = [table.rows[i][0] for i in seed_ids]
+    details = {"demo_selection": opts.demo_selection, "document_source": doc.source,
+               "example_seed_versions": sorted({s.version for env in used for s in env.lineage.stages[-1:]})}
+    # Root ids: the real seed instructions, stable whichever attribution version described them.
+    return [Emit(situation, seed_ids=[env.root_id for env in used], method="synthquestions", details=details)]
 
 
 STAGE = Stage(

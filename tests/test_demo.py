@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,13 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streamer.records import content_id
+
 pytestmark = pytest.mark.slow
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "docs"
+SEEDS = Path(__file__).resolve().parents[1] / "examples" / "seeds.jsonl"
+LLM_STAGES = ("situation", "instruction", "judge", "answer")
 
 
 def test_demo_ends_with_one_row_per_sample_document(tmp_path):
@@ -30,3 +35,16 @@ def test_demo_ends_with_one_row_per_sample_document(tmp_path):
     assert len(rows) == n_docs and len({r["document_id"] for r in rows}) == n_docs
     assert all(r["simulated"] and r["messages"][0]["role"] == "user" for r in rows)
     assert f"({n_docs} rows from {n_docs} documents" in err
+
+    seed_ids = {content_id(orjson.loads(line)["instruction"]) for line in SEEDS.read_bytes().splitlines()}
+    for row in rows:
+        assert row["method"] == "synthquestions"
+        assert row["document_id"] == row["root_id"]
+        assert len(row["seed_ids"]) == 3 and set(row["seed_ids"]) <= seed_ids
+        stamps = {s["stage"]: s for s in orjson.loads(row["stage_versions"])}
+        for stage in LLM_STAGES:
+            assert stamps[stage]["model"] == "synthstream-simulator"
+            assert re.fullmatch(r"\d+-[0-9a-f]{8}", stamps[stage]["version"]), stamps[stage]
+        lineage = orjson.loads(row["lineage"])
+        assert lineage["details"]["demo_selection"] == "nearest"
+        assert lineage["details"]["example_seed_versions"]

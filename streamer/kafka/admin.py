@@ -1,4 +1,4 @@
-"""Group administration for replays: who is in a group, and rewinding its committed offsets.
+"""Group administration for replays: rewinding a stage's committed offsets.
 
 Rewinding joins the group as its only member, commits the new positions and leaves; this works
 on any Kafka-protocol broker (some, like the embedded one, refuse commits from non-members).
@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiokafka.admin import AIOKafkaAdminClient
-
 from streamer.config import Settings
-from streamer.kafka.clients import client_options, make_consumer
+from streamer.kafka.clients import make_consumer
 
 log = logging.getLogger(__name__)
 
@@ -21,24 +19,13 @@ class GroupBusyError(RuntimeError):
     pass
 
 
-async def group_members(settings: Settings, group: str) -> list[str]:
-    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
-    await admin.start()
-    try:
-        described = await admin.describe_consumer_groups([group])
-    finally:
-        await admin.close()
-    members: list[str] = []
-    for response in described:
-        for entry in response.groups:
-            members += [m[0] for m in entry[5]]  # (member_id, client_id, host, metadata, assignment)
-    return members
-
-
 async def rewind_group(settings: Settings, group: str, topic: str, join_timeout: float = 60.0) -> dict[int, int]:
-    """Set the group's committed offsets on `topic` to the beginning; returns partition -> offset."""
-    if members := await group_members(settings, group):
-        raise GroupBusyError(f"group {group} has {len(members)} active member(s)")
+    """Set the group's committed offsets on `topic` to the beginning; returns partition -> offset.
+
+    Whether other members are alive is learnt by joining: the group coordinator evicts departed
+    members and splits partitions with live ones, so holding every partition proves we are alone.
+    (Group descriptions are no proof: some brokers keep listing members that have left.)
+    """
     consumer = make_consumer(settings.kafka, topic, group_id=group)
     await consumer.start()
     try:
@@ -50,7 +37,8 @@ async def rewind_group(settings: Settings, group: str, topic: str, join_timeout:
         assignment = consumer.assignment()
         total = len(consumer.partitions_for_topic(topic) or ())
         if len(assignment) < total:
-            raise GroupBusyError(f"group {group}: another member joined during the rewind")
+            raise GroupBusyError(f"group {group} has other active members (we were given "
+                                 f"{len(assignment)} of {total} partitions); nothing was changed")
         await consumer.seek_to_beginning(*assignment)
         positions = {tp: await consumer.position(tp) for tp in assignment}
         await consumer.commit(positions)
