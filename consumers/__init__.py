@@ -3,7 +3,7 @@ its function; none of them knows about Kafka."""
 
 from __future__ import annotations
 
-from consumers import answer, attribution, instruction, judge, passthrough, situation
+from consumers import answer, attribution, dedup, embed, instruction, judge, situation
 from streamer.stage import Stage
 
 # In pipeline order; `synthstream run` runs all of them.
@@ -12,7 +12,8 @@ PIPELINE: tuple[Stage, ...] = (
     situation.STAGE,  # docs (+ seeds.attributed as a table) -> situations
     instruction.STAGE,  # situations -> instructions
     judge.STAGE,  # instructions -> instructions.scored | rejected
-    passthrough.STAGE,  # instructions.scored -> instructions.unique
+    embed.STAGE,  # instructions.scored -> instructions.embedded
+    dedup.STAGE,  # instructions.embedded (1 partition) -> instructions.unique | rejected
     answer.STAGE,  # instructions.unique -> samples
 )
 STAGES: dict[str, Stage] = {stage.name: stage for stage in PIPELINE}

@@ -1,5 +1,7 @@
 """answer (instructions.unique → samples): the response, with its own model and sampling.
 
+Only records dedup kept reach it, so no tokens are spent answering a duplicate.
+
 The instruction is the user's turn, sent as it is: it was written to be sent to an assistant.
 Set a stronger model or other sampling under [stages.answer.llm].
 """

@@ -66,3 +66,11 @@ class Rejection(RecordData):
     reason: str
     score: float | None = None
     record: dict[str, Any]
+
+
+class EmbeddedInstruction(ScoredInstruction):
+    """A scored instruction with its sentence embedding, as dedup needs it and keeps it."""
+
+    kind: ClassVar[str] = "embedded_instruction"
+    embedding: str = Field(description="base64 of the float16 unit vector")
+    embedding_model: str

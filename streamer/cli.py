@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     # aiokafka logs every rebalance and retry at INFO/WARNING; ours say what matters.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
-    for noisy in ("httpx", "httpx2", "aiohttp.access", "sentence_transformers", "transformers"):
+    for noisy in ("httpx", "httpx2", "aiohttp.access", "sentence_transformers", "transformers",
+                  "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.handler(args) or 0)
@@ -46,8 +47,13 @@ def main(argv: list[str] | None = None) -> int:
 
         from streamer.kafka.broker import BrokerError
 
+        from streamer.state import StateLockedError
+
         if isinstance(exc, (KafkaConnectionError, BrokerError)):
             print(f"synthstream: Kafka unavailable: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, StateLockedError):
+            print(f"synthstream: {exc}", file=sys.stderr)
             return 1
         raise
 

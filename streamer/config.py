@@ -123,6 +123,7 @@ class StageSettings(_Section):
     concurrency: int = Field(16, ge=1, description="records in flight per process")
     attempts: int = Field(3, ge=1, description="tries before a record goes to dlq")
     prompt_file: Path | None = Field(None, description="TOML prompt override (version, system, user)")
+    snapshot_every: int = Field(1000, ge=1, description="records between state snapshots (stateful stages)")
     llm: LLMSettings = Field(default_factory=LLMSettings)
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -145,7 +146,7 @@ class Settings(_Section):
     ) -> StageSettings:
         raw = dict(self.stages.get(name, {}))
         llm_raw = {**self.llm.model_dump(exclude_unset=True), **raw.pop("llm", {})}
-        runtime_keys = {k: raw.pop(k) for k in ("concurrency", "attempts", "prompt_file") if k in raw}
+        runtime_keys = {k: raw.pop(k) for k in ("concurrency", "attempts", "prompt_file", "snapshot_every") if k in raw}
         runtime_keys.setdefault("concurrency", default_concurrency)
         options_model = options_model or _NoOptions
         try:

@@ -7,6 +7,7 @@ worker thread so the event loop (and with it the Kafka consumer) keeps going.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import logging
 import os
@@ -67,3 +68,14 @@ class Encoder:
 @functools.lru_cache(maxsize=4)
 def shared_encoder(name: str = DEFAULT_MODEL) -> Encoder:
     return Encoder(name)
+
+
+def pack_vector(vector: np.ndarray) -> str:
+    """A unit vector as base64 float16: 768 bytes → 1 KB of JSON for MiniLM, half of float32."""
+    return base64.b64encode(np.asarray(vector, dtype=np.float16).tobytes()).decode("ascii")
+
+
+def unpack_vector(packed: str) -> np.ndarray:
+    vector = np.frombuffer(base64.b64decode(packed), dtype=np.float16).astype(np.float32)
+    # Renormalise: float16 rounding moves the norm slightly off 1.
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)

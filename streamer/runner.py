@@ -10,6 +10,7 @@ is reached the partitions are paused while the poll loop keeps the group members
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any
@@ -26,6 +27,7 @@ from streamer.kafka.consumer import GroupMember
 from streamer.llm.client import LLMPool, LLMRequestError
 from streamer.records import DeadLetter, Envelope, Lineage, StageStamp, derived_id, stable_hash
 from streamer.stage import Emit, RecordLLM, Stage, StageContext
+from streamer.state import StateManager
 from streamer.table import TopicTable
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,9 @@ class StageRunner(GroupMember):
         self.identity = stage.identity(self.stage_settings)
         self.tables = {name: TopicTable(settings, name, model) for name, model in stage.tables.items()}
         self.resources: Any = None
+        self.state = (StateManager(stage.state, settings, stage.name, self.stage_settings, self.options)
+                      if stage.state else None)
+        self._snapshotting = False
         self.producer = producer
         self.llm = pool.client(self.stage_settings.llm, stage.name)
         self.stop_event = stop
@@ -70,6 +75,8 @@ class StageRunner(GroupMember):
             await table.start()
         if self.stage.setup is not None:
             self.resources = await self.stage.setup(self.stage_settings, self.options)
+        if self.state is not None:
+            self.state.lock()
         await self.start()
         log.info("stage %s %s: %s -> %s, concurrency %d, attempts %d", self.stage.name, self.identity,
                  self.stage.input_topic, ", ".join(self.stage.output_topics), self.stage_settings.concurrency,
@@ -89,6 +96,8 @@ class StageRunner(GroupMember):
             await self.stop()
             for table in self.tables.values():
                 await table.stop()
+            if self.state is not None:
+                self.state.unlock()
             self._log_summary()
         if self.fatal is not None:
             raise self.fatal
@@ -111,6 +120,11 @@ class StageRunner(GroupMember):
             self.fatal = exc
 
     async def _drain(self) -> None:
+        await self._drain_tasks()
+        if self.state is not None and self.state.dirty:
+            await self.state.snapshot()
+
+    async def _drain_tasks(self) -> None:
         if not self.tasks:
             return
         deadline = self.settings.runtime.drain_timeout
@@ -132,6 +146,14 @@ class StageRunner(GroupMember):
             _, pending = await asyncio.wait(mine, timeout=self.settings.runtime.rebalance_wait)
             for task in pending:
                 task.cancel()
+        if self.state is not None and self.state.dirty:
+            await self.state.snapshot()
+
+    async def after_assign(self, partitions: set[TopicPartition]) -> None:
+        # A stateful stage (re)builds its state before its input's first record: after a
+        # takeover this member must know everything the previous writer decided.
+        if self.state is not None and partitions:
+            await self.state.restore()
 
     # One record ---------------------------------------------------------------------------
     async def _handle(self, tp: TopicPartition, record: ConsumerRecord) -> None:
@@ -154,6 +176,12 @@ class StageRunner(GroupMember):
         self.processed_partitions[tp.partition] = self.processed_partitions.get(tp.partition, 0) + 1
         if self.offsets.get(tp) is tracker and tracker is not None:
             tracker.finished(record.offset)
+        if self.state is not None and self.state.note_processed() and not self._snapshotting:
+            self._snapshotting = True
+            try:
+                await self.state.snapshot()
+            finally:
+                self._snapshotting = False
 
     def _decode(self, record: ConsumerRecord) -> tuple[Envelope, Any]:
         try:
@@ -161,7 +189,9 @@ class StageRunner(GroupMember):
         except (ValueError, ValidationError) as exc:
             raise _DeadLetter(f"input is not a synthstream record: {_first_line(exc)}", "DecodeError", 1) from None
         try:
-            payload = self.stage.input_model.model_validate(envelope.data)
+            # A stage reads the fields it declares: fields added upstream later do not break it.
+            fields = self.stage.input_model.model_fields
+            payload = self.stage.input_model.model_validate({k: v for k, v in envelope.data.items() if k in fields})
         except ValidationError as exc:
             raise _DeadLetter(
                 f"input is not a valid {self.stage.input_model.__name__}: {_first_line(exc)}", "ValidationError", 1
@@ -172,8 +202,10 @@ class StageRunner(GroupMember):
         attempts = self.stage_settings.attempts
         last: Exception | None = None
         for attempt in range(1, attempts + 1):
+            resources = self.state.state if self.state is not None else self.resources
             ctx = StageContext(self.stage.name, self.stage_settings, self.options, RecordLLM(self.llm),
-                               envelope, attempt, self.prompt, self.tables, self.resources)
+                               envelope, attempt, self.prompt, self.tables, resources,
+                               output_id=functools.partial(derived_id, envelope.id, self.stage.name, self.identity))
             try:
                 emits = await self.stage.process(payload, ctx)
                 return [self._wrap(envelope, emit, ctx) for emit in emits]

@@ -91,6 +91,8 @@ class Stage:
     tables: dict[str, type[RecordData]] = field(default_factory=dict)  # topics read whole, by name
     # Called once per process before the first record; its result is `ctx.resources`.
     setup: Callable[[StageSettings, Any], Awaitable[Any]] | None = None
+    # A stateful stage's state (streamer.state.StateSpec); the state object is `ctx.resources`.
+    state: Any = None
     description: str = ""
 
     def effective_prompt(self, settings: StageSettings) -> Prompt | None:
@@ -144,3 +146,4 @@ class StageContext:
     prompt: Prompt | None = None
     tables: dict[str, Any] = field(default_factory=dict)  # name -> streamer.table.TopicTable
     resources: Any = None
+    output_id: Callable[..., str] | None = None  # id the runtime will give output `variant`

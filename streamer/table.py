@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from aiokafka import TopicPartition
 from pydantic import ValidationError
@@ -16,6 +16,48 @@ from streamer.kafka.clients import TopicNames, make_consumer
 from streamer.records import Envelope, RecordData
 
 log = logging.getLogger(__name__)
+
+
+async def read_topic_range(settings: Settings, name: str, model: type[RecordData],
+                           apply: Callable[[Envelope, Any], None],
+                           start: dict[int, int] | None = None) -> dict[int, int]:
+    """Feed every record of a topic from `start` (partition -> offset; default: the beginning)
+    to its current end into `apply`; returns the end offsets it read up to."""
+    topic = TopicNames(settings.kafka.topic_prefix)(name)
+    consumer = make_consumer(settings.kafka, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            return {}
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        for tp in tps:
+            if start and tp.partition in start:
+                consumer.seek(tp, start[tp.partition])
+        ends = await consumer.end_offsets(tps)
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batch.values():
+                for record in records:
+                    if record.offset >= ends[TopicPartition(record.topic, record.partition)]:
+                        continue
+                    envelope = Envelope.from_bytes(record.value)
+                    apply(envelope, model.model_validate(envelope.data))
+        return {tp.partition: ends[tp] for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+async def end_offsets(settings: Settings, name: str) -> dict[int, int]:
+    topic = TopicNames(settings.kafka.topic_prefix)(name)
+    consumer = make_consumer(settings.kafka, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()} if tps else {}
+    finally:
+        await consumer.stop()
 
 
 class TopicTable:

@@ -115,6 +115,9 @@ def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Pipeline]:
         "SYNTHSTREAM_LLM__REQUESTS_PER_MINUTE": "6000",
         # Simulated rubric scores are random; keeping everything makes outcomes countable.
         "SYNTHSTREAM_STAGES__JUDGE__THRESHOLD": "0",
+        # Simulated instructions for look-alike test documents are look-alikes too: only exact
+        # duplicates are dropped, unless a test (test_dedup) sets the threshold itself.
+        "SYNTHSTREAM_STAGES__DEDUP__THRESHOLD": "1.0",
         "PYTHONUNBUFFERED": "1",
     })
     p = Pipeline(prefix, data_dir, env, tmp_path)

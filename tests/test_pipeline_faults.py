@@ -49,9 +49,13 @@ def test_sigkill_mid_run_then_restart_exports_every_input_exactly_once(pipeline,
 
     rows = export_rows(pipeline, tmp_path / "dataset.jsonl")
     roots = Counter(r["root_id"] for r in rows)
-    assert set(roots) == expected_ids(texts)
     assert all(n == 1 for n in roots.values()), [r for r, n in roots.items() if n > 1]
-    assert len({r["id"] for r in rows}) == len(rows) == len(texts)
+    assert len({r["id"] for r in rows}) == len(rows)
+    # Every document ends exactly once: exported, or (rarely, when two look-alike test documents
+    # gave the simulator's instruction writer the same text) rejected by dedup as a duplicate.
+    dropped = {r["root_id"] for r in stored_rows(pipeline.data_dir, pipeline.prefix + "rejected")}
+    assert not dropped & set(roots) and len(dropped) <= 3
+    assert set(roots) | dropped == expected_ids(texts)
 
 
 def test_two_workers_of_one_stage_split_partitions_and_process_each_record_once(pipeline, start_simulator, tmp_path):
@@ -59,7 +63,7 @@ def test_two_workers_of_one_stage_split_partitions_and_process_each_record_once(
     pipeline.env["SYNTHSTREAM_LLM__BASE_URL"] = sim.url
     workers = [pipeline.start("run", "--stage", "instruction", "--no-progress", name=f"instruction{i}")
                for i in range(2)]
-    others = [arg for stage in ("attribution", "situation", "judge", "passthrough", "answer", "sink")
+    others = [arg for stage in ("attribution", "situation", "judge", "embed", "dedup", "answer", "sink")
               for arg in ("--stage", stage)]
     rest = pipeline.start("run", *others, "--no-progress", name="rest")
 
@@ -78,7 +82,8 @@ def test_two_workers_of_one_stage_split_partitions_and_process_each_record_once(
 
     texts = make_texts(40)
     pipeline.feed(tmp_path, texts, seeds=6)
-    wait_for(lambda: stored_count(pipeline, "samples") >= len(texts), 120, what="all samples stored")
+    wait_for(lambda: stored_count(pipeline, "samples") + stored_count(pipeline, "rejected") >= len(texts), 120,
+             what="every document stored as a sample or a rejection")
     for proc in (*workers, rest):
         assert stop_process(proc) == 0
 
@@ -91,7 +96,8 @@ def test_two_workers_of_one_stage_split_partitions_and_process_each_record_once(
     assert sum(sum(p.values()) for p in processed) == len(texts)
 
     rows = export_rows(pipeline, tmp_path / "dataset.jsonl")
-    assert sorted(r["root_id"] for r in rows) == sorted(expected_ids(texts))
+    dropped = [r["root_id"] for r in stored_rows(pipeline.data_dir, pipeline.prefix + "rejected")]
+    assert sorted([r["root_id"] for r in rows] + dropped) == sorted(expected_ids(texts))
 
 
 def test_llm_faults_end_in_storage_or_dlq_with_reason_and_counts_add_up(pipeline, start_simulator, tmp_path):
@@ -177,5 +183,6 @@ def test_sigterm_drains_in_flight_and_restart_reprocesses_nothing_stored(pipelin
     rows = stored_rows(pipeline.data_dir, pipeline.prefix + "samples")
     # Raw storage, not the deduplicated export: a reprocessed record would appear twice here.
     ids = Counter(r["id"] for r in rows)
-    assert len(rows) == len(texts) and all(n == 1 for n in ids.values())
-    assert {r["root_id"] for r in rows} == expected_ids(texts)
+    assert all(n == 1 for n in ids.values())
+    dropped = [r["root_id"] for r in stored_rows(pipeline.data_dir, pipeline.prefix + "rejected")]
+    assert sorted([r["root_id"] for r in rows] + dropped) == sorted(expected_ids(texts))

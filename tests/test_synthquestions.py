@@ -160,8 +160,8 @@ def test_injected_instructions_in_a_document_still_yield_normal_records(pipeline
     assert len(attacked) == 1
     sample = attacked[0]
     assert sample["data"]["instruction"] and sample["data"]["response"]
-    assert [s["stage"] for s in sample["lineage"]["stages"]] == ["situation", "instruction", "judge", "passthrough",
-                                                                 "answer"]
+    assert [s["stage"] for s in sample["lineage"]["stages"]] == ["situation", "instruction", "judge", "embed",
+                                                                 "dedup", "answer"]
     user_turns = [m["messages"][1]["content"] for m in simulator_requests(sim.url)]
     situation_prompts = [t for t in user_turns if "Invent one new person" in t and "PWNED" in t]
     assert situation_prompts

@@ -42,6 +42,9 @@ class GroupMember:
     async def before_revoke(self, partitions: set[TopicPartition]) -> None:
         """Finish or abandon work of partitions being taken away (their offsets are committed next)."""
 
+    async def after_assign(self, partitions: set[TopicPartition]) -> None:
+        """Prepare for newly assigned partitions before their first record is fetched."""
+
     # Group membership -------------------------------------------------------------------
     async def start(self) -> None:
         self.consumer.subscribe(self.topics, listener=_Listener(self))
@@ -143,6 +146,7 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.member._assigned(set(assigned))  # noqa: SLF001
+        await self.member.after_assign(set(assigned))
 
 
 async def sleep_until(event: asyncio.Event, seconds: float) -> bool:

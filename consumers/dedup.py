@@ -1,0 +1,196 @@
+"""dedup (instructions.embedded → instructions.unique, duplicates → rejected): one writer.
+
+Exact duplicates (same normalised text) first, then cosine similarity ≥ `threshold` against
+everything kept so far. Records are decided in batches, in input order: one index search for
+the batch, then each record against the index hits and against the records kept earlier in the
+same batch. The index is exact inner product while small and IVF beyond `exact_limit`.
+
+Its state is rebuilt from its own output topic (which carries the embeddings), with snapshots
+as a cache (streamer.state); input is a single partition, so only one member writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import faiss
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from consumers.records import EmbeddedInstruction, Rejection
+from streamer.batching import MicroBatcher
+from streamer.embedding import unpack_vector
+from streamer.records import Envelope, stable_hash
+from streamer.stage import Emit, Stage, StageContext
+from streamer.state import StateSpec
+from streamer.text import normalise_text
+
+CHANGELOG = "instructions.unique"
+
+
+class DedupOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    threshold: float = Field(0.9, gt=0, le=1, description="cosine similarity at which a record is a duplicate")
+    index: Literal["auto", "flat", "ivf"] = "auto"
+    exact_limit: int = Field(100_000, ge=1000, description="auto: exact search up to this many kept records")
+    ivf_lists: int = Field(1024, ge=16)
+    ivf_probe: int = Field(16, ge=1)
+    batch_size: int = Field(256, ge=1)
+
+
+@dataclass
+class Decision:
+    kept: bool
+    nearest_id: str | None = None
+    similarity: float = 0.0
+    exact: bool = False
+
+
+def text_key(text: str) -> str:
+    return stable_hash(normalise_text(text).casefold())
+
+
+class DedupIndex:
+    """Kept records: FAISS vectors by position, plus exact-text and input-id lookups."""
+
+    def __init__(self, options: DedupOptions) -> None:
+        self.options = options
+        self.index: faiss.Index | None = None
+        self.ids: list[str] = []  # index position -> kept record id (as on instructions.unique)
+        self.by_input: dict[str, str] = {}  # kept input id -> kept record id (redeliveries)
+        self.by_text: dict[str, str] = {}  # normalised text hash -> kept record id
+        self.batcher: MicroBatcher = MicroBatcher(self._decide_batch, max_size=options.batch_size, max_wait=0.005)
+
+    # StageState -----------------------------------------------------------------------------
+    def size(self) -> int:
+        return len(self.ids)
+
+    def apply(self, envelope: Envelope, payload: EmbeddedInstruction) -> None:
+        if envelope.parent_id in self.by_input:
+            return
+        vector = unpack_vector(payload.embedding)
+        self._add(envelope.id, envelope.parent_id or envelope.id, text_key(payload.instruction), vector)
+
+    def save(self, directory: Path) -> None:
+        if self.index is not None:
+            faiss.write_index(self.index, str(directory / "index.faiss"))
+        (directory / "entries.json").write_bytes(orjson.dumps(
+            {"ids": self.ids, "by_input": self.by_input, "by_text": self.by_text}))
+
+    def load(self, directory: Path) -> None:
+        entries = orjson.loads((directory / "entries.json").read_bytes())
+        index_path = directory / "index.faiss"
+        index = faiss.read_index(str(index_path)) if index_path.exists() else None
+        if (index.ntotal if index is not None else 0) != len(entries["ids"]):
+            raise ValueError("index and entries disagree")
+        self.index, self.ids = index, entries["ids"]
+        self.by_input, self.by_text = entries["by_input"], entries["by_text"]
+        if isinstance(self.index, faiss.IndexIVF):
+            self.index.nprobe = self.options.ivf_probe
+
+    # Deciding -------------------------------------------------------------------------------
+    def decide(self, input_id: str, output_id: str, item: EmbeddedInstruction) -> asyncio.Future[Decision]:
+        """Queue a record for a decision; records are decided in the order they are queued."""
+        return self.batcher.submit((input_id, output_id, item))
+
+    async def _decide_batch(self, batch: list[tuple[str, str, EmbeddedInstruction]]) -> list[Decision]:
+        vectors = np.stack([unpack_vector(item.embedding) for _, _, item in batch])
+        hits_sim, hits_pos = self._search(vectors)
+        kept_here: list[int] = []  # rows of `vectors` kept earlier in this batch
+        decisions = []
+        for row, (input_id, output_id, item) in enumerate(batch):
+            if input_id in self.by_input:  # redelivered: decided (and kept) before
+                decisions.append(Decision(kept=True, nearest_id=self.by_input[input_id], similarity=1.0))
+                continue
+            key = text_key(item.instruction)
+            if key in self.by_text:
+                decisions.append(Decision(kept=False, nearest_id=self.by_text[key], similarity=1.0, exact=True))
+                continue
+            best_sim, best_id = -1.0, None
+            if hits_pos is not None and hits_pos[row] >= 0:
+                best_sim, best_id = float(hits_sim[row]), self.ids[hits_pos[row]]
+            if kept_here:
+                sims = vectors[kept_here] @ vectors[row]
+                j = int(np.argmax(sims))
+                if sims[j] > best_sim:
+                    best_sim, best_id = float(sims[j]), self._kept_id_of_row(batch, kept_here[j])
+            if best_sim >= self.options.threshold:
+                decisions.append(Decision(kept=False, nearest_id=best_id, similarity=best_sim))
+                continue
+            self._add(output_id, input_id, key, vectors[row])
+            kept_here.append(row)
+            decisions.append(Decision(kept=True, nearest_id=best_id, similarity=max(best_sim, 0.0)))
+        return decisions
+
+    @staticmethod
+    def _kept_id_of_row(batch: list[tuple[str, str, EmbeddedInstruction]], row: int) -> str:
+        return batch[row][1]
+
+    def _search(self, vectors: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if self.index is None or self.index.ntotal == 0:
+            return None, None
+        sims, positions = self.index.search(vectors, 1)
+        return sims[:, 0], positions[:, 0]
+
+    def _add(self, output_id: str, input_id: str, key: str, vector: np.ndarray) -> None:
+        if self.index is None:
+            self.index = self._new_index(vector.shape[0])
+        self.index.add(vector.reshape(1, -1).astype(np.float32))
+        self.ids.append(output_id)
+        self.by_input[input_id] = output_id
+        self.by_text.setdefault(key, output_id)
+        if self.options.index == "auto" and isinstance(self.index, faiss.IndexFlat) and \
+                self.index.ntotal > self.options.exact_limit:
+            self.index = self._to_ivf(self.index)
+
+    def _new_index(self, dim: int) -> faiss.Index:
+        if self.options.index == "ivf":
+            raise ValueError("index = 'ivf' needs training data: start with 'auto' (exact until exact_limit)")
+        return faiss.IndexFlatIP(dim)
+
+    def _to_ivf(self, flat: faiss.IndexFlat) -> faiss.Index:
+        """Beyond exact_limit, exact search costs grow linearly: move to an inverted-file index
+        trained on what is kept so far (near-duplicates are close, so few lists need probing)."""
+        vectors = flat.reconstruct_n(0, flat.ntotal)
+        return build_ivf(vectors, self.options.ivf_lists, self.options.ivf_probe)
+
+
+def build_ivf(vectors: np.ndarray, lists: int, probe: int) -> faiss.Index:
+    dim = vectors.shape[1]
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    index.add(vectors)
+    index.nprobe = probe
+    return index
+
+
+def new_state(settings, options: DedupOptions) -> DedupIndex:
+    return DedupIndex(options)
+
+
+async def dedup(item: EmbeddedInstruction, ctx: StageContext) -> list[Emit]:
+    decision = await ctx.resources.decide(ctx.record.id, ctx.output_id(), item)
+    if decision.kept:
+        return [Emit(item)]
+    kind = "exact duplicate" if decision.exact else f"near-duplicate (cosine {decision.similarity:.3f})"
+    rejection = Rejection(stage=ctx.stage, reason=f"{kind} of {decision.nearest_id}", score=decision.similarity,
+                          record=item.model_dump(exclude={"embedding"}))
+    details = {"duplicate_of": decision.nearest_id, "similarity": round(decision.similarity, 4)}
+    return [Emit(rejection, topic="rejected", details=details)]
+
+
+STAGE = Stage(
+    name="dedup",
+    input_topic="instructions.embedded",
+    output_topics=(CHANGELOG, "rejected"),
+    input_model=EmbeddedInstruction,
+    process=dedup,
+    concurrency=512,  # in flight at once so batches fill; decisions stay in input order
+    options_model=DedupOptions,
+    state=StateSpec(changelog=CHANGELOG, model=EmbeddedInstruction, factory=new_state),
+    description="exact + semantic (FAISS) dedup against everything kept so far; single writer",
+)

@@ -1,0 +1,49 @@
+"""embed (instructions.scored → instructions.embedded): sentence embeddings, stateless.
+
+Scales out: start as many workers as the partitions allow. Concurrent records are gathered into
+encoder batches (the encoder is far faster per sentence in batches) and encoded off the event
+loop, so the consumer keeps polling. Vectors travel as base64 float16.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from consumers.records import EmbeddedInstruction, ScoredInstruction
+from streamer.batching import MicroBatcher
+from streamer.embedding import DEFAULT_MODEL, pack_vector, shared_encoder
+from streamer.stage import Emit, Stage, StageContext
+
+
+class EmbedOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(DEFAULT_MODEL, description="sentence-transformers model (bundled copy used when installed)")
+    batch_size: int = Field(64, ge=1)
+    max_wait: float = Field(0.02, ge=0, description="seconds a partial batch waits for more records")
+
+
+async def load_batcher(settings, options: EmbedOptions) -> MicroBatcher:
+    encoder = shared_encoder(options.model)
+
+    async def encode(texts: list[str]) -> list[str]:
+        return [pack_vector(v) for v in await encoder.encode(texts, batch_size=options.batch_size)]
+
+    return MicroBatcher(encode, max_size=options.batch_size, max_wait=options.max_wait)
+
+
+async def embed(item: ScoredInstruction, ctx: StageContext) -> list[Emit]:
+    packed = await ctx.resources.submit(item.instruction)
+    return [Emit(EmbeddedInstruction(**item.model_dump(), embedding=packed, embedding_model=ctx.options.model))]
+
+
+STAGE = Stage(
+    name="embed",
+    input_topic="instructions.scored",
+    output_topics=("instructions.embedded",),
+    input_model=ScoredInstruction,
+    process=embed,
+    concurrency=256,  # many in flight, so encoder batches fill
+    options_model=EmbedOptions,
+    setup=load_batcher,
+    description="instruction -> normalised sentence embedding (batched)",
+)

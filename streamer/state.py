@@ -1,0 +1,155 @@
+"""State of a stateful stage, rebuilt from a changelog topic and cached in snapshots.
+
+The stage's state is a fold over a changelog topic (for dedup: its own output topic, which holds
+every kept record with its embedding). A snapshot is only a cache of that fold plus the changelog
+offsets it covers: on start the runtime loads the newest usable snapshot and applies the
+changelog from there, or rebuilds from the beginning when there is none. Applying must be
+idempotent (a snapshot may already hold records past its offsets).
+
+One writer per state: the state directory is locked (flock) for the life of the process, so a
+second instance on the same machine fails fast instead of corrupting the index; across machines
+the stage's single-partition input gives the partition, and so the writing, to one member only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from streamer.config import Settings, StageSettings
+from streamer.records import Envelope, RecordData
+from streamer.table import end_offsets, read_topic_range
+
+log = logging.getLogger(__name__)
+
+
+class StageState(Protocol):
+    def apply(self, envelope: Envelope, payload: Any) -> None:
+        """Fold one changelog record into the state (idempotent)."""
+
+    def save(self, directory: Path) -> None:
+        """Write the state into an empty directory."""
+
+    def load(self, directory: Path) -> None:
+        """Read a state written by `save`; raise on anything unusable."""
+
+    def size(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    changelog: str
+    model: type[RecordData]
+    factory: Callable[[StageSettings, Any], StageState]
+
+
+class StateLockedError(RuntimeError):
+    pass
+
+
+class StateManager:
+    def __init__(self, spec: StateSpec, settings: Settings, stage: str, stage_settings: StageSettings,
+                 options: Any) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.stage_settings = stage_settings
+        self.options = options
+        self.directory = settings.storage.data_dir / "state" / f"{settings.kafka.topic_prefix}{stage}"
+        self.snapshot_dir = self.directory / "snapshot"
+        self.state: StageState = spec.factory(stage_settings, options)
+        self._lock_file: Any = None
+        self._since_snapshot = 0
+
+    def lock(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        handle = open(self.directory / "writer.lock", "a+")  # noqa: SIM115 - held for the process life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise StateLockedError(f"another process is the writer of {self.directory}; "
+                                   f"this stage allows a single writer") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock_file = handle
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    async def restore(self) -> None:
+        """Snapshot (if usable) + the changelog after it; else the whole changelog."""
+        started = time.monotonic()
+        ends = await end_offsets(self.settings, self.spec.changelog)
+        start = self._load_snapshot(ends)
+        loaded = self.state.size()
+        applied = 0
+
+        def apply(envelope: Envelope, payload: Any) -> None:
+            nonlocal applied
+            self.state.apply(envelope, payload)
+            applied += 1
+
+        await read_topic_range(self.settings, self.spec.changelog, self.spec.model, apply, start)
+        how = f"snapshot with {loaded} entries" if start is not None else "no usable snapshot: rebuilt"
+        log.info("state %s: %s + %d changelog records from %s -> %d entries in %.1fs", self.directory.name, how,
+                 applied, self.spec.changelog, self.state.size(), time.monotonic() - started)
+
+    def _load_snapshot(self, ends: dict[int, int]) -> dict[int, int] | None:
+        meta_path = self.snapshot_dir / "meta.json"
+        if not meta_path.exists():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            start = {int(p): int(o) for p, o in meta["changelog_offsets"].items()}
+            # A snapshot ahead of the topic belongs to another incarnation of it (e.g. a new broker).
+            if any(offset > ends.get(p, 0) for p, offset in start.items()):
+                raise ValueError(f"snapshot covers offsets {start} beyond the changelog's end {ends}")
+            self.state.load(self.snapshot_dir)
+            return start
+        except Exception as exc:  # noqa: BLE001 - any unusable snapshot means: rebuild
+            log.warning("state %s: snapshot unusable (%s); rebuilding from %s", self.directory.name, exc,
+                        self.spec.changelog)
+            self.state = self.spec.factory(self.stage_settings, self.options)
+            return None
+
+    @property
+    def dirty(self) -> bool:
+        return self._since_snapshot > 0
+
+    def note_processed(self) -> bool:
+        """Count a finished record; True when a snapshot is due."""
+        self._since_snapshot += 1
+        return self._since_snapshot >= self.stage_settings.snapshot_every
+
+    async def snapshot(self) -> None:
+        """Write the state and the changelog offsets it covers, replacing the last snapshot whole."""
+        self._since_snapshot = 0
+        # Everything in the changelog up to its end now was decided before being produced, so the
+        # state covers at least these offsets (applying more later is harmless: idempotent).
+        offsets = await end_offsets(self.settings, self.spec.changelog)
+        staging = self.directory / f"snapshot.tmp{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        # In the loop, not a thread: the state must not change while it is written.
+        self.state.save(staging)
+        (staging / "meta.json").write_text(json.dumps({"changelog_offsets": offsets, "entries": self.state.size(),
+                                                       "written_at": time.time()}))
+        old = self.directory / "snapshot.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if self.snapshot_dir.exists():
+            os.replace(self.snapshot_dir, old)
+        os.replace(staging, self.snapshot_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        log.info("state %s: snapshot of %d entries covering %s", self.directory.name, self.state.size(), offsets)
