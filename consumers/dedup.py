@@ -124,6 +124,10 @@ class DedupIndex:
             self._add(output_id, input_id, key, vectors[row])
             kept_here.append(row)
             decisions.append(Decision(kept=True, nearest_id=best_id, similarity=max(best_sim, 0.0)))
+        if self._outgrown():
+            # Training takes seconds at this size: off the event loop, between batches (batches
+            # run one at a time, so nothing reads the index meanwhile).
+            self.index = await asyncio.to_thread(self._to_ivf, self.index)
         return decisions
 
     @staticmethod
@@ -143,9 +147,10 @@ class DedupIndex:
         self.ids.append(output_id)
         self.by_input[input_id] = output_id
         self.by_text.setdefault(key, output_id)
-        if self.options.index == "auto" and isinstance(self.index, faiss.IndexFlat) and \
-                self.index.ntotal > self.options.exact_limit:
-            self.index = self._to_ivf(self.index)
+
+    def _outgrown(self) -> bool:
+        return (self.options.index == "auto" and isinstance(self.index, faiss.IndexFlat)
+                and self.index.ntotal > self.options.exact_limit)
 
     def _new_index(self, dim: int) -> faiss.Index:
         if self.options.index == "ivf":
