@@ -60,7 +60,6 @@ class StageRunner(GroupMember):
         self.llm = pool.client(self.stage_settings.llm, stage.name)
         self.stop_event = stop
         self.tasks: dict[asyncio.Task[None], TopicPartition] = {}
-        self._slot_freed = asyncio.Event()
         self.fatal: BaseException | None = None
         self.processed_partitions: dict[int, int] = {}
 
