@@ -18,8 +18,9 @@ from streamer.stage import Emit, Stage, StageContext
 class EmbedOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(DEFAULT_MODEL, description="sentence-transformers model (bundled copy used when installed)")
-    batch_size: int = Field(64, ge=1)
-    max_wait: float = Field(0.02, ge=0, description="seconds a partial batch waits for more records")
+    gather: int = Field(1024, ge=1, description="records gathered per encoder call")
+    batch_size: int = Field(32, ge=1, description="encoder batch size within a gather")
+    max_wait: float = Field(0.02, ge=0, description="seconds a partial gather waits for more records")
 
 
 async def load_batcher(settings, options: EmbedOptions) -> MicroBatcher:
@@ -28,7 +29,9 @@ async def load_batcher(settings, options: EmbedOptions) -> MicroBatcher:
     async def encode(texts: list[str]) -> list[str]:
         return [pack_vector(v) for v in await encoder.encode(texts, batch_size=options.batch_size)]
 
-    return MicroBatcher(encode, max_size=options.batch_size, max_wait=options.max_wait)
+    # Gathering several encoder batches per call lets sentence-transformers sort them by length,
+    # so little is spent on padding: that, not our overhead, decides throughput.
+    return MicroBatcher(encode, max_size=options.gather, max_wait=options.max_wait)
 
 
 async def embed(item: ScoredInstruction, ctx: StageContext) -> list[Emit]:
@@ -42,7 +45,7 @@ STAGE = Stage(
     output_topics=("instructions.embedded",),
     input_model=ScoredInstruction,
     process=embed,
-    concurrency=256,  # many in flight, so encoder batches fill
+    concurrency=2048,  # two gathers in flight: the next fills while one is encoded
     options_model=EmbedOptions,
     setup=load_batcher,
     description="instruction -> normalised sentence embedding (batched)",
