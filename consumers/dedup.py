@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -66,6 +66,10 @@ class DedupIndex:
         self.ids: list[str] = []  # index position -> kept record id (as on instructions.unique)
         self.by_input: dict[str, str] = {}  # kept input id -> kept record id (redeliveries)
         self.by_text: dict[str, str] = {}  # normalised text hash -> kept record id
+        # Rejected input id -> its decision. A redelivered record can carry other content under
+        # the same id (an upstream stage saw a fuller table the second time); its first decision
+        # stands, so one input is never both kept and rejected.
+        self.rejected: dict[str, Decision] = {}
         self.batcher: MicroBatcher = MicroBatcher(self._decide_batch, max_size=options.batch_size, max_wait=0.005)
         # One search thread, so FAISS keeps one OpenMP team (a team per pool thread would spin
         # against the encoder when embed runs in the same process).
@@ -85,7 +89,8 @@ class DedupIndex:
         if self.index is not None:
             faiss.write_index(self.index, str(directory / "index.faiss"))
         (directory / "entries.json").write_bytes(orjson.dumps(
-            {"ids": self.ids, "by_input": self.by_input, "by_text": self.by_text}))
+            {"ids": self.ids, "by_input": self.by_input, "by_text": self.by_text,
+             "rejected": {k: asdict(v) for k, v in self.rejected.items()}}))
 
     def load(self, directory: Path) -> None:
         entries = orjson.loads((directory / "entries.json").read_bytes())
@@ -95,6 +100,7 @@ class DedupIndex:
             raise ValueError("index and entries disagree")
         self.index, self.ids = index, entries["ids"]
         self.by_input, self.by_text = entries["by_input"], entries["by_text"]
+        self.rejected = {k: Decision(**v) for k, v in entries.get("rejected", {}).items()}
         if isinstance(self.index, faiss.IndexIVF):
             self.index.nprobe = self.options.ivf_probe
 
@@ -115,9 +121,12 @@ class DedupIndex:
             if input_id in self.by_input:  # redelivered: decided (and kept) before
                 decisions.append(Decision(kept=True, nearest_id=self.by_input[input_id], similarity=1.0))
                 continue
+            if input_id in self.rejected:
+                decisions.append(self.rejected[input_id])
+                continue
             key = text_key(item.instruction)
             if key in self.by_text:
-                decisions.append(Decision(kept=False, nearest_id=self.by_text[key], similarity=1.0, exact=True))
+                decisions.append(self._reject(input_id, Decision(False, self.by_text[key], 1.0, exact=True)))
                 continue
             best_sim, best_id = -1.0, None
             if hits_pos is not None and hits_pos[row] >= 0:
@@ -128,7 +137,7 @@ class DedupIndex:
                 if sims[j] > best_sim:
                     best_sim, best_id = float(sims[j]), self._kept_id_of_row(batch, kept_here[j])
             if best_sim >= self.options.threshold:
-                decisions.append(Decision(kept=False, nearest_id=best_id, similarity=best_sim))
+                decisions.append(self._reject(input_id, Decision(False, best_id, best_sim)))
                 continue
             self._add(output_id, input_id, key, vectors[row])
             kept_here.append(row)
@@ -138,6 +147,10 @@ class DedupIndex:
             # run one at a time, so nothing reads the index meanwhile).
             self.index = await loop.run_in_executor(self._search_thread, self._to_ivf, self.index)
         return decisions
+
+    def _reject(self, input_id: str, decision: Decision) -> Decision:
+        self.rejected[input_id] = decision
+        return decision
 
     @staticmethod
     def _kept_id_of_row(batch: list[tuple[str, str, EmbeddedInstruction]], row: int) -> str:

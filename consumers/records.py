@@ -74,3 +74,45 @@ class EmbeddedInstruction(ScoredInstruction):
     kind: ClassVar[str] = "embedded_instruction"
     embedding: str = Field(description="base64 of the float16 unit vector")
     embedding_model: str
+
+
+# GLAN: taxonomy -> subjects -> syllabi -> questions ------------------------------------------
+class Discipline(RecordData):
+    """A leaf of the taxonomy, fed by `synthstream feed taxonomy`."""
+
+    kind: ClassVar[str] = "discipline"
+    name: str
+    field: str
+    sub_field: str
+    description: str | None = None
+    source: str = Field(description="taxonomy file and line")
+
+    @property
+    def taxonomy_path(self) -> list[str]:
+        return [self.field, self.sub_field, self.name]
+
+
+LEVELS = ("introductory", "intermediate", "advanced", "graduate", "professional")
+
+
+class Subject(RecordData):
+    kind: ClassVar[str] = "subject"
+    taxonomy_path: list[str] = Field(description="field, sub-field, discipline")
+    discipline_description: str | None = None
+    name: str
+    level: str
+    subtopics: list[str]
+
+
+class ClassSession(BaseModel):
+    title: str = Field(min_length=2)
+    description: str = Field(min_length=2)
+    key_concepts: list[str] = Field(min_length=1, max_length=8)
+
+
+class Syllabus(RecordData):
+    kind: ClassVar[str] = "syllabus"
+    taxonomy_path: list[str] = Field(description="field, sub-field, discipline")
+    subject: str
+    level: str
+    sessions: list[ClassSession]

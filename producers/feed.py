@@ -1,4 +1,4 @@
-"""Feeders: documents and seed instructions from files or stdin onto their topics.
+"""Feeders: documents and seed instructions from files or stdin, and taxonomy disciplines, onto their topics.
 
 Each good item becomes a root record whose id is the hash of its normalised text, so exact
 duplicates collapse (within a run they are not even sent again; across runs the sink and
@@ -17,10 +17,13 @@ from typing import AsyncIterator, Literal
 
 import orjson
 
+from consumers.records import Discipline
 from producers.readers import BadInput, FeedItem, ReadOptions, follow_paths, read_paths
+from producers.taxonomy import Taxonomy, discipline_record
 from streamer.config import Settings
 from streamer.kafka.clients import TopicNames, ensure_topics, make_producer
 from streamer.records import Document, Envelope, RecordData, Seed, new_root
+from streamer.table import read_topic_range
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,35 @@ async def _items(paths: list[str], opts: ReadOptions, follow: bool, stop: asynci
             await asyncio.sleep(0)  # let the producer's network I/O run between reads
 
 
+class RecordSender:
+    """Sends envelopes to one topic (key = root id); a record counts as sent once acknowledged."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.topic = topic
+        self.producer = make_producer(settings.kafka)
+        self.pending: list[asyncio.Future] = []
+
+    async def __aenter__(self) -> RecordSender:
+        await self.producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                await self.flush()
+        finally:
+            await self.producer.stop()
+
+    async def send(self, record: Envelope) -> None:
+        self.pending.append(await self.producer.send(self.topic, record.to_bytes(), key=record.root_id.encode()))
+        if len(self.pending) >= 1000:
+            await self.flush()
+
+    async def flush(self) -> None:
+        await asyncio.gather(*self.pending)
+        self.pending.clear()
+
+
 async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_field: str | None = None,
                follow: bool = False, stop: asyncio.Event | None = None, keep_ids: bool = False,
                progress_every: float = 5.0, out=sys.stderr) -> FeedReport:
@@ -82,11 +114,8 @@ async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_fie
     opts = ReadOptions(text_field=text_field or default_field, max_bytes=settings.feed.max_doc_bytes)
     report = FeedReport(topic=topics(kind))
     seen: set[bytes] = set()
-    producer = make_producer(settings.kafka)
-    await producer.start()
-    pending: list[asyncio.Future] = []
     last_note = time.monotonic()
-    try:
+    async with RecordSender(settings, report.topic) as sender:
         async for item in _items(paths, opts, follow, stop):
             if isinstance(item, BadInput):
                 report.bad.append(item)
@@ -99,25 +128,48 @@ async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_fie
                 report.duplicates += 1
                 continue
             seen.add(key)
-            pending.append(await producer.send(report.topic, record.to_bytes(), key=record.root_id.encode()))
+            await sender.send(record)
             report.sent += 1
             if keep_ids:
                 report.ids.append(record.id)
-            if len(pending) >= 1000:
-                await _acked(pending)
             if time.monotonic() - last_note >= progress_every:
                 last_note = time.monotonic()
                 print(f"feed: {report.sent} sent, {report.duplicates} duplicates, {len(report.bad)} bad",
                       file=out, flush=True)
-        await _acked(pending)
-    finally:
-        await producer.stop()
     if len(report.bad) > MAX_LISTED_BAD:
         print(f"... and {len(report.bad) - MAX_LISTED_BAD} more bad inputs", file=out, flush=True)
     return report
 
 
-async def _acked(pending: list[asyncio.Future]) -> None:
-    # The feed reports a record as sent only once the broker acknowledged it.
-    await asyncio.gather(*pending)
-    pending.clear()
+@dataclass
+class TaxonomyFeedReport:
+    topic: str
+    sent: list[str] = field(default_factory=list)  # discipline names
+    already_fed: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"fed {len(self.sent)} disciplines to {self.topic}"
+        if self.already_fed:
+            text += (f"; {len(self.already_fed)} already on the topic were not sent again "
+                     f"(--again sends them anyway)")
+        return text
+
+
+async def feed_taxonomy(settings: Settings, taxonomy: Taxonomy, *, only: list[str] | None = None,
+                        again: bool = False) -> TaxonomyFeedReport:
+    """Put the taxonomy's disciplines (or those selected by `only`) on glan.disciplines, skipping
+    the ones already there: a discipline added to the file later is the only one that generates."""
+    await ensure_topics(settings)
+    report = TaxonomyFeedReport(topic=TopicNames(settings.kafka.topic_prefix)("glan.disciplines"))
+    fed: set[str] = set()
+    if not again:
+        await read_topic_range(settings, "glan.disciplines", Discipline, lambda env, _: fed.add(env.id))
+    async with RecordSender(settings, report.topic) as sender:
+        for entry in taxonomy.select(only):
+            record = discipline_record(entry)
+            if record.id in fed:
+                report.already_fed.append(entry.name)
+                continue
+            await sender.send(record)
+            report.sent.append(entry.name)
+    return report

@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, StateLockedError):
             print(f"synthstream: {exc}", file=sys.stderr)
             return 1
+        from streamer.llm.client import LLMError
+
+        if isinstance(exc, LLMError):
+            print(f"synthstream: LLM endpoint failed: {exc}", file=sys.stderr)
+            return 1
         raise
 
 
@@ -82,13 +87,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rewind the stage's consumer group to the start of its input topic")
     rp.set_defaults(handler=cmd_replay)
 
-    f = sub.add_parser("feed", help="put documents or seed instructions on their topic")
-    f.add_argument("kind", choices=["docs", "seeds"])
-    f.add_argument("paths", nargs="+", metavar="PATH", help="JSONL/Parquet file, directory, or - for stdin")
+    f = sub.add_parser("feed", help="put documents, seed instructions or taxonomy disciplines on their topic")
+    f.add_argument("kind", choices=["docs", "seeds", "taxonomy"])
+    f.add_argument("paths", nargs="*", metavar="PATH",
+                   help="docs/seeds: JSONL/Parquet file, directory, or - for stdin; taxonomy: one YAML file "
+                        "(default: the shipped taxonomy)")
+    f.add_argument("--only", nargs="+", metavar="NAME",
+                   help="taxonomy: only these disciplines (a field or sub-field name selects all under it)")
+    f.add_argument("--again", action="store_true",
+                   help="taxonomy: also send disciplines already on glan.disciplines")
     f.add_argument("--text-field", help="field holding the text (docs: feed.text_field, seeds: feed.seed_text_field)")
     f.add_argument("--follow", action="store_true", help="keep watching for new files/lines until stopped")
     f.add_argument("--report", type=Path, help="write the bad-input report as JSON to this file")
     f.set_defaults(handler=cmd_feed)
+
+    g = sub.add_parser("glan", help="GLAN tools (taxonomy-driven generation)")
+    glan = g.add_subparsers(dest="glan_command", required=True, metavar="ACTION")
+    pt = glan.add_parser("propose-taxonomy", help="ask the LLM to draft a taxonomy (YAML) for a person to review")
+    pt.add_argument("--out", type=Path, required=True, help="YAML file to write")
+    pt.add_argument("--fields", type=int, default=11, help="broad fields (default 11)")
+    pt.add_argument("--sub-fields", type=int, default=3, help="sub-fields per field (default 3)")
+    pt.add_argument("--disciplines", type=int, default=5, help="disciplines per sub-field (default 5)")
+    pt.add_argument("--simulate", action="store_true", help="use the built-in LLM simulator (a dry run)")
+    pt.set_defaults(handler=cmd_propose_taxonomy)
 
     e = sub.add_parser("export", help="write the stored samples as a chat-format dataset")
     e.add_argument("--out", type=Path, required=True)
@@ -112,10 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.set_defaults(handler=cmd_simulate)
 
-    d = sub.add_parser("demo", help="offline end-to-end run on the bundled examples")
-    d.add_argument("--docs", type=Path, help="documents to feed (default: examples/docs)")
-    d.add_argument("--seeds", type=Path, help="seed instructions (default: examples/seeds.jsonl)")
-    d.add_argument("--out", type=Path, help="dataset path (default: <data_dir>/demo/dataset.jsonl)")
+    d = sub.add_parser("demo", help="offline end-to-end run of one method on bundled inputs")
+    d.add_argument("--method", choices=["synthquestions", "glan"], default="synthquestions",
+                   help="synthquestions: examples/ documents and seeds; glan: three taxonomy disciplines")
+    d.add_argument("--docs", type=Path, help="synthquestions: documents to feed (default: examples/docs)")
+    d.add_argument("--seeds", type=Path, help="synthquestions: seed instructions (default: examples/seeds.jsonl)")
+    d.add_argument("--taxonomy", type=Path, help="glan: taxonomy file (default: the shipped one)")
+    d.add_argument("--only", nargs="+", metavar="NAME",
+                   help="glan: disciplines to run (default: Statistics, Contract law, Culinary arts)")
+    d.add_argument("--out", type=Path,
+                   help="dataset path (default: <data_dir>/demo/dataset.jsonl, glan: <data_dir>/demo-glan/...)")
     d.add_argument("--latency", type=float, default=0.2, help="simulator latency per request")
     d.set_defaults(handler=cmd_demo)
     return p
@@ -214,6 +241,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_feed(args: argparse.Namespace) -> int:
     from producers.feed import feed
 
+    if args.kind == "taxonomy":
+        return cmd_feed_taxonomy(args)
+    if not args.paths:
+        print(f"synthstream: feed {args.kind} needs at least one PATH (a file, a directory, or - for stdin)",
+              file=sys.stderr)
+        return 2
     settings = _settings(args)
     if not settings.kafka.bootstrap_servers:
         print("synthstream: note: records fed to a broker started just for this command are gone when it "
@@ -231,6 +264,54 @@ def cmd_feed(args: argparse.Namespace) -> int:
     if args.report:
         args.report.write_bytes(report.to_json())
     print(report.summary(), file=sys.stderr)
+    return 0
+
+
+def cmd_feed_taxonomy(args: argparse.Namespace) -> int:
+    from producers.feed import feed_taxonomy
+    from producers.taxonomy import DEFAULT_TAXONOMY, TaxonomyError, load_taxonomy
+
+    if len(args.paths) > 1:
+        print("synthstream: feed taxonomy takes one taxonomy file", file=sys.stderr)
+        return 2
+    path = Path(args.paths[0]) if args.paths else DEFAULT_TAXONOMY
+    try:
+        taxonomy = load_taxonomy(path)
+        taxonomy.select(args.only)  # name errors before any broker starts
+    except TaxonomyError as exc:
+        print(f"synthstream: {exc}", file=sys.stderr)
+        return 2
+    settings = _settings(args)
+
+    async def body(ready: Settings) -> Any:
+        return await feed_taxonomy(ready, taxonomy, only=args.only, again=args.again)
+
+    report = _with_kafka(settings, "this feed", body)
+    print(report.summary(), file=sys.stderr)
+    return 0
+
+
+def cmd_propose_taxonomy(args: argparse.Namespace) -> int:
+    from producers.taxonomy_proposal import ProposalShape, propose_taxonomy
+    from streamer.llm.simulator import simulated_endpoint
+
+    settings = _settings(args)
+    if min(args.fields, args.sub_fields, args.disciplines) < 1:
+        print("synthstream: --fields, --sub-fields and --disciplines must be at least 1", file=sys.stderr)
+        return 2
+    shape = ProposalShape(args.fields, args.sub_fields, args.disciplines)
+
+    async def body() -> Any:
+        if not args.simulate:
+            return await propose_taxonomy(settings, args.out, shape)
+        async with simulated_endpoint(settings.llm):
+            print("synthstream: using the LLM simulator: the names will be nonsense", file=sys.stderr)
+            return await propose_taxonomy(settings, args.out, shape)
+
+    taxonomy = asyncio.run(body())
+    fields = len({d.field for d in taxonomy.disciplines})
+    print(f"wrote {args.out}: {fields} fields, {len(taxonomy.disciplines)} disciplines; review and edit it, "
+          f"then `synthstream feed taxonomy {args.out}`", file=sys.stderr)
     return 0
 
 
@@ -273,10 +354,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streamer.demo import run_demo
+    from streamer.demo import DemoInputs, run_demo
 
     settings = _settings(args)
-    return run_demo(settings, docs=args.docs, seeds=args.seeds, out=args.out, latency=args.latency)
+    inputs = DemoInputs(method=args.method, docs=args.docs, seeds=args.seeds, taxonomy=args.taxonomy, only=args.only)
+    return run_demo(settings, inputs, out=args.out, latency=args.latency)
 
 
 # TOML output for `config show` --------------------------------------------------------

@@ -1,15 +1,22 @@
-"""`synthstream demo`: the whole pipeline offline on the bundled examples.
+"""`synthstream demo`: a whole method offline, on bundled inputs.
 
-Embedded broker (unless Kafka is configured) + LLM simulator (unless an endpoint is
-configured) → feed examples → run every stage and the sink until idle → export.
+Embedded broker (unless Kafka is configured) + LLM simulator (unless an endpoint is configured)
+→ feed → run the method's stages and the sink until idle → export → per-stage counts.
+
+- `--method synthquestions` (default): the documents and seed instructions under examples/.
+- `--method glan`: three disciplines of the shipped taxonomy (or `--only`), with small demo sizes
+  unless configured; the counts at each stage are checked against the configuration.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from streamer import metrics
 from streamer.config import Settings
@@ -17,74 +24,202 @@ from streamer.kafka.clients import kafka_available
 from streamer.storage.export import export_samples, iter_stored
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# Three disciplines from far-apart fields, so the demo shows the taxonomy's breadth.
+GLAN_DEMO_DISCIPLINES = ("Statistics", "Contract law", "Culinary arts")
+# Small unless configured: GLAN's own sizes (10 queries, every subject, 10 questions) mean thousands of calls.
+GLAN_DEMO_SIZES = {"subjects": {"subject_queries": 2, "max_subjects": 3}, "questions": {"questions_per_syllabus": 4}}
+
+Method = Literal["synthquestions", "glan"]
 
 
 def say(text: str) -> None:
     print(f"demo: {text}", file=sys.stderr, flush=True)
 
 
-def run_demo(settings: Settings, *, docs: Path | None, seeds: Path | None, out: Path | None,
-             latency: float = 0.2) -> int:
-    docs = docs or EXAMPLES / "docs"
-    seeds = seeds or EXAMPLES / "seeds.jsonl"
-    for path in (docs, seeds):
-        if not path.exists():
-            say(f"input {path} does not exist")
-            return 2
-    demo_dir = settings.storage.data_dir / "demo"
+@dataclass
+class DemoInputs:
+    method: Method = "synthquestions"
+    docs: Path | None = None
+    seeds: Path | None = None
+    taxonomy: Path | None = None
+    only: list[str] | None = None
+    fed: dict[str, int] = field(default_factory=dict)  # what was fed, for the closing line
+
+
+def run_demo(settings: Settings, inputs: DemoInputs, *, out: Path | None, latency: float = 0.2) -> int:
+    problem = _check_inputs(inputs)
+    if problem:
+        say(problem)
+        return 2
+    demo_dir = settings.storage.data_dir / ("demo" if inputs.method == "synthquestions" else f"demo-{inputs.method}")
     if demo_dir.exists():
         # The embedded broker starts empty, so an old store would not match its offsets.
         shutil.rmtree(demo_dir)
     settings.storage.data_dir = demo_dir
     out = out or demo_dir / "dataset.jsonl"
     with kafka_available(settings, "the demo") as ready:
-        return asyncio.run(_demo(ready, docs, seeds, out, latency))
+        return asyncio.run(_demo(ready, inputs, out, latency))
 
 
-async def _demo(settings: Settings, docs: Path, seeds: Path, out: Path, latency: float) -> int:
-    from consumers import PIPELINE
+def _check_inputs(inputs: DemoInputs) -> str | None:
+    from producers.taxonomy import DEFAULT_TAXONOMY, TaxonomyError, load_taxonomy
+
+    if inputs.method == "synthquestions":
+        inputs.docs = inputs.docs or EXAMPLES / "docs"
+        inputs.seeds = inputs.seeds or EXAMPLES / "seeds.jsonl"
+        missing = [p for p in (inputs.docs, inputs.seeds) if not p.exists()]
+        return f"input {missing[0]} does not exist" if missing else None
+    inputs.taxonomy = inputs.taxonomy or DEFAULT_TAXONOMY
+    try:
+        taxonomy = load_taxonomy(inputs.taxonomy)
+        if not inputs.only:
+            inputs.only = (list(GLAN_DEMO_DISCIPLINES) if inputs.taxonomy == DEFAULT_TAXONOMY
+                           else [d.name for d in taxonomy.disciplines[:3]])
+        taxonomy.select(inputs.only)
+    except TaxonomyError as exc:
+        return str(exc)
+    return None
+
+
+async def _demo(settings: Settings, inputs: DemoInputs, out: Path, latency: float) -> int:
+    from streamer.llm.simulator import simulated_endpoint
+
+    async with contextlib.AsyncExitStack() as stack:
+        if not settings.llm.base_url:
+            url = await stack.enter_async_context(simulated_endpoint(settings.llm, latency))
+            say(f"no LLM endpoint configured: using the simulator at {url} ({latency:.2f}s per call); "
+                f"its outputs are marked simulated")
+            judge = settings.stages.setdefault("judge", {})
+            if "threshold" not in judge:
+                # Simulated rubric scores are noise: filtering on them would drop records at random.
+                judge["threshold"] = 0
+                say("the simulator's rubric scores are random, so the judge keeps everything "
+                    "(set stages.judge.threshold to filter)")
+        if inputs.method == "glan":
+            stages = await _run_glan(settings, inputs)
+        else:
+            stages = await _run_synthquestions(settings, inputs)
+    return _finish(settings, inputs, stages, out)
+
+
+async def _run_synthquestions(settings: Settings, inputs: DemoInputs) -> list[Any]:
+    from consumers import downstream_of
     from producers.feed import feed
-    from streamer.llm.simulator import SIMULATOR_MODEL, SimulatorSettings, start_simulator
     from streamer.worker import Worker
 
-    simulator = None
-    if not settings.llm.base_url:
-        simulator, port = await start_simulator(SimulatorSettings(port=0, latency=latency))
-        settings.llm.base_url = f"http://127.0.0.1:{port}/v1"
-        settings.llm.model = SIMULATOR_MODEL
-        settings.llm.requests_per_minute = 6000
-        say(f"no LLM endpoint configured: using the simulator at {settings.llm.base_url} "
-            f"({latency:.2f}s per call); its outputs are marked simulated")
-        judge = settings.stages.setdefault("judge", {})
-        if "threshold" not in judge:
-            # Simulated rubric scores are noise: filtering on them would drop documents at random.
-            judge["threshold"] = 0
-            say("the simulator's rubric scores are random, so the judge keeps everything "
-                "(set stages.judge.threshold to filter)")
-    try:
-        doc_report = await feed(settings, "docs", [str(docs)])
-        say(doc_report.summary())
-        seed_report = await feed(settings, "seeds", [str(seeds)])
-        say(seed_report.summary())
-        # Seeds first: their attributions are the worked examples every document is matched against.
-        seeding = [s for s in PIPELINE if s.input_topic == "seeds"]
-        say(f"attributing seeds ({', '.join(s.name for s in seeding)})")
-        await Worker(settings, seeding, sink=True, until_idle=True).run()
-        say(f"running stages {', '.join(s.name for s in PIPELINE)} and the sink until all input is processed")
-        await Worker(settings, PIPELINE, sink=True, until_idle=True).run()
-    finally:
-        if simulator is not None:
-            await simulator.cleanup()
+    doc_report = await feed(settings, "docs", [str(inputs.docs)])
+    say(doc_report.summary())
+    seed_report = await feed(settings, "seeds", [str(inputs.seeds)])
+    say(seed_report.summary())
+    inputs.fed = {"documents": doc_report.sent, "seeds": seed_report.sent}
+    stages = downstream_of("docs", "seeds")
+    # Seeds first: their attributions are the worked examples every document is matched against.
+    seeding = [s for s in stages if s.input_topic == "seeds"]
+    say(f"attributing seeds ({', '.join(s.name for s in seeding)})")
+    await Worker(settings, seeding, sink=True, until_idle=True).run()
+    say(f"running stages {', '.join(s.name for s in stages)} and the sink until all input is processed")
+    await Worker(settings, stages, sink=True, until_idle=True).run()
+    return stages
 
+
+async def _run_glan(settings: Settings, inputs: DemoInputs) -> list[Any]:
+    from consumers import downstream_of
+    from producers.feed import feed_taxonomy
+    from producers.taxonomy import load_taxonomy
+    from streamer.worker import Worker
+
+    for stage, sizes in GLAN_DEMO_SIZES.items():
+        configured = settings.stages.setdefault(stage, {})
+        for key, value in sizes.items():
+            configured.setdefault(key, value)
+    sizes = {f"{stage}.{key}": settings.stages[stage][key] for stage, keys in GLAN_DEMO_SIZES.items() for key in keys}
+    say("demo sizes: " + ", ".join(f"{k} = {v}" for k, v in sizes.items()) + " (set stages.NAME.KEY to change)")
+    report = await feed_taxonomy(settings, load_taxonomy(inputs.taxonomy), only=inputs.only)
+    say(f"{report.summary()}: {', '.join(report.sent)}")
+    inputs.fed = {"disciplines": len(report.sent)}
+    stages = downstream_of("glan.disciplines")
+    say(f"running stages {', '.join(s.name for s in stages)} and the sink until all input is processed")
+    await Worker(settings, stages, sink=True, until_idle=True).run()
+    return stages
+
+
+def _finish(settings: Settings, inputs: DemoInputs, stages: list[Any], out: Path) -> int:
     prefix = settings.kafka.topic_prefix
     result = export_samples(settings.storage.store_dir, f"{prefix}samples", out)
-    dead = sum(1 for _ in iter_stored(settings.storage.store_dir, f"{prefix}dlq"))
-    calls = {s.name: metrics.total(metrics.LLM_REQUESTS, stage=s.name) for s in PIPELINE}
+    counts = {s.name: StageCount.measure(s) for s in stages}
     per_sample = max(result.rows, 1)
-    say("LLM requests by stage (per exported sample): " + ", ".join(
-        f"{k} {v:.0f} ({v / per_sample:.2f})" for k, v in calls.items() if v))
+    say("LLM calls by stage (per exported sample): " + ", ".join(
+        f"{name} {c.llm_calls:.0f} ({c.llm_calls / per_sample:.2f})" for name, c in counts.items() if c.llm_calls))
+    checks = glan_expectations(settings, counts, inputs.fed["disciplines"]) if inputs.method == "glan" else {}
+    say("records by stage" + (" (checked against the configuration)" if checks else "") + ":")
+    for name, count in counts.items():
+        verdict = checks.get(name)
+        mark = "" if verdict is None else (f"   ok: {verdict[1]}" if verdict[0] else f"   MISMATCH: {verdict[1]}")
+        say(f"  {name:<11} {count.describe()}{mark}")
+    dead = sum(1 for _ in iter_stored(settings.storage.store_dir, f"{prefix}dlq"))
     rejected = sum(1 for _ in iter_stored(settings.storage.store_dir, f"{prefix}rejected"))
-    say(f"dataset: {out} ({result.rows} rows from {doc_report.sent} documents and {seed_report.sent} seeds; "
-        f"{rejected} rejected, {dead} records in dlq)")
+    fed = " and ".join(f"{n} {what}" for what, n in inputs.fed.items())
+    say(f"dataset: {out} ({result.rows} rows from {fed}; {rejected} rejected, {dead} records in dlq)")
     print(out)
-    return 0
+    return 1 if any(not ok for ok, _ in checks.values()) else 0
+
+
+@dataclass
+class StageCount:
+    """What one stage did in this process, from its metrics."""
+
+    stage: str
+    inputs: int
+    outputs: dict[str, int]  # by output topic (unprefixed)
+    dlq: int
+    llm_calls: float
+
+    @classmethod
+    def measure(cls, stage: Any) -> StageCount:
+        outputs = {t: int(metrics.total(metrics.RECORDS_OUT, stage=stage.name, topic=t)) for t in stage.output_topics}
+        answered = sum(metrics.total(metrics.LLM_REQUESTS, stage=stage.name, outcome=o) for o in ("ok", "cache_hit"))
+        return cls(stage.name, int(metrics.total(metrics.RECORDS_DONE, stage=stage.name)), outputs,
+                   int(metrics.total(metrics.RECORDS_DLQ, stage=stage.name)), answered)
+
+    def out(self, topic: str) -> int:
+        return self.outputs.get(topic, 0)
+
+    def describe(self) -> str:
+        outs = ", ".join(f"{n} -> {t}" for t, n in self.outputs.items())
+        return f"{self.inputs} in, {outs}" + (f", {self.dlq} -> dlq" if self.dlq else "")
+
+
+ONE_EACH = {"judge": "each kept or rejected", "dedup": "each kept or rejected as a duplicate",
+            "embed": "one embedding each", "answer": "one answer each"}
+
+
+def glan_expectations(settings: Settings, counts: dict[str, StageCount], fed: int) -> dict[str, tuple[bool, str]]:
+    """Per stage: did every record of the stage before arrive, and does the output count follow
+    from the input and the configuration?"""
+    from consumers import STAGES
+
+    def options(name: str) -> Any:
+        stage = STAGES[name]
+        raw = settings.stage_settings(name, options_model=stage.options_model).options
+        return stage.options_model.model_validate(raw)
+
+    queries, cap = options("subjects").subject_queries, options("subjects").max_subjects
+    per_syllabus = options("questions").questions_per_syllabus
+    checks: dict[str, tuple[bool, str]] = {}
+    for name, c in counts.items():
+        topic = STAGES[name].input_topic
+        arrived = fed if topic == "glan.disciplines" else sum(u.out(topic) for u in counts.values())
+        handled = c.inputs - c.dlq
+        produced = sum(c.outputs.values())
+        if name == "subjects":
+            ok = c.llm_calls == handled * queries and handled <= produced <= handled * (cap or produced)
+            rule = (f"{handled} disciplines x subject_queries {queries} = {handled * queries} LLM calls, "
+                    f"{produced} subjects" + (f" (at most max_subjects {cap} each)" if cap else ""))
+        elif name == "syllabus":
+            ok, rule = produced == handled, "one syllabus per subject"
+        elif name == "questions":
+            ok, rule = produced == handled * per_syllabus, f"{handled} syllabi x questions_per_syllabus {per_syllabus}"
+        else:
+            ok, rule = produced == handled, ONE_EACH.get(name, "one output per input")
+        checks[name] = (ok and c.inputs == arrived, f"{arrived} arrived; {rule}")
+    return checks

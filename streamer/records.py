@@ -120,9 +120,10 @@ class DeadLetter(RecordData):
     failed_at: float = Field(default_factory=time.time)
 
 
-def new_root(data: RecordData, *, method: str | None = None) -> Envelope:
-    """Envelope for a record entering the pipeline from a feeder."""
-    text = getattr(data, "text", None) or getattr(data, "instruction", None) or data.model_dump_json()
+def new_root(data: RecordData, *, method: str | None = None, identity: str | None = None) -> Envelope:
+    """Envelope for a record entering the pipeline from a feeder. Its id hashes `identity`, by
+    default the normalised text, so the same input fed twice is the same record."""
+    text = identity or getattr(data, "text", None) or getattr(data, "instruction", None) or data.model_dump_json()
     rid = content_id(text)
     lineage = Lineage(document_id=rid if isinstance(data, Document) else None)
     return Envelope(id=rid, kind=data.kind, root_id=rid, method=method, lineage=lineage, data=data.model_dump())

@@ -52,6 +52,11 @@ class Prompt:
             raise ConfigError(f"prompt file {path}: needs TOML keys version, system and user ({exc!r})") from None
 
 
+# Completion budget for answers that are long lists (subjects, syllabi, taxonomies): the usual
+# per-call default would truncate them. A larger configured max_tokens still wins.
+LIST_OUTPUT_TOKENS = 4096
+
+
 def delimit(text: str, tag: str) -> str:
     """Wrap untrusted text in <tag>…</tag>, defusing any closing tag inside it so the text
     cannot end the block early and pose as instructions."""
@@ -133,6 +138,10 @@ class RecordLLM:
     async def structured(self, messages: list[dict[str, str]], model: type[BaseModel], **params: Any) -> Any:
         """Validated instance of `model`."""
         return self._note(await self._client.structured(messages, model, **params)).parsed
+
+    def list_budget(self) -> int:
+        """max_tokens for an answer that is a long list (see LIST_OUTPUT_TOKENS)."""
+        return max(self._client.settings.max_tokens, LIST_OUTPUT_TOKENS)
 
 
 @dataclass

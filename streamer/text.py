@@ -22,3 +22,8 @@ def normalise_text(text: str) -> str:
     if "\n\n\n" in text:
         text = _BLANK_RUNS.sub("\n\n", text)
     return text.strip()
+
+
+def name_key(name: str) -> str:
+    """Key under which two names count as the same (case and spacing ignored)."""
+    return normalise_text(name).casefold()

@@ -152,6 +152,23 @@ async def test_decisions_within_one_batch_follow_input_order_and_redelivery_is_i
     assert [d.kept for d in again] == [True, False] and index.size() == 2
 
 
+async def test_a_redelivered_id_keeps_its_first_decision_even_with_other_content(tmp_path: Path):
+    # Upstream stages may regenerate a record's content under the same id (e.g. a situation that
+    # sees more seed examples after a restart); one input must never end both kept and rejected.
+    rng = np.random.default_rng(2)
+    base, other = unit(rng.normal(size=384)), unit(rng.normal(size=384))
+    index = DedupIndex(DedupOptions())
+    first = await decide_all(index, [("a", embedded("alpha", base)), ("b", embedded("alpha", other))])
+    assert [d.kept for d in first] == [True, False]
+    [redelivered] = await decide_all(index, [("b", embedded("a different text", other))])
+    assert not redelivered.kept and redelivered == first[1]
+    index.save(tmp_path)
+    restored = DedupIndex(DedupOptions())
+    restored.load(tmp_path)
+    [after_restart] = await decide_all(restored, [("b", embedded("yet another text", other))])
+    assert not after_restart.kept and after_restart == first[1] and restored.size() == 1
+
+
 async def test_index_moves_to_ivf_beyond_exact_limit_and_snapshot_round_trips(tmp_path: Path):
     import faiss
 

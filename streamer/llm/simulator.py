@@ -11,6 +11,7 @@ from the JSON schema pydantic emits, so a well-formed answer always validates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -22,7 +23,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -250,7 +251,8 @@ MAX_DEPTH = 8  # past this, schemas take the shortest way out (null, fewest item
 MAX_RECURSION = 2  # times one $ref may enclose itself before its subtree goes minimal
 MAX_VALUES = 5000  # values per document; keeps any schema's answer a sane size
 _SHORT_HINTS = frozenset(
-    "name names title titles keyword keywords level levels label labels tag tags category categories".split()
+    "name names title titles keyword keywords level levels label labels tag tags category categories "
+    "concept concepts subtopic subtopics".split()
 )
 
 
@@ -687,3 +689,17 @@ async def _serve_until_signalled(settings: SimulatorSettings) -> None:
         await runner.cleanup()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+@contextlib.asynccontextmanager
+async def simulated_endpoint(llm: Any, latency: float = 0.2) -> AsyncIterator[str]:
+    """Serve the simulator in this process and point `llm` (LLMSettings) at it meanwhile;
+    for the offline demo and dry runs. Yields the base URL."""
+    runner, port = await start_simulator(SimulatorSettings(port=0, latency=latency))
+    saved = (llm.base_url, llm.model, llm.requests_per_minute)
+    llm.base_url, llm.model, llm.requests_per_minute = f"http://127.0.0.1:{port}/v1", SIMULATOR_MODEL, 6000
+    try:
+        yield llm.base_url
+    finally:
+        llm.base_url, llm.model, llm.requests_per_minute = saved
+        await runner.cleanup()
