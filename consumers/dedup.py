@@ -5,8 +5,9 @@ everything kept so far. Records are decided in batches, in input order: one inde
 the batch, then each record against the index hits and against the records kept earlier in the
 same batch. The index is exact inner product while small and IVF beyond `exact_limit`.
 
-Its state is rebuilt from its own output topic (which carries the embeddings), with snapshots
-as a cache (streamer.state); input is a single partition, so only one member writes.
+Its state is rebuilt from its own outputs — `instructions.unique` (which carries the embeddings)
+and its rejections on `rejected` — with snapshots as a cache (streamer.state); input is a single
+partition, so only one member writes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from streamer.stage import Emit, Stage, StageContext
 from streamer.state import StateSpec
 from streamer.text import normalise_text
 
-CHANGELOG = "instructions.unique"
+NAME = "dedup"
+KEPT, REJECTED = "instructions.unique", "rejected"
 
 
 class DedupOptions(BaseModel):
@@ -79,7 +81,13 @@ class DedupIndex:
     def size(self) -> int:
         return len(self.ids)
 
-    def apply(self, envelope: Envelope, payload: EmbeddedInstruction) -> None:
+    def apply(self, envelope: Envelope, payload: EmbeddedInstruction | Rejection) -> None:
+        if isinstance(payload, Rejection):
+            if payload.stage == NAME and envelope.parent_id and envelope.parent_id not in self.by_input:
+                nearest = envelope.lineage.details.get("duplicate_of")
+                self.rejected.setdefault(envelope.parent_id, Decision(
+                    False, nearest, float(payload.score or 0.0), exact=payload.reason.startswith("exact")))
+            return
         if envelope.parent_id in self.by_input:
             return
         vector = unpack_vector(payload.embedding)
@@ -211,13 +219,13 @@ async def dedup(item: EmbeddedInstruction, ctx: StageContext) -> list[Emit]:
 
 
 STAGE = Stage(
-    name="dedup",
+    name=NAME,
     input_topic="instructions.embedded",
-    output_topics=(CHANGELOG, "rejected"),
+    output_topics=(KEPT, REJECTED),
     input_model=EmbeddedInstruction,
     process=dedup,
     concurrency=512,  # in flight at once so batches fill; decisions stay in input order
     options_model=DedupOptions,
-    state=StateSpec(changelog=CHANGELOG, model=EmbeddedInstruction, factory=new_state),
+    state=StateSpec(changelogs={KEPT: EmbeddedInstruction, REJECTED: Rejection}, factory=new_state),
     description="exact + semantic (FAISS) dedup against everything kept so far; single writer",
 )

@@ -1,8 +1,8 @@
-"""State of a stateful stage, rebuilt from a changelog topic and cached in snapshots.
+"""State of a stateful stage, rebuilt from changelog topics and cached in snapshots.
 
-The stage's state is a fold over a changelog topic (for dedup: its own output topic, which holds
-every kept record with its embedding). A snapshot is only a cache of that fold plus the changelog
-offsets it covers: on start the runtime loads the newest usable snapshot and applies the
+The stage's state is a fold over changelog topics (for dedup: its own output topics, which hold
+every kept record with its embedding and every rejection). A snapshot is only a cache of that
+fold plus the changelog offsets it covers: on start the runtime loads the newest usable snapshot and applies the
 changelog from there, or rebuilds from the beginning when there is none. Applying must be
 idempotent (a snapshot may already hold records past its offsets).
 
@@ -45,8 +45,7 @@ class StageState(Protocol):
 
 @dataclass(frozen=True)
 class StateSpec:
-    changelog: str
-    model: type[RecordData]
+    changelogs: dict[str, type[RecordData]]  # topic -> its records' model, applied in this order
     factory: Callable[[StageSettings, Any], StageState]
 
 
@@ -91,8 +90,8 @@ class StateManager:
     async def restore(self) -> None:
         """Snapshot (if usable) + the changelog after it; else the whole changelog."""
         started = time.monotonic()
-        ends = await end_offsets(self.settings, self.spec.changelog)
-        start = self._load_snapshot(ends)
+        ends = await self._changelog_ends()
+        starts = self._load_snapshot(ends)
         loaded = self.state.size()
         applied = 0
 
@@ -101,26 +100,32 @@ class StateManager:
             self.state.apply(envelope, payload)
             applied += 1
 
-        await read_topic_range(self.settings, self.spec.changelog, self.spec.model, apply, start)
-        how = f"snapshot with {loaded} entries" if start is not None else "no usable snapshot: rebuilt"
+        for topic, model in self.spec.changelogs.items():
+            await read_topic_range(self.settings, topic, model, apply, starts[topic] if starts else None)
+        how = f"snapshot with {loaded} entries" if starts is not None else "no usable snapshot: rebuilt"
         log.info("state %s: %s + %d changelog records from %s -> %d entries in %.1fs", self.directory.name, how,
-                 applied, self.spec.changelog, self.state.size(), time.monotonic() - started)
+                 applied, ", ".join(self.spec.changelogs), self.state.size(), time.monotonic() - started)
 
-    def _load_snapshot(self, ends: dict[int, int]) -> dict[int, int] | None:
+    async def _changelog_ends(self) -> dict[str, dict[int, int]]:
+        return {topic: await end_offsets(self.settings, topic) for topic in self.spec.changelogs}
+
+    def _load_snapshot(self, ends: dict[str, dict[int, int]]) -> dict[str, dict[int, int]] | None:
         meta_path = self.snapshot_dir / "meta.json"
         if not meta_path.exists():
             return None
         try:
             meta = json.loads(meta_path.read_text())
-            start = {int(p): int(o) for p, o in meta["changelog_offsets"].items()}
-            # A snapshot ahead of the topic belongs to another incarnation of it (e.g. a new broker).
-            if any(offset > ends.get(p, 0) for p, offset in start.items()):
-                raise ValueError(f"snapshot covers offsets {start} beyond the changelog's end {ends}")
+            starts = {topic: {int(p): int(o) for p, o in meta["changelog_offsets"][topic].items()}
+                      for topic in self.spec.changelogs}
+            # A snapshot ahead of a topic belongs to another incarnation of it (e.g. a new broker).
+            for topic, start in starts.items():
+                if any(offset > ends[topic].get(p, 0) for p, offset in start.items()):
+                    raise ValueError(f"snapshot covers {topic} offsets {start} beyond its end {ends[topic]}")
             self.state.load(self.snapshot_dir)
-            return start
+            return starts
         except Exception as exc:  # noqa: BLE001 - any unusable snapshot means: rebuild
             log.warning("state %s: snapshot unusable (%s); rebuilding from %s", self.directory.name, exc,
-                        self.spec.changelog)
+                        ", ".join(self.spec.changelogs))
             self.state = self.spec.factory(self.stage_settings, self.options)
             return None
 
@@ -138,7 +143,7 @@ class StateManager:
         self._since_snapshot = 0
         # Everything in the changelog up to its end now was decided before being produced, so the
         # state covers at least these offsets (applying more later is harmless: idempotent).
-        offsets = await end_offsets(self.settings, self.spec.changelog)
+        offsets = await self._changelog_ends()
         staging = self.directory / f"snapshot.tmp{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from consumers.dedup import DedupIndex, DedupOptions
-from consumers.records import EmbeddedInstruction, ScoredInstruction
+from consumers.records import EmbeddedInstruction, Rejection, ScoredInstruction
 from consumers.rubric import Judgement
 from helpers import produce, read_topic, stop_process, wait_for
 from streamer.embedding import pack_vector
 from streamer.kafka.clients import ensure_topics
-from streamer.records import Envelope, new_root, stable_hash
+from streamer.records import Envelope, Lineage, new_root, stable_hash
 
 ROUTER_SAME = [
     "How do I reset my home router to its factory settings?",
@@ -167,6 +167,19 @@ async def test_a_redelivered_id_keeps_its_first_decision_even_with_other_content
     restored.load(tmp_path)
     [after_restart] = await decide_all(restored, [("b", embedded("yet another text", other))])
     assert not after_restart.kept and after_restart == first[1] and restored.size() == 1
+
+    # Without a snapshot the state is folded from dedup's outputs: kept records and rejections.
+    rebuilt = DedupIndex(DedupOptions())
+    kept = Envelope(id="out-a", kind="embedded_instruction", root_id="r", parent_id="in-a",
+                    data=embedded("alpha", base).model_dump())
+    rejection = Envelope(id="out-b", kind="rejection", root_id="r", parent_id="in-b",
+                         lineage=Lineage(details={"duplicate_of": "out-a", "similarity": 1.0}),
+                         data=Rejection(stage="dedup", reason="exact duplicate of out-a", score=1.0,
+                                        record={}).model_dump())
+    rebuilt.apply(kept, kept.payload(EmbeddedInstruction))
+    rebuilt.apply(rejection, rejection.payload(Rejection))
+    [after_rebuild] = await decide_all(rebuilt, [("b", embedded("yet another text", other))])
+    assert after_rebuild == first[1] and rebuilt.size() == 1
 
 
 async def test_index_moves_to_ivf_beyond_exact_limit_and_snapshot_round_trips(tmp_path: Path):
