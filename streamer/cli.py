@@ -171,19 +171,20 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     broker = EmbeddedBroker(args.host or settings.broker.host, args.port or settings.broker.port)
-    broker.start()
-    print(f"embedded broker listening on {broker.bootstrap_servers} (pid {broker.process.pid}, topics in memory); "
-          f"point other commands at it with SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap_servers}",
-          file=sys.stderr, flush=True)
     stopping = False
 
     def _stop(*_: Any) -> None:
         nonlocal stopping
         stopping = True
 
+    # Before the start: a client may connect (and a supervisor signal) as soon as the port opens.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
+        broker.start()
+        print(f"embedded broker listening on {broker.bootstrap_servers} (pid {broker.process.pid}, topics in "
+              f"memory); point other commands at it with SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS="
+              f"{broker.bootstrap_servers}", file=sys.stderr, flush=True)
         while not stopping and broker.process and broker.process.poll() is None:
             time.sleep(0.2)
         code = broker.process.returncode if broker.process and broker.process.poll() is not None else 0
