@@ -9,19 +9,22 @@ feed never stops on one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
-import time
+import threading
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Literal
 
 import orjson
 
 from consumers.records import Discipline
+from producers.counting import count_items
 from producers.readers import BadInput, FeedItem, ReadOptions, follow_paths, read_paths
 from producers.taxonomy import Taxonomy, discipline_record
 from streamer.config import Settings
 from streamer.kafka.clients import TopicNames, ensure_topics, make_producer
+from streamer.progress import Progress, Snapshot
 from streamer.records import Document, Envelope, RecordData, Seed, new_root
 from streamer.table import read_topic_range
 
@@ -38,6 +41,10 @@ class FeedReport:
     duplicates: int = 0
     bad: list[BadInput] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
+
+    @property
+    def read(self) -> int:
+        return self.sent + self.duplicates + len(self.bad)
 
     def summary(self) -> str:
         return (f"fed {self.sent} records to {self.topic}; {self.duplicates} exact duplicates collapsed; "
@@ -106,7 +113,7 @@ class RecordSender:
 
 async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_field: str | None = None,
                follow: bool = False, stop: asyncio.Event | None = None, keep_ids: bool = False,
-               progress_every: float = 5.0, out=sys.stderr) -> FeedReport:
+               progress: bool = False, out=sys.stderr) -> FeedReport:
     stop = stop or asyncio.Event()
     topics = TopicNames(settings.kafka.topic_prefix)
     await ensure_topics(settings)
@@ -114,8 +121,8 @@ async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_fie
     opts = ReadOptions(text_field=text_field or default_field, max_bytes=settings.feed.max_doc_bytes)
     report = FeedReport(topic=topics(kind))
     seen: set[bytes] = set()
-    last_note = time.monotonic()
-    async with RecordSender(settings, report.topic) as sender:
+    shown = _feed_progress(report, kind, None if follow else paths) if progress else contextlib.nullcontext()
+    async with RecordSender(settings, report.topic) as sender, shown:
         async for item in _items(paths, opts, follow, stop):
             if isinstance(item, BadInput):
                 report.bad.append(item)
@@ -132,13 +139,36 @@ async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_fie
             report.sent += 1
             if keep_ids:
                 report.ids.append(record.id)
-            if time.monotonic() - last_note >= progress_every:
-                last_note = time.monotonic()
-                print(f"feed: {report.sent} sent, {report.duplicates} duplicates, {len(report.bad)} bad",
-                      file=out, flush=True)
     if len(report.bad) > MAX_LISTED_BAD:
         print(f"... and {len(report.bad) - MAX_LISTED_BAD} more bad inputs", file=out, flush=True)
     return report
+
+
+@contextlib.asynccontextmanager
+async def _feed_progress(report: FeedReport, kind: str, finite_paths: list[str] | None) -> AsyncIterator[None]:
+    """Live progress of a feed; with finite inputs, their item count (learnt in the background,
+    when cheap) gives what is left and an ETA."""
+    total: int | None = None
+    cancelled = threading.Event()
+
+    async def count() -> None:
+        nonlocal total
+        total = await asyncio.to_thread(count_items, finite_paths, cancelled)
+
+    def snapshot() -> list[Snapshot]:
+        left = max(0, total - report.read) if total is not None else None
+        note = f"{report.sent} sent, {report.duplicates} duplicates, {len(report.bad)} bad"
+        return [Snapshot(f"feed {kind}", report.read, left=left, note=note)]
+
+    done = asyncio.Event()
+    counting = asyncio.create_task(count()) if finite_paths else None
+    ticker = asyncio.create_task(Progress(snapshot).run(done))
+    try:
+        yield
+    finally:
+        cancelled.set()  # a count still running is of no use any more
+        done.set()
+        await asyncio.gather(*(t for t in (counting, ticker) if t is not None), return_exceptions=True)
 
 
 @dataclass

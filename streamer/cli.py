@@ -47,12 +47,13 @@ def main(argv: list[str] | None = None) -> int:
 
         from streamer.kafka.broker import BrokerError
 
+        from streamer.metrics_server import MetricsServerError
         from streamer.state import StateLockedError
 
         if isinstance(exc, (KafkaConnectionError, BrokerError)):
             print(f"synthstream: Kafka unavailable: {exc}", file=sys.stderr)
             return 1
-        if isinstance(exc, StateLockedError):
+        if isinstance(exc, (StateLockedError, MetricsServerError)):
             print(f"synthstream: {exc}", file=sys.stderr)
             return 1
         from streamer.llm.client import LLMError
@@ -79,13 +80,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only this stage ('sink' for the storage sink); repeatable")
     r.add_argument("--until-idle", action="store_true", help="exit once all input is processed")
     r.add_argument("--no-progress", action="store_true")
+    _add_metrics_options(r)
     r.set_defaults(handler=cmd_run)
 
     rp = sub.add_parser("replay", help="make a stage reprocess its input history")
     rp.add_argument("stage", help="stage name")
-    rp.add_argument("--from-beginning", action="store_true", required=True,
-                    help="rewind the stage's consumer group to the start of its input topic")
+    _add_start_options(rp, required=True, offset_help="PARTITION:OFFSET items (partitions not named keep "
+                                                      "their position), or one OFFSET for every partition")
+    rp.add_argument("--version", metavar="V",
+                    help="instead of rewinding the stage's group, run the stage now under version V (new "
+                         "output ids, own consumer group <stage>@V) until it has caught up")
+    rp.add_argument("--no-progress", action="store_true", help="with --version: no progress display")
     rp.set_defaults(handler=cmd_replay)
+
+    t = sub.add_parser("tap", help="print a topic's records, live, without joining any consumer group")
+    t.add_argument("topic", help="topic name without the prefix, e.g. situations, instructions, dlq")
+    _add_start_options(t, required=False, offset_help="OFFSET for every partition, or PARTITION:OFFSET items "
+                                                      "(only those partitions)")
+    t.add_argument("--follow", action="store_true",
+                   help="keep printing new records until stopped (default start then: the current end)")
+    t.add_argument("--where", action="extend", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="only records whose dotted path matches, e.g. data.stage=instruction method=glan")
+    t.add_argument("--json", action="store_true", help="one JSON envelope per line, as stored on the topic")
+    t.add_argument("--limit", type=int, metavar="N", help="stop after N records")
+    t.set_defaults(handler=cmd_tap)
+
+    q = sub.add_parser("dlq", help="dead letters: list, show, redrive")
+    dlq = q.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    ql = dlq.add_parser("list", help="dead letters with stage, error, attempts and whether redriven")
+    qs = dlq.add_parser("show", help="one dead letter, whole, as JSON")
+    qs.add_argument("ids", nargs=1, metavar="ID", help="dead-letter id (a unique prefix is enough)")
+    qr = dlq.add_parser("redrive", help="put dead letters' inputs back on their stage's input topic, once each")
+    qr.add_argument("ids", nargs="*", metavar="ID", help="only these dead letters (default: all selected)")
+    for action in (ql, qr):
+        action.add_argument("--stage", help="only dead letters of this stage")
+        action.add_argument("--where", action="extend", nargs="+", default=[], metavar="FIELD=VALUE",
+                            help="only dead letters whose dotted path matches, e.g. data.error_type=LLMOutputError")
+    q.set_defaults(handler=cmd_dlq)
+
+    st = sub.add_parser("status", help="per stage: lag, records/s in and out, in flight, dlq, rejected, LLM use")
+    st.add_argument("--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C")
+    st.add_argument("--interval", type=float, default=2.0,
+                    help="seconds between the two samples rates come from (default 2)")
+    st.add_argument("--json", action="store_true", help="as JSON (with --watch: one object per line)")
+    st.set_defaults(handler=cmd_status)
 
     f = sub.add_parser("feed", help="put documents, seed instructions or taxonomy disciplines on their topic")
     f.add_argument("kind", choices=["docs", "seeds", "taxonomy"])
@@ -99,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--text-field", help="field holding the text (docs: feed.text_field, seeds: feed.seed_text_field)")
     f.add_argument("--follow", action="store_true", help="keep watching for new files/lines until stopped")
     f.add_argument("--report", type=Path, help="write the bad-input report as JSON to this file")
+    f.add_argument("--no-progress", action="store_true")
     f.set_defaults(handler=cmd_feed)
 
     g = sub.add_parser("glan", help="GLAN tools (taxonomy-driven generation)")
@@ -116,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=["jsonl", "parquet"], help="default: from the file suffix, else jsonl")
     e.add_argument("--method", help="only samples of this method")
     e.set_defaults(handler=cmd_export)
+
+    rep = sub.add_parser("report", help="charts and an HTML summary of the stored dataset")
+    rep.add_argument("--out", type=Path, help="directory to write (default: <data_dir>/report)")
+    rep.add_argument("--method", help="only samples (and their rejections) of this method")
+    rep.add_argument("--data-dir", type=Path, help="the data to report on (default: storage.data_dir)")
+    rep.add_argument("--sample-size", type=int, default=1000,
+                     help="instructions embedded for the diversity figures (default 1000)")
+    rep.add_argument("--seed", type=int, default=0, help="seed of the diversity sample (default 0)")
+    rep.set_defaults(handler=cmd_report)
 
     c = sub.add_parser("config", help="configuration")
     c.add_argument("action", choices=["show"])
@@ -144,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path,
                    help="dataset path (default: <data_dir>/demo/dataset.jsonl, glan: <data_dir>/demo-glan/...)")
     d.add_argument("--latency", type=float, default=0.2, help="simulator latency per request")
+    _add_metrics_options(d)
     d.set_defaults(handler=cmd_demo)
     return p
 
@@ -156,6 +205,53 @@ def _settings(args: argparse.Namespace) -> Settings:
     for stage in STAGES.values():  # surface bad stage options before anything starts
         settings.stage_settings(stage.name, default_concurrency=stage.concurrency, options_model=stage.options_model)
     return settings
+
+
+def _add_metrics_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=_port, metavar="PORT",
+                   help="serve Prometheus metrics on this port (0: any free port, logged); default: metrics.port")
+    p.add_argument("--metrics-host", metavar="HOST", help="address to bind (default: metrics.host, 127.0.0.1)")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def _serve_metrics(args: argparse.Namespace, settings: Settings) -> Any:
+    """The metrics endpoint of this process, as configured and overridden by the command line."""
+    from streamer.metrics_server import serve_metrics
+
+    if args.metrics_host is not None:
+        settings.metrics.host = args.metrics_host
+    if args.metrics_port is not None:
+        settings.metrics.port = args.metrics_port
+    return serve_metrics(settings)
+
+
+def _add_start_options(p: argparse.ArgumentParser, *, required: bool, offset_help: str) -> None:
+    start = p.add_mutually_exclusive_group(required=required)
+    start.add_argument("--from-beginning", action="store_true", help="from the start of the topic")
+    start.add_argument("--offset", nargs="+", metavar="P:N", help=offset_help)
+    start.add_argument("--since", metavar="TIME", help="from the first record at or after TIME: ISO time "
+                                                      "(2025-05-01T12:00) or an age like 30s, 10m, 2h, 1d")
+
+
+def _start_at(args: argparse.Namespace, default: str = "beginning") -> Any:
+    """The start position the options name; PositionError (one line) if they are malformed."""
+    from streamer.kafka.positions import StartAt
+
+    return StartAt.from_args(from_beginning=args.from_beginning, offset=args.offset, since=args.since,
+                             default=default)
+
+
+def _needs_running_broker(settings: Settings, command: str) -> bool:
+    if settings.kafka.bootstrap_servers:
+        return True
+    print(f"synthstream: {command} needs kafka.bootstrap_servers: a broker started for one command has no "
+          f"topics to read", file=sys.stderr)
+    return False
 
 
 def _with_kafka(settings: Settings, purpose: str, body: Callable[[Settings], Any]) -> Any:
@@ -211,31 +307,159 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def body(ready: Settings) -> None:
         await Worker(ready, stages, sink=sink, until_idle=args.until_idle, progress=not args.no_progress).run()
 
-    _with_kafka(settings, "this run", body)
+    with _serve_metrics(args, settings):
+        _with_kafka(settings, "this run", body)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from streamer.status import run_status
+
+    settings = _settings(args)
+    if args.interval <= 0:
+        print("synthstream: --interval must be more than 0 seconds", file=sys.stderr)
+        return 2
+    if not _needs_running_broker(settings, "status"):
+        return 2
+    asyncio.run(run_status(settings, interval=args.interval, watch=args.watch, as_json=args.json))
     return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from consumers import STAGES
-    from streamer.kafka.admin import GroupBusyError, rewind_group
+    from streamer import replay
+    from streamer.kafka.admin import GroupBusyError
+    from streamer.kafka.positions import PositionError
 
     settings = _settings(args)
     if args.stage not in STAGES:
         print(f"synthstream: unknown stage {args.stage}; stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2
-    if not settings.kafka.bootstrap_servers:
-        print("synthstream: replay needs kafka.bootstrap_servers: a broker started for one command has no "
-              "history to replay", file=sys.stderr)
+    if args.version is not None and not _valid_version(args.version):
+        print(f"synthstream: --version {args.version!r}: use letters, digits, '.', '_' and '-' (at most 40)",
+              file=sys.stderr)
         return 2
-    stage, prefix = STAGES[args.stage], settings.kafka.topic_prefix
+    if not _needs_running_broker(settings, "replay"):
+        return 2
+    stage = STAGES[args.stage]
     try:
-        offsets = asyncio.run(rewind_group(settings, f"{prefix}{stage.name}", f"{prefix}{stage.input_topic}"))
+        start = _start_at(args)
+        if args.version is None:
+            done = asyncio.run(replay.reset(settings, stage, start))
+        else:
+            done = asyncio.run(replay.run_version(settings, stage, start, args.version,
+                                                  progress=not args.no_progress))
+    except (PositionError, replay.ReplayError) as exc:
+        print(f"synthstream: cannot replay {stage.name}: {exc}", file=sys.stderr)
+        return 2
     except GroupBusyError as exc:
         print(f"synthstream: cannot replay {stage.name}: {exc}; stop its workers first (a stopped worker "
-              f"leaves the group within about two session timeouts)", file=sys.stderr)
+              f"leaves the group within about two session timeouts), or replay under a new --version, "
+              f"which has a group of its own", file=sys.stderr)
         return 3
-    print(f"stage {stage.name} will reprocess {prefix}{stage.input_topic} from offsets {offsets} when it next "
-          f"runs; records of a changed prompt or model get new ids and sit beside the old ones", file=sys.stderr)
+    if args.version is None:
+        print(f"stage {stage.name}: group {done.group} rewound on {done.topic} to {start.describe()} "
+              f"({done.offsets_text()}); it reprocesses them when it next runs. Outputs get new ids beside the "
+              f"old ones only if the stage's identity ({done.identity}) changed since", file=sys.stderr)
+    else:
+        print(f"stage {stage.name} ran under version {args.version} (identity {done.identity}) in group "
+              f"{done.group} from {start.describe()} ({done.offsets_text()}): {done.done} input records, "
+              f"{done.produced} new records with new ids beside the old ones, {done.dead} dead letters. "
+              f"Downstream stages take them when they run; to keep new input under this version set "
+              f"[stages.{stage.name}] version = \"{args.version}\" (its workers continue in {done.group})",
+              file=sys.stderr)
+    return 0
+
+
+def _valid_version(version: str) -> bool:
+    from pydantic import ValidationError
+
+    from streamer.config import StageSettings
+
+    try:
+        StageSettings(version=version)
+    except ValidationError:
+        return False
+    return True
+
+
+def cmd_tap(args: argparse.Namespace) -> int:
+    from streamer.kafka.positions import PositionError
+    from streamer.kafka.reader import UnknownTopicError
+    from streamer.query import Where
+    from streamer.tap import TapRequest, known_topic, tap
+
+    settings = _settings(args)
+    try:
+        request = TapRequest(known_topic(args.topic, settings.kafka.topic_prefix),
+                             _start_at(args, default="end" if args.follow else "beginning"), follow=args.follow,
+                             wheres=[Where.parse(w) for w in args.where], as_json=args.json, limit=args.limit)
+    except ValueError as exc:  # PositionError is one
+        print(f"synthstream: {exc}", file=sys.stderr)
+        return 2
+    if not _needs_running_broker(settings, "tap"):
+        return 2
+
+    async def body() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await tap(settings, request, stop)
+
+    try:
+        shown = asyncio.run(body())
+    except (UnknownTopicError, PositionError) as exc:
+        print(f"synthstream: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `tap … | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    print(f"tap: {shown} records", file=sys.stderr)
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from consumers import STAGES
+    from streamer import dlq
+    from streamer.query import Where
+
+    settings = _settings(args)
+    stage = getattr(args, "stage", None)
+    if stage is not None and stage not in STAGES:
+        print(f"synthstream: unknown stage {stage}; stages: {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    try:
+        wheres = [Where.parse(w) for w in getattr(args, "where", [])]
+    except ValueError as exc:
+        print(f"synthstream: {exc}", file=sys.stderr)
+        return 2
+    if not _needs_running_broker(settings, "dlq"):
+        return 2
+    try:
+        entries = dlq.select(asyncio.run(dlq.load(settings)), stage=stage, wheres=wheres, ids=getattr(args, "ids", None))
+    except dlq.UnknownDeadLetterError as exc:
+        print(f"synthstream: {exc}", file=sys.stderr)
+        return 2
+    if args.dlq_command == "list":
+        print("\n".join(dlq.table_lines(entries)))
+        pending = sum(1 for e in entries if e.redrive is None)
+        print(f"{len(entries)} dead letters: {pending} pending, {len(entries) - pending} redriven", file=sys.stderr)
+    elif args.dlq_command == "show":
+        for entry in entries:
+            print(orjson.dumps(entry.envelope.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+            print(dlq.status_line(entry), file=sys.stderr)
+    else:
+        report = asyncio.run(dlq.redrive(settings, entries))
+        for marker in report.sent:
+            print(dlq.redrive_line(marker))
+        for entry in report.unusable:
+            print(f"synthstream: not redriven {entry.envelope.id}: its input is not a synthstream record",
+                  file=sys.stderr)
+        print(f"redrove {len(report.sent)} dead letters to their stages' input topics"
+              f"{f' ({report.collapsed} redelivered copies sent once)' if report.collapsed else ''}; "
+              f"{report.already} were redriven before and were not sent again; the stages process them when "
+              f"they run", file=sys.stderr)
     return 0
 
 
@@ -259,7 +483,8 @@ def cmd_feed(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        return await feed(ready, args.kind, args.paths, text_field=args.text_field, follow=args.follow, stop=stop)
+        return await feed(ready, args.kind, args.paths, text_field=args.text_field, follow=args.follow, stop=stop,
+                          progress=not args.no_progress)
 
     report = _with_kafka(settings, "this feed", body)
     if args.report:
@@ -328,6 +553,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from consumers import STAGES
+    from streamer.report import ReportError, ReportOptions, headline, make_report
+
+    settings = _settings(args)
+    if args.sample_size < 2:
+        print("synthstream: --sample-size must be at least 2 (diversity compares pairs)", file=sys.stderr)
+        return 2
+    data_dir = args.data_dir or settings.storage.data_dir
+    embed = settings.stage_settings("embed", options_model=STAGES["embed"].options_model)
+    options = ReportOptions(store_dir=data_dir / "store", prefix=settings.kafka.topic_prefix,
+                            out=args.out or data_dir / "report", method=args.method, sample_size=args.sample_size,
+                            seed=args.seed, encoder_model=embed.options["model"])
+    try:
+        figures = make_report(options)
+    except ReportError as exc:
+        print(f"synthstream: {exc}", file=sys.stderr)
+        return 1
+    print(headline(figures, options.out), file=sys.stderr)
+    print(options.out / "index.html")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from consumers import STAGES
 
@@ -359,7 +607,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     inputs = DemoInputs(method=args.method, docs=args.docs, seeds=args.seeds, taxonomy=args.taxonomy, only=args.only)
-    return run_demo(settings, inputs, out=args.out, latency=args.latency)
+    with _serve_metrics(args, settings):
+        return run_demo(settings, inputs, out=args.out, latency=args.latency)
 
 
 # TOML output for `config show` --------------------------------------------------------

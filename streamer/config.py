@@ -117,6 +117,13 @@ class StorageSettings(_Section):
         return self.data_dir / "llm-cache.sqlite"
 
 
+class MetricsSettings(_Section):
+    """The Prometheus endpoint every worker process (`run`, `demo`) can serve."""
+
+    host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 exposes it to the network")
+    port: int | None = Field(None, ge=0, le=65535, description="unset: no endpoint; 0: any free port (logged)")
+
+
 class StageSettings(_Section):
     """Effective settings of one stage: runtime knobs, its LLM, and its own options."""
 
@@ -124,6 +131,10 @@ class StageSettings(_Section):
     attempts: int = Field(3, ge=1, description="tries before a record goes to dlq")
     prompt_file: Path | None = Field(None, description="TOML prompt override (version, system, user)")
     snapshot_every: int = Field(1000, ge=1, description="records between state snapshots (stateful stages)")
+    version: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$", coerce_numbers_to_str=True,
+        description="run the stage under this version: new output ids and its own consumer group",
+    )
     llm: LLMSettings = Field(default_factory=LLMSettings)
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -135,6 +146,7 @@ class Settings(_Section):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     feed: FeedSettings = Field(default_factory=FeedSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     # Raw per-stage tables; resolved against each stage's declaration by `stage_settings`.
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -146,7 +158,8 @@ class Settings(_Section):
     ) -> StageSettings:
         raw = dict(self.stages.get(name, {}))
         llm_raw = {**self.llm.model_dump(exclude_unset=True), **raw.pop("llm", {})}
-        runtime_keys = {k: raw.pop(k) for k in ("concurrency", "attempts", "prompt_file", "snapshot_every") if k in raw}
+        runtime_keys = {k: raw.pop(k) for k in ("concurrency", "attempts", "prompt_file", "snapshot_every", "version")
+                        if k in raw}
         runtime_keys.setdefault("concurrency", default_concurrency)
         options_model = options_model or _NoOptions
         try:

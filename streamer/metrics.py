@@ -14,11 +14,15 @@ LATENCY = Histogram(
     "synthstream_stage_latency_seconds", "Time from start of processing to outputs acknowledged", ["stage"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
 )
-CONSUMER_LAG = Gauge("synthstream_consumer_lag", "End offset minus committed offset", ["stage", "partition"])
+CONSUMER_LAG = Gauge("synthstream_consumer_lag", "End offset minus committed offset, per assigned partition",
+                     ["stage", "topic", "partition"])
 
+# outcome: ok, rate_limited (HTTP 429), error (5xx, timeouts, other 4xx), truncated (finish_reason=length),
+# invalid_output (an ok reply that failed the schema: counted again here), cache_hit (no request made).
 LLM_REQUESTS = Counter(
     "synthstream_llm_requests", "LLM requests by outcome", ["stage", "endpoint", "model", "outcome"]
 )
+REQUEST_OUTCOMES = ("ok", "rate_limited", "error", "truncated")  # the ones that were HTTP requests
 LLM_TOKENS = Counter("synthstream_llm_tokens", "LLM tokens used", ["stage", "endpoint", "model", "kind"])
 LLM_LATENCY = Histogram(
     "synthstream_llm_latency_seconds", "LLM request latency", ["endpoint", "model"],
@@ -26,6 +30,13 @@ LLM_LATENCY = Histogram(
 )
 
 SINK_ROWS = Counter("synthstream_sink_rows", "Rows written by the sink", ["topic"])
+
+
+def declare_stages(stages: list[str]) -> None:
+    """Create each stage's series at 0, so a scrape shows them (and rates work) before the first event."""
+    for stage in stages:
+        for metric in (RECORDS_IN, RECORDS_FAILED, RECORDS_DLQ, RECORDS_DONE, IN_FLIGHT, LATENCY):
+            metric.labels(stage)
 
 
 def total(metric: Counter | Gauge, **labels: str) -> float:

@@ -104,9 +104,16 @@ class Stage:
         return Prompt.from_file(settings.prompt_file) if settings.prompt_file else self.prompt
 
     def version(self, settings: StageSettings) -> str:
-        """Prompt version + text digest; with the model it forms the stage's identity."""
+        """Prompt version + text digest (+ the configured stage version); with the model it forms
+        the stage's identity."""
         prompt = self.effective_prompt(settings)
-        return prompt.label if prompt else "1"
+        label = prompt.label if prompt else "1"
+        return f"{label}+{settings.version}" if settings.version else label
+
+    def group(self, settings: StageSettings) -> str:
+        """Consumer group (unprefixed): a stage run under a version has its own, so it reads its
+        input history from where it chooses while the unversioned workers go on undisturbed."""
+        return f"{self.name}@{settings.version}" if settings.version else self.name
 
     def identity(self, settings: StageSettings) -> str:
         """Part of every output id, so a new prompt or model yields new records beside the old."""

@@ -12,7 +12,8 @@ from aiokafka import TopicPartition
 from pydantic import ValidationError
 
 from streamer.config import Settings
-from streamer.kafka.clients import TopicNames, make_consumer
+from streamer.kafka.clients import TopicNames, make_consumer, start_consumer
+from streamer.kafka.end_offsets import exact_end_offsets
 from streamer.records import Envelope, RecordData
 
 log = logging.getLogger(__name__)
@@ -24,18 +25,17 @@ async def read_topic_range(settings: Settings, name: str, model: type[RecordData
     """Feed every record of a topic from `start` (partition -> offset; default: the beginning)
     to its current end into `apply`; returns the end offsets it read up to."""
     topic = TopicNames(settings.kafka.topic_prefix)(name)
-    consumer = make_consumer(settings.kafka, group_id=None)
-    await consumer.start()
+    consumer = await start_consumer(make_consumer(settings.kafka, group_id=None))
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not tps:
             return {}
+        ends = await exact_end_offsets(consumer, tps)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         for tp in tps:
             if start and tp.partition in start:
                 consumer.seek(tp, start[tp.partition])
-        ends = await consumer.end_offsets(tps)
         while any([await consumer.position(tp) < ends[tp] for tp in tps]):
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             for records in batch.values():
@@ -51,11 +51,10 @@ async def read_topic_range(settings: Settings, name: str, model: type[RecordData
 
 async def end_offsets(settings: Settings, name: str) -> dict[int, int]:
     topic = TopicNames(settings.kafka.topic_prefix)(name)
-    consumer = make_consumer(settings.kafka, group_id=None)
-    await consumer.start()
+    consumer = await start_consumer(make_consumer(settings.kafka, group_id=None))
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()} if tps else {}
+        return {tp.partition: offset for tp, offset in (await exact_end_offsets(consumer, tps)).items()}
     finally:
         await consumer.stop()
 
@@ -76,12 +75,12 @@ class TopicTable:
 
     async def start(self) -> None:
         """Assign every partition, read up to the current end, then follow in the background."""
-        await self._consumer.start()
+        await start_consumer(self._consumer)
         partitions = self._consumer.partitions_for_topic(self.topic) or set()
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        ends = await exact_end_offsets(self._consumer, tps)
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
-        ends = await self._consumer.end_offsets(tps) if tps else {}
         while any([await self._consumer.position(tp) < ends[tp] for tp in tps]):
             await self._read(timeout_ms=500)
         log.info("table %s: loaded %d records", self.name, len(self.rows))

@@ -12,7 +12,7 @@ import logging
 import signal
 from typing import Sequence
 
-from streamer import metrics
+from streamer import metrics, metrics_server
 from streamer.config import Settings
 from streamer.kafka.clients import ensure_topics, make_producer
 from streamer.kafka.consumer import GroupMember, sleep_until
@@ -49,16 +49,20 @@ class Worker:
         self.members = [StageRunner(s, self.settings, producer, pool, self.stop) for s in self.stages]
         if self.with_sink:
             self.members.append(ParquetSink(self.settings, self.stop))
+        metrics.declare_stages([s.name for s in self.stages])
+        metrics_server.announce(self.settings, [m.name for m in self.members])  # so `status` finds us
         tasks = [asyncio.create_task(m.run(), name=m.name) for m in self.members]
         for task in tasks:
             task.add_done_callback(self._member_done)
+        members_done = asyncio.Event()  # progress goes on through the drain that follows a stop
         helpers = [asyncio.create_task(self._watch_lag())]
         if self.show_progress:
-            helpers.append(asyncio.create_task(Progress(self.members, _done_count).run(self.stop)))
+            helpers.append(asyncio.create_task(Progress.of_members(self.members, _done_count).run(members_done)))
         try:
             results = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             self.stop.set()
+            members_done.set()
             # Helpers only observe; one waiting on a broker call must not hold up the exit.
             _, late = await asyncio.wait(helpers, timeout=2)
             for task in late:

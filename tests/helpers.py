@@ -75,17 +75,23 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 10) -> list[dict]:
     """Every record of a topic, read without a consumer group."""
     from aiokafka import AIOKafkaConsumer
 
+    from streamer.kafka.clients import start_consumer
+    from streamer.kafka.end_offsets import exact_end_offsets
+
     async def run() -> list[dict]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False,
-                                    max_partition_fetch_bytes=16 << 20, fetch_max_bytes=16 << 20)
-        await consumer.start()
+        consumer = await start_consumer(AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
+            max_partition_fetch_bytes=16 << 20, fetch_max_bytes=16 << 20))
         try:
             parts = consumer.partitions_for_topic(topic) or set()
             from aiokafka import TopicPartition
 
             tps = [TopicPartition(topic, p) for p in parts]
-            ends = await consumer.end_offsets(tps)
+            if not tps:
+                return []  # not created yet
+            ends = await exact_end_offsets(consumer, tps)
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
             out: list[dict] = []
             deadline = time.monotonic() + timeout
             async def behind() -> bool:

@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from aiokafka import TopicPartition
+
 from streamer.config import Settings
 from streamer.kafka.clients import make_consumer
+from streamer.kafka.positions import FROM_BEGINNING, StartAt, positions_on
 
 log = logging.getLogger(__name__)
 
@@ -19,13 +22,16 @@ class GroupBusyError(RuntimeError):
     pass
 
 
-async def rewind_group(settings: Settings, group: str, topic: str, join_timeout: float = 60.0) -> dict[int, int]:
-    """Set the group's committed offsets on `topic` to the beginning; returns partition -> offset.
+async def rewind_group(settings: Settings, group: str, topic: str, start: StartAt = FROM_BEGINNING,
+                       join_timeout: float = 60.0) -> dict[int, int]:
+    """Set the group's committed offsets on `topic` to `start` (explicit offsets: only on the
+    partitions named); returns partition -> offset.
 
     Whether other members are alive is learnt by joining: the group coordinator evicts departed
     members and splits partitions with live ones, so holding every partition proves we are alone.
     (Group descriptions are no proof: some brokers keep listing members that have left.)
     """
+    positions = await positions_on(settings, topic, start)  # bad positions fail before the group is touched
     consumer = make_consumer(settings.kafka, topic, group_id=group)
     await consumer.start()
     try:
@@ -39,9 +45,19 @@ async def rewind_group(settings: Settings, group: str, topic: str, join_timeout:
         if len(assignment) < total:
             raise GroupBusyError(f"group {group} has other active members (we were given "
                                  f"{len(assignment)} of {total} partitions); nothing was changed")
-        await consumer.seek_to_beginning(*assignment)
-        positions = {tp: await consumer.position(tp) for tp in assignment}
         await consumer.commit(positions)
         return {tp.partition: offset for tp, offset in sorted(positions.items())}
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(settings: Settings, group: str, topic: str) -> dict[int, int | None]:
+    """The group's committed offset per partition of `topic` (None: nothing committed), read
+    without joining the group, so its members are not disturbed."""
+    consumer = make_consumer(settings.kafka, group_id=group)  # never subscribes, so never joins
+    await consumer.start()
+    try:
+        partitions = sorted(consumer.partitions_for_topic(topic) or ())
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in partitions}
     finally:
         await consumer.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import ssl
@@ -24,6 +25,7 @@ TOPICS: tuple[str, ...] = (
     "glan.disciplines", "glan.subjects", "glan.syllabi",
     "instructions", "instructions.scored", "instructions.embedded", "instructions.unique",
     "samples", "rejected", "dlq",
+    "dlq.redriven",  # one marker per redriven dead letter, so `dlq redrive` sends each once
 )
 FIXED_PARTITIONS = {"instructions.embedded": 1}  # dedup is a single writer
 
@@ -68,6 +70,14 @@ def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str | None, **ex
                 heartbeat_interval_ms=kafka.heartbeat_interval_ms)
     opts.update(extra)
     return AIOKafkaConsumer(*topics, **client_options(kafka), group_id=group_id, **opts)
+
+
+async def start_consumer(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
+    """Start a consumer and let its background task run once: aiokafka cannot stop a consumer
+    whose task was cancelled before it ever ran (a reader that returns at once would crash)."""
+    await consumer.start()
+    await asyncio.sleep(0)
+    return consumer
 
 
 def partitions_for(settings: Settings, name: str) -> int:

@@ -71,6 +71,8 @@ class GroupMember:
         await self.commit(mine)
         for tp in mine:
             self.offsets.pop(tp, None)
+            with contextlib.suppress(KeyError):  # another member reports its lag from now on
+                metrics.CONSUMER_LAG.remove(self.name, tp.topic, str(tp.partition))
         log.info("%s: revoked partitions %s", self.name, " ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in mine)))
 
     # Offsets ------------------------------------------------------------------------------
@@ -116,8 +118,9 @@ class GroupMember:
             total = 0
             for tp in assignment:
                 committed = await self.consumer.committed(tp) or 0
-                lag = max(0, ends[tp] - committed)
-                metrics.CONSUMER_LAG.labels(self.name, f"{tp.topic}[{tp.partition}]").set(lag)
+                # Fetches carry the true high watermark; some brokers' end offsets fall short (end_offsets.py).
+                lag = max(0, max(ends[tp], self.consumer.highwater(tp) or 0) - committed)
+                metrics.CONSUMER_LAG.labels(self.name, tp.topic, str(tp.partition)).set(lag)
                 total += lag
         except KafkaError as exc:
             log.debug("%s: lag unavailable: %s", self.name, exc)

@@ -1,0 +1,272 @@
+"""deploy/ cannot run here (no docker, no cluster): check that everything it names exists in the code.
+
+Every YAML parses; every stage it runs is a real stage and every pipeline stage (plus the sink)
+runs somewhere; every `synthstream` command line parses with the real CLI parser; every
+SYNTHSTREAM_* variable and the ConfigMap's TOML load with the real settings loader; Prometheus
+scrapes exactly the workers on their metrics port; dedup stays a single replica.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from consumers import PIPELINE, STAGES
+from streamer.cli import build_parser
+from streamer.config import ConfigError, Settings, load_settings
+from streamer.kafka.clients import FIXED_PARTITIONS, TOPICS
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+K8S = DEPLOY / "k8s"
+RUNNABLE = {*STAGES, "sink"}
+REQUIRED = {*(stage.name for stage in PIPELINE), "sink"}
+
+
+# Helpers --------------------------------------------------------------------------------------
+def load_yaml(path: Path) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def compose() -> dict[str, Any]:
+    return load_yaml(DEPLOY / "docker-compose.yml")[0]
+
+
+def k8s_objects(kind: str) -> list[dict[str, Any]]:
+    return [doc for path in sorted(K8S.glob("*.yaml")) for doc in load_yaml(path) if doc.get("kind") == kind]
+
+
+def parse_command(argv: list[str], where: str):
+    """The real CLI parser's reading of a command line; a failure names where it was found."""
+    try:
+        return build_parser().parse_args([str(a) for a in argv])
+    except SystemExit:
+        pytest.fail(f"{where}: `synthstream {shlex.join(map(str, argv))}` does not parse with the CLI")
+
+
+def stages_run_by(args, where: str) -> list[str]:
+    assert args.command == "run", f"{where}: a worker should run `synthstream run`, not {args.command}"
+    assert args.stage, f"{where}: a worker should name its stage with --stage"
+    unknown = set(args.stage) - RUNNABLE
+    assert not unknown, f"{where}: unknown stage(s) {unknown}; stages: {sorted(RUNNABLE)}"
+    return args.stage
+
+
+def documented_commands(lines: list[str]) -> list[tuple[list[str], str]]:
+    """synthstream argv of each command line that runs it directly or through the compose `cli`
+    service (a YAML comment's leading `#`, a trailing comment and a trailing `&` dropped)."""
+    found = []
+    for raw in lines:
+        line = raw.strip().lstrip("#").strip().split(" #")[0].strip().removesuffix("&").strip()
+        if line.startswith("synthstream "):
+            found.append((shlex.split(line)[1:], line))
+        elif "run --rm cli " in line:
+            found.append((shlex.split(line.split("run --rm cli ", 1)[1]), line))
+    return found
+
+
+def interpolate(value: Any) -> str:
+    """Compose's ${VAR:-default} with the default, as `docker compose` would without a .env."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+
+
+def checked_settings(env: dict[str, str], config_text: str, tmp_path: Path, where: str) -> Settings:
+    """Settings as `synthstream` would build them from this config file and these variables
+    (stage tables included, which load_settings alone does not resolve)."""
+    config = tmp_path / "synthstream.toml"
+    config.write_text(config_text)
+    variables = {k: v for k, v in env.items() if k.startswith("SYNTHSTREAM_") and k != "SYNTHSTREAM_CONFIG"}
+    try:
+        settings = load_settings(config, env=variables)
+        settings.check_stage_names(set(STAGES))
+        for stage in STAGES.values():
+            settings.stage_settings(stage.name, default_concurrency=stage.concurrency,
+                                    options_model=stage.options_model)
+    except ConfigError as exc:
+        pytest.fail(f"{where}: {exc}")
+    return settings
+
+
+def synthstream_services() -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in compose()["services"].items()
+            if str(svc.get("image", "")).startswith("synthstream")}
+
+
+def worker_services() -> dict[str, dict[str, Any]]:
+    """Services started by `docker compose up` that run pipeline stages (not the tools profile)."""
+    return {name: svc for name, svc in synthstream_services().items() if not svc.get("profiles")}
+
+
+# Every file --------------------------------------------------------------------------------------
+def test_every_yaml_file_parses():
+    files = sorted([*DEPLOY.glob("*.yml"), *DEPLOY.glob("*.yaml"), *K8S.glob("*.yaml")])
+    assert len(files) >= 6, files
+    for path in files:
+        assert load_yaml(path), f"{path} is empty"
+
+
+def test_dockerfile_pins_the_same_torch_and_runs_synthstream():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    pyproject = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    torch_pin = next(d for d in pyproject["project"]["dependencies"] if d.startswith("torch"))
+    assert f"pip install {torch_pin} --index-url https://download.pytorch.org/whl/cpu" in dockerfile
+    assert "FROM python:3.11-slim" in dockerfile
+    assert 'ENTRYPOINT ["synthstream"]' in dockerfile
+
+
+# docker compose ----------------------------------------------------------------------------------
+def test_compose_runs_every_pipeline_stage_and_the_sink():
+    ran: dict[str, str] = {}
+    for name, svc in worker_services().items():
+        for stage in stages_run_by(parse_command(svc["command"], f"compose service {name}"), f"service {name}"):
+            ran[stage] = name
+    assert REQUIRED <= set(ran), f"no compose service runs {sorted(REQUIRED - set(ran))}"
+
+
+def test_compose_commands_parse_with_the_cli():
+    for name, svc in synthstream_services().items():
+        parse_command(svc["command"], f"compose service {name}")
+    # The commands the comments tell people to run, too.
+    usage = [line for line in (DEPLOY / "docker-compose.yml").read_text().splitlines()
+             if line.lstrip().startswith("#   ")]  # the indented usage lines of the comments
+    for argv, line in documented_commands(usage):
+        parse_command(argv, f"docker-compose.yml: {line}")
+
+
+def test_compose_env_vars_are_real_settings(tmp_path):
+    for name, svc in synthstream_services().items():
+        env = {k: interpolate(v) for k, v in svc["environment"].items()}
+        settings = checked_settings(env, "", tmp_path, f"compose service {name}")
+        assert settings.kafka.bootstrap_servers == "kafka:9092"
+        assert settings.metrics.host == "0.0.0.0", f"{name}: Prometheus cannot scrape 127.0.0.1 in a container"
+
+
+def test_compose_keeps_the_llm_key_in_a_secret():
+    doc = compose()
+    for name, svc in synthstream_services().items():
+        env = svc["environment"]
+        assert not {"OPENAI_API_KEY", "SYNTHSTREAM_LLM__API_KEY"} & set(env), f"{name}: key inline"
+        key_file = env["SYNTHSTREAM_LLM__API_KEY_FILE"]
+        secret = key_file.removeprefix("/run/secrets/")
+        assert secret in svc["secrets"] and secret in doc["secrets"], f"{name}: {key_file} is not a mounted secret"
+
+
+def test_compose_topics_match_the_code():
+    doc = compose()
+    topics_env = doc["services"]["topics"]["environment"]
+    specs = dict(spec.split(":") for spec in topics_env["TOPICS"].split())
+    worker_env = next(iter(worker_services().values()))["environment"]
+    partitions = worker_env["SYNTHSTREAM_KAFKA__PARTITIONS"]
+    assert topics_env["TOPIC_PREFIX"] == worker_env["SYNTHSTREAM_KAFKA__TOPIC_PREFIX"]
+    assert set(specs) == set(TOPICS), f"topics to create differ from streamer.kafka.clients.TOPICS: " \
+                                      f"{set(specs) ^ set(TOPICS)}"
+    for topic, count in specs.items():
+        assert int(count) == FIXED_PARTITIONS.get(topic, int(partitions)), topic
+
+
+def test_compose_dedup_is_one_replica():
+    assert compose()["services"]["dedup"]["deploy"]["replicas"] == 1
+
+
+def test_prometheus_scrapes_every_worker_on_its_metrics_port():
+    config = load_yaml(DEPLOY / "prometheus.yml")[0]
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "synthstream")
+    (discovery,) = job["dns_sd_configs"]
+    workers = worker_services()
+    assert set(discovery["names"]) == set(workers), "scrape targets differ from the worker services"
+    for name, svc in workers.items():
+        args = parse_command(svc["command"], f"compose service {name}")
+        assert args.metrics_port == discovery["port"], f"{name} serves metrics on {args.metrics_port}"
+
+
+# Kubernetes -------------------------------------------------------------------------------------
+def deployments() -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in k8s_objects("Deployment")}
+
+
+def worker_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def container_argv(container: dict[str, Any]) -> list[str]:
+    command = container.get("command") or []
+    if command:
+        assert command[0] == "synthstream", container["name"]
+    return [*command[1:], *container.get("args", [])]
+
+
+def test_k8s_has_a_deployment_per_stage_whose_command_parses():
+    ran: dict[str, str] = {}
+    for name, deployment in deployments().items():
+        where = f"k8s Deployment {name}"
+        args = parse_command(container_argv(worker_container(deployment)), where)
+        for stage in stages_run_by(args, where):
+            ran[stage] = name
+    assert REQUIRED <= set(ran), f"no Deployment runs {sorted(REQUIRED - set(ran))}"
+
+
+def test_k8s_dedup_stays_at_one_replica():
+    dedup = deployments()["dedup"]
+    assert dedup["spec"]["replicas"] == 1
+    assert dedup["spec"]["strategy"]["type"] == "Recreate"  # never two writers during a rollout
+
+
+def test_k8s_configmap_and_env_are_real_settings(tmp_path):
+    (configmap,) = [c for c in k8s_objects("ConfigMap") if c["metadata"]["name"] == "synthstream-config"]
+    for name, deployment in deployments().items():
+        pod = deployment["spec"]["template"]["spec"]
+        container = worker_container(deployment)
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        config_volume = next(n for n, v in volumes.items()
+                             if v.get("configMap", {}).get("name") == "synthstream-config")
+        config_path = Path(env["SYNTHSTREAM_CONFIG"])
+        assert config_path.parent == Path(mounts[config_volume]), f"{name}: SYNTHSTREAM_CONFIG is not the ConfigMap"
+        settings = checked_settings(env, configmap["data"][config_path.name], tmp_path, f"k8s Deployment {name}")
+        key_dir = Path(str(settings.llm.api_key_file)).parent
+        secret_mounts = [mounts[n] for n, v in volumes.items() if "secret" in v]
+        assert str(key_dir) in secret_mounts, f"{name}: llm.api_key_file is not on a mounted Secret"
+        assert settings.metrics.host == "0.0.0.0"
+
+
+def test_k8s_metrics_port_matches_annotations_and_container_port():
+    for name, deployment in deployments().items():
+        container = worker_container(deployment)
+        port = parse_command(container_argv(container), name).metrics_port
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(port), name
+        assert {"name": "metrics", "containerPort": port} in container["ports"], name
+
+
+def test_k8s_autoscaling_targets_real_stages_on_consumer_lag():
+    scaled = k8s_objects("ScaledObject")
+    assert scaled
+    names = deployments()
+    for obj in scaled:
+        target = obj["spec"]["scaleTargetRef"]["name"]
+        assert target in names and target != "dedup", target
+        for trigger in obj["spec"]["triggers"]:
+            assert f'synthstream_consumer_lag{{stage="{target}"}}' in trigger["metadata"]["query"]
+
+
+def test_kustomization_lists_existing_files():
+    (kustomization,) = load_yaml(K8S / "kustomization.yaml")
+    for resource in kustomization["resources"]:
+        assert (K8S / resource).exists(), resource
+
+
+# The guide --------------------------------------------------------------------------------------
+def test_readme_commands_parse():
+    """Every `synthstream …` and `… run --rm cli …` line of deploy/README.md is a real command."""
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", (DEPLOY / "README.md").read_text(), flags=re.DOTALL)
+    commands = documented_commands([line for block in blocks for line in block.splitlines()])
+    assert len(commands) >= 10, "deploy/README.md shows fewer synthstream commands than expected"
+    for argv, line in commands:
+        parse_command(argv, f"deploy/README.md: {line}")
