@@ -58,7 +58,7 @@ class StageRunner(GroupMember):
                       if stage.state else None)
         self._snapshotting = False
         self.producer = producer
-        self.llm = pool.client(self.stage_settings.llm, stage.name)
+        self.llm = pool.client(self.stage_settings.llm, stage.name, cache_scope=self.stage_settings.version or "")
         self.stop_event = stop
         self.tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self.fatal: BaseException | None = None

@@ -145,11 +145,15 @@ async def test_cache_serves_a_repeated_request_even_after_a_restart(tmp_path):
         restarted = LLMPool(ResponseCache(tmp_path / "cache.sqlite"))
         after_restart = await restarted.client(settings, "t-cache").structured(ask("cache me"), Answer)
         other = await restarted.client(settings, "t-cache").structured(ask("cache me"), Answer, temperature=0.1)
+        # A stage run under a new version asks again, and its own repeats are cached.
+        versioned = [await restarted.client(settings, "t-cache", cache_scope="v2").structured(ask("cache me"), Answer)
+                     for _ in range(2)]
         await restarted.close()
     assert not first.cached and again.cached and after_restart.cached and not other.cached
+    assert not versioned[0].cached and versioned[1].cached
     assert again.parsed == first.parsed == after_restart.parsed
     assert after_restart.simulated
-    assert stats.requests == 2  # the first call and the one with different params
+    assert stats.requests == 3  # the first call, the one with different params, the new version
 
 
 async def test_api_key_never_appears_in_logs_or_errors(caplog):

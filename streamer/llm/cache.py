@@ -15,8 +15,11 @@ from typing import Any
 import orjson
 
 
-def cache_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
-    blob = orjson.dumps({"model": model, "messages": messages, "params": params}, option=orjson.OPT_SORT_KEYS)
+def cache_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any], scope: str = "") -> str:
+    body: dict[str, Any] = {"model": model, "messages": messages, "params": params}
+    if scope:  # absent when empty, so entries written before scopes existed stay valid
+        body["scope"] = scope
+    blob = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(blob).hexdigest()
 
 

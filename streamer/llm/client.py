@@ -81,8 +81,8 @@ class LLMPool:
         self._clients: dict[tuple[str | None, str], openai.AsyncOpenAI] = {}
         self._limits: dict[tuple[str | None, str], EndpointLimits] = {}
 
-    def client(self, settings: LLMSettings, stage: str) -> LLMClient:
-        return LLMClient(self, settings, stage)
+    def client(self, settings: LLMSettings, stage: str, cache_scope: str = "") -> LLMClient:
+        return LLMClient(self, settings, stage, cache_scope)
 
     def _http(self, settings: LLMSettings) -> openai.AsyncOpenAI:
         api_key = settings.resolved_api_key()
@@ -116,10 +116,13 @@ class LLMPool:
 class LLMClient:
     """What a stage sees: `complete()` for text, `structured()` for a validated pydantic model."""
 
-    def __init__(self, pool: LLMPool, settings: LLMSettings, stage: str) -> None:
+    def __init__(self, pool: LLMPool, settings: LLMSettings, stage: str, cache_scope: str = "") -> None:
         self.pool = pool
         self.settings = settings
         self.stage = stage
+        # Cached answers are shared only within a scope: a stage run under a new version must
+        # ask again, or it would only repeat the old texts under new ids.
+        self.cache_scope = cache_scope
         self.endpoint = settings.base_url or "default"
         self.limits = pool.limits(settings)
 
@@ -146,7 +149,7 @@ class LLMClient:
         self, messages: list[dict[str, str]], params: dict[str, Any], response_model: type[BaseModel] | None
     ) -> LLMResult:
         schema = response_model.model_json_schema() if response_model else None
-        key = cache_key(self.model, messages, {**params, "schema": schema})
+        key = cache_key(self.model, messages, {**params, "schema": schema}, self.cache_scope)
         cache = self.pool.cache if self.settings.cache else None
         if cache is not None and (hit := await asyncio.to_thread(cache.get, key)) is not None:
             try:
