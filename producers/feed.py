@@ -178,7 +178,7 @@ class TaxonomyFeedReport:
     already_fed: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        text = f"fed {len(self.sent)} disciplines to {self.topic}"
+        text = f"fed {len(self.sent)} discipline{'' if len(self.sent) == 1 else 's'} to {self.topic}"
         if self.already_fed:
             text += (f"; {len(self.already_fed)} already on the topic were not sent again "
                      f"(--again sends them anyway)")

@@ -473,10 +473,7 @@ def cmd_feed(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     settings = _settings(args)
-    if not settings.kafka.bootstrap_servers:
-        print("synthstream: note: records fed to a broker started just for this command are gone when it "
-              "exits; run `synthstream broker` and set SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS to keep them",
-              file=sys.stderr)
+    _note_if_ephemeral(settings)
 
     async def body(ready: Settings) -> Any:
         stop = asyncio.Event()
@@ -491,6 +488,13 @@ def cmd_feed(args: argparse.Namespace) -> int:
         args.report.write_bytes(report.to_json())
     print(report.summary(), file=sys.stderr)
     return 0
+
+
+def _note_if_ephemeral(settings: Settings) -> None:
+    if not settings.kafka.bootstrap_servers:
+        print("synthstream: note: records fed to a broker started just for this command are gone when it "
+              "exits; run `synthstream broker` and set SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS to keep them",
+              file=sys.stderr)
 
 
 def cmd_feed_taxonomy(args: argparse.Namespace) -> int:
@@ -508,6 +512,7 @@ def cmd_feed_taxonomy(args: argparse.Namespace) -> int:
         print(f"synthstream: {exc}", file=sys.stderr)
         return 2
     settings = _settings(args)
+    _note_if_ephemeral(settings)
 
     async def body(ready: Settings) -> Any:
         return await feed_taxonomy(ready, taxonomy, only=args.only, again=args.again)

@@ -186,7 +186,7 @@ def test_glan_stages_end_to_end_replay_and_a_discipline_added_later(pipeline, br
     # A discipline added to the file later is the only one that is sent, and the only new work.
     taxonomy.write_text(GROWN_TAXONOMY)
     fed_again = pipeline.cli("feed", "taxonomy", str(taxonomy)).stderr.decode()
-    assert "fed 1 disciplines" in fed_again and "2 already on the topic" in fed_again
+    assert "fed 1 discipline to" in fed_again and "2 already on the topic" in fed_again
     pipeline.cli("run", "--stage", "subjects", "--until-idle", "--no-progress", timeout=180)
     grown = read_topic(broker.bootstrap_servers, topic + "glan.subjects")
     new = [s for s in grown if s["id"] not in by_id(subjects)]
