@@ -129,13 +129,18 @@ def test_compose_runs_every_pipeline_stage_and_the_sink():
 
 
 def test_compose_commands_parse_with_the_cli():
-    for name, svc in synthstream_services().items():
-        parse_command(svc["command"], f"compose service {name}")
+    commands = set(build_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001 - argparse has no API
+    services = synthstream_services()
+    assert services, "docker-compose.yml has no synthstream services"
+    for name, svc in services.items():
+        assert parse_command(svc["command"], f"compose service {name}").command in commands
     # The commands the comments tell people to run, too.
     usage = [line for line in (DEPLOY / "docker-compose.yml").read_text().splitlines()
              if line.lstrip().startswith("#   ")]  # the indented usage lines of the comments
-    for argv, line in documented_commands(usage):
-        parse_command(argv, f"docker-compose.yml: {line}")
+    documented = documented_commands(usage)
+    assert documented, "the compose file's usage comments name no synthstream command"
+    for argv, line in documented:
+        assert parse_command(argv, f"docker-compose.yml: {line}").command in commands
 
 
 def test_compose_env_vars_are_real_settings(tmp_path):
