@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from consumers.records import Compositions, Instruction, Situation
-from streamer.stage import Emit, Prompt, Stage, StageContext, delimit
+from streamer.stage import Emit, Expected, Prompt, Stage, StageContext, delimit
 
 PROMPT = Prompt(
     version="1",
@@ -66,6 +66,11 @@ async def write_instructions(situation: Situation, ctx: StageContext) -> list[Em
     return emits
 
 
+def expected_instructions(opts: InstructionOptions, handled: int) -> Expected:
+    made = handled * opts.variants
+    return Expected(made, made, handled * opts.variants, f"{handled} situations x variants {opts.variants}")
+
+
 STAGE = Stage(
     name="instruction",
     input_topic="situations",
@@ -74,5 +79,6 @@ STAGE = Stage(
     process=write_instructions,
     prompt=PROMPT,
     options_model=InstructionOptions,
+    expect=expected_instructions,
     description="situation + document -> realistic, self-contained instruction(s)",
 )

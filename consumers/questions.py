@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from consumers.records import ClassSession, Instruction, Syllabus
 from streamer.records import stable_hash
-from streamer.stage import Emit, Prompt, Stage, StageContext
+from streamer.stage import Emit, Expected, Prompt, Stage, StageContext
 
 PROMPT = Prompt(
     version="1",
@@ -127,6 +127,11 @@ async def write_questions(syllabus: Syllabus, ctx: StageContext) -> list[Emit]:
     return list(await asyncio.gather(*(write(d) for d in draws)))
 
 
+def expected_questions(opts: QuestionsOptions, handled: int) -> Expected:
+    made = handled * opts.questions_per_syllabus
+    return Expected(made, made, rule=f"{handled} syllabi x questions_per_syllabus {opts.questions_per_syllabus}")
+
+
 STAGE = Stage(
     name="questions",
     input_topic="glan.syllabi",
@@ -136,5 +141,6 @@ STAGE = Stage(
     prompt=PROMPT,
     concurrency=8,
     options_model=QuestionsOptions,
+    expect=expected_questions,
     description="syllabus -> homework questions on seeded draws of one or two sessions and 1-5 key concepts",
 )

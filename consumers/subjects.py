@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from consumers.records import LEVELS, Discipline, Subject
-from streamer.stage import Emit, Prompt, Stage, StageContext
+from streamer.stage import Emit, Expected, Prompt, Stage, StageContext
 from streamer.text import name_key
 
 PROMPT = Prompt(
@@ -106,6 +106,14 @@ async def propose_subjects(discipline: Discipline, ctx: StageContext) -> list[Em
     ]
 
 
+def expected_subjects(opts: SubjectsOptions, handled: int) -> Expected:
+    calls = handled * opts.subject_queries
+    cap = f" (at most max_subjects {opts.max_subjects} each)" if opts.max_subjects else ""
+    return Expected(handled, handled * opts.max_subjects if opts.max_subjects else None, calls,
+                    f"{handled} disciplines x subject_queries {opts.subject_queries} = {calls} LLM calls, "
+                    f"at least one subject each{cap}")
+
+
 STAGE = Stage(
     name="subjects",
     input_topic="glan.disciplines",
@@ -115,5 +123,6 @@ STAGE = Stage(
     prompt=PROMPT,
     concurrency=4,
     options_model=SubjectsOptions,
+    expect=expected_subjects,
     description="discipline -> subjects (merged over subject_queries calls), each with level and subtopics",
 )

@@ -203,7 +203,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
     settings.check_stage_names(set(STAGES))
     for stage in STAGES.values():  # surface bad stage options before anything starts
-        settings.stage_settings(stage.name, default_concurrency=stage.concurrency, options_model=stage.options_model)
+        stage.settings_in(settings)
     return settings
 
 
@@ -567,7 +567,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print("synthstream: --sample-size must be at least 2 (diversity compares pairs)", file=sys.stderr)
         return 2
     data_dir = args.data_dir or settings.storage.data_dir
-    embed = settings.stage_settings("embed", options_model=STAGES["embed"].options_model)
+    embed = STAGES["embed"].settings_in(settings)
     options = ReportOptions(store_dir=data_dir / "store", prefix=settings.kafka.topic_prefix,
                             out=args.out or data_dir / "report", method=args.method, sample_size=args.sample_size,
                             seed=args.seed, encoder_model=embed.options["model"])
@@ -587,9 +587,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     shown = mask_secrets(settings.model_dump(exclude={"stages"}))
     shown["stages"] = {
-        name: mask_secrets(settings.stage_settings(
-            name, default_concurrency=s.concurrency, options_model=s.options_model).model_dump())
-        for name, s in STAGES.items()
+        name: mask_secrets(stage.settings_in(settings).model_dump()) for name, stage in STAGES.items()
     }
     if args.json:
         print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())

@@ -1,11 +1,12 @@
 """`synthstream demo`: a whole method offline, on bundled inputs.
 
 Embedded broker (unless Kafka is configured) + LLM simulator (unless an endpoint is configured)
-→ feed → run the method's stages and the sink until idle → export → per-stage counts.
+→ feed → run the method's stages and the sink until idle → export → per-stage counts, each
+checked against what the stage's configuration implies (a mismatch makes the demo fail).
 
 - `--method synthquestions` (default): the documents and seed instructions under examples/.
 - `--method glan`: three disciplines of the shipped taxonomy (or `--only`), with small demo sizes
-  unless configured; the counts at each stage are checked against the configuration.
+  unless configured.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ GLAN_DEMO_DISCIPLINES = ("Statistics", "Contract law", "Culinary arts")
 GLAN_DEMO_SIZES = {"subjects": {"subject_queries": 2, "max_subjects": 3}, "questions": {"questions_per_syllabus": 4}}
 
 Method = Literal["synthquestions", "glan"]
+FED_NOUNS = {"docs": "documents", "seeds": "seeds", "glan.disciplines": "disciplines"}
 
 
 def say(text: str) -> None:
@@ -43,7 +45,7 @@ class DemoInputs:
     seeds: Path | None = None
     taxonomy: Path | None = None
     only: list[str] | None = None
-    fed: dict[str, int] = field(default_factory=dict)  # what was fed, for the closing line
+    fed: dict[str, int] = field(default_factory=dict)  # records fed, by topic
 
 
 def run_demo(settings: Settings, inputs: DemoInputs, *, out: Path | None, latency: float = 0.2) -> int:
@@ -111,7 +113,7 @@ async def _run_synthquestions(settings: Settings, inputs: DemoInputs) -> list[An
     say(doc_report.summary())
     seed_report = await feed(settings, "seeds", [str(inputs.seeds)])
     say(seed_report.summary())
-    inputs.fed = {"documents": doc_report.sent, "seeds": seed_report.sent}
+    inputs.fed = {"docs": doc_report.sent, "seeds": seed_report.sent}
     stages = downstream_of("docs", "seeds")
     # Seeds first: their attributions are the worked examples every document is matched against.
     seeding = [s for s in stages if s.input_topic == "seeds"]
@@ -136,7 +138,7 @@ async def _run_glan(settings: Settings, inputs: DemoInputs) -> list[Any]:
     say("demo sizes: " + ", ".join(f"{k} = {v}" for k, v in sizes.items()) + " (set stages.NAME.KEY to change)")
     report = await feed_taxonomy(settings, load_taxonomy(inputs.taxonomy), only=inputs.only)
     say(f"{report.summary()}: {', '.join(report.sent)}")
-    inputs.fed = {"disciplines": len(report.sent)}
+    inputs.fed = {"glan.disciplines": len(report.sent)}
     stages = downstream_of("glan.disciplines")
     say(f"running stages {', '.join(s.name for s in stages)} and the sink until all input is processed")
     await Worker(settings, stages, sink=True, until_idle=True).run()
@@ -150,15 +152,14 @@ def _finish(settings: Settings, inputs: DemoInputs, stages: list[Any], out: Path
     per_sample = max(result.rows, 1)
     say("LLM calls by stage (per exported sample): " + ", ".join(
         f"{name} {c.llm_calls:.0f} ({c.llm_calls / per_sample:.2f})" for name, c in counts.items() if c.llm_calls))
-    checks = glan_expectations(settings, counts, inputs.fed["disciplines"]) if inputs.method == "glan" else {}
-    say("records by stage" + (" (checked against the configuration)" if checks else "") + ":")
+    checks = check_counts(settings, stages, counts, inputs.fed)
+    say("records by stage (checked against the configuration):")
     for name, count in counts.items():
-        verdict = checks.get(name)
-        mark = "" if verdict is None else (f"   ok: {verdict[1]}" if verdict[0] else f"   MISMATCH: {verdict[1]}")
-        say(f"  {name:<11} {count.describe()}{mark}")
+        ok, rule = checks[name]
+        say(f"  {name:<11} {count.describe()}   {'ok' if ok else 'MISMATCH'}: {rule}")
     dead = sum(1 for _ in iter_stored(settings.storage.store_dir, f"{prefix}dlq"))
     rejected = sum(1 for _ in iter_stored(settings.storage.store_dir, f"{prefix}rejected"))
-    fed = " and ".join(f"{n} {what}" for what, n in inputs.fed.items())
+    fed = " and ".join(f"{n} {FED_NOUNS[topic]}" for topic, n in inputs.fed.items())
     say(f"dataset: {out} ({result.rows} rows from {fed}; {rejected} rejected, {dead} records in dlq)")
     print(out)
     return 1 if any(not ok for ok, _ in checks.values()) else 0
@@ -189,37 +190,19 @@ class StageCount:
         return f"{self.inputs} in, {outs}" + (f", {self.dlq} -> dlq" if self.dlq else "")
 
 
-ONE_EACH = {"judge": "each kept or rejected", "dedup": "each kept or rejected as a duplicate",
-            "embed": "one embedding each", "answer": "one answer each"}
-
-
-def glan_expectations(settings: Settings, counts: dict[str, StageCount], fed: int) -> dict[str, tuple[bool, str]]:
-    """Per stage: did every record of the stage before arrive, and does the output count follow
-    from the input and the configuration?"""
-    from consumers import STAGES
-
-    def options(name: str) -> Any:
-        stage = STAGES[name]
-        raw = settings.stage_settings(name, options_model=stage.options_model).options
-        return stage.options_model.model_validate(raw)
-
-    queries, cap = options("subjects").subject_queries, options("subjects").max_subjects
-    per_syllabus = options("questions").questions_per_syllabus
+def check_counts(settings: Settings, stages: list[Any], counts: dict[str, StageCount],
+                 fed: dict[str, int]) -> dict[str, tuple[bool, str]]:
+    """Per stage: did every record of the stage before (or of the feed) arrive, and does the
+    output count follow from its input and its configuration (the stage's `expect`)?"""
     checks: dict[str, tuple[bool, str]] = {}
-    for name, c in counts.items():
-        topic = STAGES[name].input_topic
-        arrived = fed if topic == "glan.disciplines" else sum(u.out(topic) for u in counts.values())
+    for stage in stages:
+        c = counts[stage.name]
+        arrived = fed.get(stage.input_topic, 0) + sum(u.out(stage.input_topic) for u in counts.values())
         handled = c.inputs - c.dlq
         produced = sum(c.outputs.values())
-        if name == "subjects":
-            ok = c.llm_calls == handled * queries and handled <= produced <= handled * (cap or produced)
-            rule = (f"{handled} disciplines x subject_queries {queries} = {handled * queries} LLM calls, "
-                    f"{produced} subjects" + (f" (at most max_subjects {cap} each)" if cap else ""))
-        elif name == "syllabus":
-            ok, rule = produced == handled, "one syllabus per subject"
-        elif name == "questions":
-            ok, rule = produced == handled * per_syllabus, f"{handled} syllabi x questions_per_syllabus {per_syllabus}"
-        else:
-            ok, rule = produced == handled, ONE_EACH.get(name, "one output per input")
-        checks[name] = (ok and c.inputs == arrived, f"{arrived} arrived; {rule}")
+        expected = stage.expect(stage.options_in(stage.settings_in(settings)), handled)
+        ok = (c.inputs == arrived and expected.low <= produced
+              and (expected.high is None or produced <= expected.high)
+              and (expected.llm_calls is None or c.llm_calls == expected.llm_calls))
+        checks[stage.name] = (ok, f"{arrived} arrived; {expected.rule}; made {produced}")
     return checks

@@ -72,8 +72,7 @@ async def run_version(settings: Settings, stage: Stage, start: StartAt, version:
 
 
 async def _rewind(settings: Settings, stage: Stage, start: StartAt) -> Replayed:
-    stage_settings = settings.stage_settings(stage.name, default_concurrency=stage.concurrency,
-                                             options_model=stage.options_model)
+    stage_settings = stage.settings_in(settings)
     names = TopicNames(settings.kafka.topic_prefix)
     group, topic = names(stage.group(stage_settings)), names(stage.input_topic)
     if not await end_offsets(settings, stage.input_topic):

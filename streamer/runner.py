@@ -43,12 +43,10 @@ class StageRunner(GroupMember):
     ) -> None:
         self.stage = stage
         self.topic = TopicNames(settings.kafka.topic_prefix)
-        self.stage_settings: StageSettings = settings.stage_settings(
-            stage.name, default_concurrency=stage.concurrency, options_model=stage.options_model
-        )
+        self.stage_settings: StageSettings = stage.settings_in(settings)
         super().__init__(stage.name, settings, [self.topic(stage.input_topic)],
                          self.topic(stage.group(self.stage_settings)))
-        self.options = stage.options_model.model_validate(self.stage_settings.options)
+        self.options = stage.options_in(self.stage_settings)
         self.prompt = stage.effective_prompt(self.stage_settings)
         self.version = stage.version(self.stage_settings)
         self.identity = stage.identity(self.stage_settings)

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from pydantic import BaseModel, ConfigDict
 
-from streamer.config import ConfigError, StageSettings
+from streamer.config import ConfigError, Settings, StageSettings
 from streamer.llm.client import LLMClient, LLMResult
 from streamer.records import Envelope, RecordData, stable_hash
 
@@ -84,6 +84,20 @@ StageFn = Callable[[Any, "StageContext"], Awaitable[list[Emit]]]
 
 
 @dataclass(frozen=True)
+class Expected:
+    """What a stage's configuration says `handled` inputs must yield (checked by the demo)."""
+
+    low: int
+    high: int | None  # None: no upper bound
+    llm_calls: int | None = None  # exact, when the configuration fixes it
+    rule: str = "one output per input"
+
+
+def one_each(options: Any, handled: int) -> Expected:
+    return Expected(handled, handled)
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     input_topic: str
@@ -98,7 +112,17 @@ class Stage:
     setup: Callable[[StageSettings, Any], Awaitable[Any]] | None = None
     # A stateful stage's state (streamer.state.StateSpec); the state object is `ctx.resources`.
     state: Any = None
+    # Outputs (and LLM calls) its options imply for a number of handled inputs.
+    expect: Callable[[Any, int], Expected] = one_each
     description: str = ""
+
+    def settings_in(self, settings: Settings) -> StageSettings:
+        """This stage's effective settings (options validated by its options model)."""
+        return settings.stage_settings(self.name, default_concurrency=self.concurrency,
+                                       options_model=self.options_model)
+
+    def options_in(self, stage_settings: StageSettings) -> Any:
+        return self.options_model.model_validate(stage_settings.options)
 
     def effective_prompt(self, settings: StageSettings) -> Prompt | None:
         return Prompt.from_file(settings.prompt_file) if settings.prompt_file else self.prompt

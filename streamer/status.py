@@ -66,8 +66,7 @@ def watched_groups(settings: Settings) -> list[Watched]:
     tallied = tallied_topics()
     out = []
     for stage in PIPELINE:
-        stage_settings = settings.stage_settings(stage.name, default_concurrency=stage.concurrency,
-                                                 options_model=stage.options_model)
+        stage_settings = stage.settings_in(settings)
         outputs = (*stage.output_topics, "dlq")
         out.append(Watched(
             stage.name, topic(stage.group(stage_settings)), (topic(stage.input_topic),),
