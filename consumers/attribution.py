@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from consumers.records import AttributedSeed, Compositions, Rejection
 from consumers.rubric import RUBRIC_TEXT, RubricScores
 from streamer.records import Seed
-from streamer.stage import Emit, Prompt, Stage, StageContext, delimit
+from streamer.stage import Emit, Prompt, Stage, StageContext
 
 PROMPT = Prompt(
     version="1",
@@ -33,6 +33,7 @@ PROMPT = Prompt(
         "6. Score the message on each criterion below, then write a short analysis:\n"
         "{rubric}\n"
     ),
+    tags=("message", "document"),
 )
 
 
@@ -51,8 +52,9 @@ class AttributionOptions(BaseModel):
 
 
 async def attribute(seed: Seed, ctx: StageContext) -> list[Emit]:
-    document = delimit(seed.document, "document") if seed.document else "(no document came with it)"
-    messages = ctx.prompt.messages(seed=delimit(seed.instruction, "message"), document=document, rubric=RUBRIC_TEXT)
+    document = ctx.prompt.delimit(seed.document, "document") if seed.document else "(no document came with it)"
+    messages = ctx.prompt.messages(seed=ctx.prompt.delimit(seed.instruction, "message"), document=document,
+                                   rubric=RUBRIC_TEXT)
     out: AttributionOutput = await ctx.llm.structured(messages, AttributionOutput)
     judgement = out.rubric.judgement()
     if judgement.total < ctx.options.min_seed_score:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from consumers.records import Compositions, Instruction, Situation
-from streamer.stage import Emit, Expected, Prompt, Stage, StageContext, delimit
+from streamer.stage import Emit, Expected, Prompt, Stage, StageContext
 
 PROMPT = Prompt(
     version="1",
@@ -27,6 +27,7 @@ PROMPT = Prompt(
         "document the task depends on. Sound like the person, not like a textbook. Also list its "
         "compositions: ability, knowledge, extra information it carries, expected output."
     ),
+    tags=("situation", "document"),
 )
 
 ANGLES = (
@@ -48,8 +49,8 @@ class InstructionOptions(BaseModel):
     variants: int = Field(1, ge=1, le=len(ANGLES), description="instructions per situation")
 
 
-def describe(situation: Situation) -> str:
-    return delimit(
+def describe(situation: Situation, prompt: Prompt) -> str:
+    return prompt.delimit(
         f"user: {situation.user}\ncircumstances: {situation.circumstances}\n"
         f"motivation: {situation.motivation}\nsituation: {situation.situation}", "situation")
 
@@ -57,7 +58,8 @@ def describe(situation: Situation) -> str:
 async def write_instructions(situation: Situation, ctx: StageContext) -> list[Emit]:
     emits = []
     for variant in range(ctx.options.variants):
-        messages = ctx.prompt.messages(situation=describe(situation), document=delimit(situation.document, "document"),
+        messages = ctx.prompt.messages(situation=describe(situation, ctx.prompt),
+                                       document=ctx.prompt.delimit(situation.document, "document"),
                                        variant=f"focus on {ANGLES[variant]}")
         out: InstructionOutput = await ctx.llm.structured(messages, InstructionOutput)
         context = {"user": situation.user, "situation": situation.situation, "angle": ANGLES[variant]}

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from consumers.records import Instruction, Rejection, ScoredInstruction
 from consumers.rubric import CRITERIA, RUBRIC_TEXT, RubricScores
-from streamer.stage import Emit, Prompt, Stage, StageContext, delimit
+from streamer.stage import Emit, Prompt, Stage, StageContext
 
 PROMPT = Prompt(
     version="1",
@@ -23,6 +23,7 @@ PROMPT = Prompt(
         "{instruction}\n\nGive 1 or 0 for each criterion, then a short analysis (two or three "
         "sentences) of its strengths and weaknesses:\n{rubric}"
     ),
+    tags=("instruction",),
 )
 
 
@@ -32,7 +33,7 @@ class JudgeOptions(BaseModel):
 
 
 async def judge(item: Instruction, ctx: StageContext) -> list[Emit]:
-    messages = ctx.prompt.messages(instruction=delimit(item.instruction, "instruction"), rubric=RUBRIC_TEXT)
+    messages = ctx.prompt.messages(instruction=ctx.prompt.delimit(item.instruction, "instruction"), rubric=RUBRIC_TEXT)
     scores: RubricScores = await ctx.llm.structured(messages, RubricScores)
     judgement = scores.judgement()
     details = {"judge_score": judgement.total}

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from consumers.records import AttributedSeed, Situation
 from streamer.embedding import DEFAULT_MODEL, Encoder, shared_encoder
 from streamer.records import Document
-from streamer.stage import Emit, Prompt, Stage, StageContext, delimit
+from streamer.stage import Emit, Prompt, Stage, StageContext
 from streamer.table import TopicTable
 from streamer.tokens import count_tokens, truncate_tokens
 
@@ -40,6 +40,7 @@ PROMPT = Prompt(
         "motivation, and a short narrative of the moment (situation) that ties them to details of "
         "the document."
     ),
+    tags=("example", "document"),
 )
 
 EXAMPLE = "<example>\nmessage: {instruction}\nuser: {user}\nmotivation: {motivation}\nscene: {scene}\n</example>"
@@ -110,8 +111,10 @@ async def load_selector(settings, options: SituationOptions) -> ExampleSelector:
     return ExampleSelector(shared_encoder(options.encoder_model))
 
 
-def render_example(seed: AttributedSeed) -> str:
-    return EXAMPLE.format(instruction=seed.instruction, user=seed.user, motivation=seed.motivation, scene=seed.scene)
+def render_example(seed: AttributedSeed, prompt: Prompt) -> str:
+    """A worked example; its fields are seed text and LLM output, so untrusted like a document."""
+    fields = {"instruction": seed.instruction, "user": seed.user, "motivation": seed.motivation, "scene": seed.scene}
+    return EXAMPLE.format(**{k: prompt.defuse(v) for k, v in fields.items()})
 
 
 def fit_budget(prompt: Prompt, document: str, examples: list[str], opts: SituationOptions) -> tuple[str, list[str]]:
@@ -134,10 +137,10 @@ async def make_situation(doc: Document, ctx: StageContext) -> list[Emit]:
                            f"need {opts.min_examples} (feed seeds and run the attribution stage)")
     selector: ExampleSelector = ctx.resources
     seed_ids = await selector.choose(doc.text, table, opts.examples, opts.demo_selection, seed=ctx.record.id)
-    examples = [render_example(table.rows[i][1]) for i in seed_ids]
+    examples = [render_example(table.rows[i][1], ctx.prompt) for i in seed_ids]
     document, examples = fit_budget(ctx.prompt, doc.text, examples, opts)
     seed_ids = seed_ids[: len(examples)]
-    messages = ctx.prompt.messages(examples="\n".join(examples) or "(none)", document=delimit(document, "document"))
+    messages = ctx.prompt.messages(examples="\n".join(examples) or "(none)", document=ctx.prompt.delimit(document, "document"))
     out: SituationOutput = await ctx.llm.structured(messages, SituationOutput)
     situation = Situation(document=document, **out.model_dump())
     used = [table.rows[i][0] for i in seed_ids]

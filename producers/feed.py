@@ -4,6 +4,10 @@ Each good item becomes a root record whose id is the hash of its normalised text
 duplicates collapse (within a run they are not even sent again; across runs the sink and
 export keep one row per id). Bad items are counted and reported with their location; the
 feed never stops on one.
+
+Resuming (the default): an item whose record already ended in the store (streamer.storage.resume)
+is not sent again, so after losing the broker — the embedded one keeps nothing — feeding the same
+inputs again sends exactly the unfinished work.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from producers.counting import count_items
 from producers.readers import BadInput, FeedItem, ReadOptions, follow_paths, read_paths
 from producers.taxonomy import Taxonomy, discipline_record
 from streamer.config import Settings
-from streamer.kafka.clients import TopicNames, ensure_topics, make_producer
+from streamer.kafka.clients import TOPICS, TopicNames, ensure_topics, make_producer
+from streamer.kafka.incarnation import SeenIncarnations, incarnations, replaced_line
 from streamer.progress import Progress, Snapshot
 from streamer.records import Document, Envelope, RecordData, Seed, new_root
+from streamer.storage.resume import finished_roots
 from streamer.table import read_topic_range
 
 log = logging.getLogger(__name__)
@@ -39,19 +45,24 @@ class FeedReport:
     topic: str
     sent: int = 0
     duplicates: int = 0
+    finished: int = 0  # already ended in the store: not sent again
     bad: list[BadInput] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
 
     @property
     def read(self) -> int:
-        return self.sent + self.duplicates + len(self.bad)
+        return self.sent + self.duplicates + self.finished + len(self.bad)
 
     def summary(self) -> str:
-        return (f"fed {self.sent} records to {self.topic}; {self.duplicates} exact duplicates collapsed; "
+        text = (f"fed {self.sent} records to {self.topic}; {self.duplicates} exact duplicates collapsed; "
                 f"{len(self.bad)} bad inputs skipped")
+        if self.finished:
+            text += f"; {self.finished} already finished in the store not sent again (--no-resume sends them)"
+        return text
 
     def to_json(self) -> bytes:
         return orjson.dumps({"topic": self.topic, "sent": self.sent, "duplicates": self.duplicates,
+                             "finished": self.finished,
                              "bad": [{"location": b.location, "reason": b.reason} for b in self.bad]},
                             option=orjson.OPT_INDENT_2)
 
@@ -113,13 +124,16 @@ class RecordSender:
 
 async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_field: str | None = None,
                follow: bool = False, stop: asyncio.Event | None = None, keep_ids: bool = False,
-               progress: bool = False, out=sys.stderr) -> FeedReport:
+               progress: bool = False, resume: bool = True, out=sys.stderr) -> FeedReport:
     stop = stop or asyncio.Event()
     topics = TopicNames(settings.kafka.topic_prefix)
     await ensure_topics(settings)
+    await note_incarnations(settings, out)
     default_field = settings.feed.text_field if kind == "docs" else settings.feed.seed_text_field
     opts = ReadOptions(text_field=text_field or default_field, max_bytes=settings.feed.max_doc_bytes)
     report = FeedReport(topic=topics(kind))
+    finished: set[bytes] = (await asyncio.to_thread(finished_roots, settings.storage.store_dir,
+                                                    settings.kafka.topic_prefix, kind)) if resume else set()
     seen: set[bytes] = set()
     shown = _feed_progress(report, kind, None if follow else paths) if progress else contextlib.nullcontext()
     async with RecordSender(settings, report.topic) as sender, shown:
@@ -135,6 +149,9 @@ async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_fie
                 report.duplicates += 1
                 continue
             seen.add(key)
+            if key in finished:
+                report.finished += 1
+                continue
             await sender.send(record)
             report.sent += 1
             if keep_ids:
@@ -142,6 +159,21 @@ async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_fie
     if len(report.bad) > MAX_LISTED_BAD:
         print(f"... and {len(report.bad) - MAX_LISTED_BAD} more bad inputs", file=out, flush=True)
     return report
+
+
+async def note_incarnations(settings: Settings, out=sys.stderr) -> list[str]:
+    """Tell the user (one line) when the broker's topics are not the ones this data dir last saw;
+    remember the current ones. Returns the replaced topics."""
+    current = await incarnations(settings, list(TOPICS))
+    names = TopicNames(settings.kafka.topic_prefix)
+    seen = SeenIncarnations(settings.storage.data_dir)
+    full = {names(t): i for t, i in current.items()}
+    replaced = seen.replaced(full)
+    if replaced:
+        print(replaced_line(settings.kafka.bootstrap_servers, replaced, settings.kafka.topic_prefix), file=out,
+              flush=True)
+    seen.note(full)
+    return replaced
 
 
 @contextlib.asynccontextmanager
@@ -157,7 +189,7 @@ async def _feed_progress(report: FeedReport, kind: str, finite_paths: list[str] 
 
     def snapshot() -> list[Snapshot]:
         left = max(0, total - report.read) if total is not None else None
-        note = f"{report.sent} sent, {report.duplicates} duplicates, {len(report.bad)} bad"
+        note = f"{report.sent} sent, {report.duplicates} duplicates, {report.finished} finished before, {len(report.bad)} bad"
         return [Snapshot(f"feed {kind}", report.read, left=left, note=note)]
 
     done = asyncio.Event()
@@ -176,12 +208,17 @@ class TaxonomyFeedReport:
     topic: str
     sent: list[str] = field(default_factory=list)  # discipline names
     already_fed: list[str] = field(default_factory=list)
+    topic_is_new: bool = False  # glan.disciplines was recreated since this data dir last saw it
 
     def summary(self) -> str:
         text = f"fed {len(self.sent)} discipline{'' if len(self.sent) == 1 else 's'} to {self.topic}"
         if self.already_fed:
             text += (f"; {len(self.already_fed)} already on the topic were not sent again "
                      f"(--again sends them anyway)")
+        if self.topic_is_new and self.sent:
+            text += ("; the topic is newer than this data dir's store, so disciplines fed before it are sent again: "
+                     "their finished LLM work is answered from the response cache, their stored samples are kept "
+                     "once each")
         return text
 
 
@@ -191,6 +228,8 @@ async def feed_taxonomy(settings: Settings, taxonomy: Taxonomy, *, only: list[st
     the ones already there: a discipline added to the file later is the only one that generates."""
     await ensure_topics(settings)
     report = TaxonomyFeedReport(topic=TopicNames(settings.kafka.topic_prefix)("glan.disciplines"))
+    # "Already fed" is what the topic holds; a recreated topic holds none of the earlier ones.
+    report.topic_is_new = report.topic in await note_incarnations(settings)
     fed: set[str] = set()
     if not again:
         await read_topic_range(settings, "glan.disciplines", Discipline, lambda env, _: fed.add(env.id))

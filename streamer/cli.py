@@ -15,6 +15,7 @@ from typing import Any, Callable
 import orjson
 
 from streamer.config import ConfigError, Settings, load_settings, mask_secrets
+from streamer.logs import configure as configure_logging
 
 log = logging.getLogger("synthstream")
 
@@ -26,15 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-    )
-    # aiokafka logs every rebalance and retry at INFO/WARNING; ours say what matters.
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
-    for noisy in ("httpx", "httpx2", "aiohttp.access", "sentence_transformers", "transformers",
-                  "faiss.loader"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(args.log_level)
     try:
         return int(args.handler(args) or 0)
     except ConfigError as exc:
@@ -46,14 +39,19 @@ def main(argv: list[str] | None = None) -> int:
         from aiokafka.errors import KafkaConnectionError
 
         from streamer.kafka.broker import BrokerError
-
+        from streamer.kafka.clients import TopicPartitionsError
+        from streamer.kafka.health import BROKER_VERDICTS
         from streamer.metrics_server import MetricsServerError
         from streamer.state import StateLockedError
+        from streamer.storage.sink import StoreConflictError
 
         if isinstance(exc, (KafkaConnectionError, BrokerError)):
             print(f"synthstream: Kafka unavailable: {exc}", file=sys.stderr)
             return 1
-        if isinstance(exc, (StateLockedError, MetricsServerError)):
+        if isinstance(exc, BROKER_VERDICTS):
+            print(f"synthstream: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, (StateLockedError, MetricsServerError, StoreConflictError, TopicPartitionsError)):
             print(f"synthstream: {exc}", file=sys.stderr)
             return 1
         from streamer.llm.client import LLMError
@@ -135,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--again", action="store_true",
                    help="taxonomy: also send disciplines already on glan.disciplines")
     f.add_argument("--text-field", help="field holding the text (docs: feed.text_field, seeds: feed.seed_text_field)")
+    f.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="docs/seeds: do not send inputs that already ended in the store (as a sample, rejection or "
+                        "dead letter); after losing the broker, feeding the same inputs again sends exactly the "
+                        "unfinished work (default: on)")
     f.add_argument("--follow", action="store_true", help="keep watching for new files/lines until stopped")
     f.add_argument("--report", type=Path, help="write the bad-input report as JSON to this file")
     f.add_argument("--no-progress", action="store_true")
@@ -445,6 +447,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         print("\n".join(dlq.table_lines(entries)))
         pending = sum(1 for e in entries if e.redrive is None)
         print(f"{len(entries)} dead letters: {pending} pending, {len(entries) - pending} redriven", file=sys.stderr)
+        if any(e.stored_only for e in entries):
+            print(dlq.STORED_ONLY_NOTE, file=sys.stderr)
     elif args.dlq_command == "show":
         for entry in entries:
             print(orjson.dumps(entry.envelope.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
@@ -481,7 +485,7 @@ def cmd_feed(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         return await feed(ready, args.kind, args.paths, text_field=args.text_field, follow=args.follow, stop=stop,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, resume=args.resume)
 
     report = _with_kafka(settings, "this feed", body)
     if args.report:

@@ -45,6 +45,11 @@ class KafkaSettings(_Section):
     # (Kafka: 6000 ms by default). The embedded broker uses 3000/500 unless these are set.
     session_timeout_ms: int = Field(10_000, ge=1000)
     heartbeat_interval_ms: int = Field(3_000, ge=100)
+    unavailable_timeout: float = Field(
+        60.0, gt=0, description="seconds a worker waits for an unreachable broker before it exits non-zero"
+    )
+    # How stored files, snapshots and positions recognise a recreated topic (streamer.kafka.incarnation).
+    topic_identity: Literal["auto", "topic-ids", "marker"] = "auto"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -95,6 +100,11 @@ class RuntimeSettings(_Section):
     max_poll_records: int = Field(500, ge=1)
     idle_grace: float = Field(2.0, gt=0, description="seconds of no lag before a finite run ends")
     rebalance_wait: float = Field(10.0, ge=0, description="seconds to let revoked partitions finish")
+
+    @property
+    def drain_budget(self) -> float:
+        """Of drain_timeout, the part for finishing in-flight records; the rest is for committing and leaving."""
+        return max(0.5, self.drain_timeout - min(2.0, self.drain_timeout / 4))
 
 
 class FeedSettings(_Section):

@@ -6,6 +6,10 @@ with its id, back on the stage's input topic, so the outputs get the ids they wo
 the idempotent sink keeps storage exactly-once. After the input is acknowledged a marker goes to
 `dlq.redriven`; letters with a marker are never sent again. (If the redriven record fails again
 it is a new failure at a new position, so it can be redriven in its turn.)
+
+Dead letters and markers are also read from the store (the sink keeps both): a letter whose topic
+was lost with an earlier broker is still listed, marked as stored only, and can be redriven to the
+current topics.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -26,6 +30,7 @@ from streamer.kafka.positions import FROM_BEGINNING
 from streamer.kafka.reader import UnknownTopicError, observe
 from streamer.query import Where, matches_all, short_text
 from streamer.records import DeadLetter, Envelope, RecordData, stable_hash
+from streamer.storage.export import iter_envelopes
 
 REDRIVEN_TOPIC = "dlq.redriven"
 
@@ -61,6 +66,7 @@ class Entry:
     envelope: Envelope
     letter: DeadLetter
     redrive: Redrive | None = None
+    stored_only: bool = False  # its topic is gone (an earlier broker); known from the store
 
     @property
     def key(self) -> str:
@@ -80,13 +86,35 @@ class RedriveReport:
 
 
 async def load(settings: Settings) -> list[Entry]:
-    """Every dead letter on the dlq topic, partition by partition, with its redrive marker."""
+    """Every dead letter on the dlq topic, partition by partition, then those only the store still
+    has, each with its redrive marker."""
     markers = {failure_key(m.dead_letter_id, m.failed_partition, m.failed_offset): m
                async for _, m in _read(settings, REDRIVEN_TOPIC, Redrive)}
+    for _, m in _stored(settings, REDRIVEN_TOPIC, Redrive):
+        markers.setdefault(failure_key(m.dead_letter_id, m.failed_partition, m.failed_offset), m)
     entries = [Entry(envelope, letter) async for envelope, letter in _read(settings, "dlq", DeadLetter)]
+    on_topic = {entry.key for entry in entries}
+    for envelope, letter in _stored(settings, "dlq", DeadLetter):
+        entry = Entry(envelope, letter, stored_only=True)
+        if entry.key not in on_topic:
+            on_topic.add(entry.key)
+            entries.append(entry)
     for entry in entries:
         entry.redrive = markers.get(entry.key)
     return entries
+
+
+def _stored(settings: Settings, name: str, model: type[RecordData]) -> Iterator[tuple[Envelope, Any]]:
+    """Records of a topic as the sink stored them (none where this machine has no store)."""
+    topic = TopicNames(settings.kafka.topic_prefix)(name)
+    if not (settings.storage.store_dir / topic).is_dir():
+        return
+    for raw in iter_envelopes(settings.storage.store_dir, topic):
+        try:
+            envelope = Envelope.model_validate(raw)
+            yield envelope, model.model_validate(envelope.data)
+        except ValidationError:
+            continue
 
 
 async def _read(settings: Settings, name: str, model: type[RecordData]) -> AsyncIterator[tuple[Envelope, Any]]:
@@ -130,7 +158,7 @@ async def redrive(settings: Settings, entries: list[Entry]) -> RedriveReport:
             by_failure.setdefault(entry.envelope.id, []).append(entry)
     if not by_failure:
         return report
-    await ensure_topics(settings, (REDRIVEN_TOPIC,))
+    await ensure_topics(settings)  # the input topics too: after a broker loss only the store knows them
     producer = make_producer(settings.kafka)
     await producer.start()
     try:
@@ -172,9 +200,14 @@ def table_lines(entries: list[Entry]) -> list[str]:
     lines = [f"{'ID':<16}  {'STAGE':<11}  {'ERROR':<22}  {'TRIES':>5}  {'STATUS':<8}  MESSAGE"]
     for e in entries:
         message = short_text({"data": {"error": e.letter.error}}, width=80)
+        status = e.status + ("*" if e.stored_only else "")
         lines.append(f"{e.envelope.id:<16}  {e.letter.stage:<11}  {e.letter.error_type:<22}  {e.letter.attempts:>5}  "
-                     f"{e.status:<8}  {message}")
+                     f"{status:<8}  {message}")
     return lines
+
+
+STORED_ONLY_NOTE = ("* only in the store: its dlq topic was lost with an earlier broker; `dlq redrive` sends its "
+                    "input to the current topic")
 
 
 def redrive_line(marker: Redrive) -> str:

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
@@ -24,6 +25,7 @@ from streamer.backoff import jittered_backoff
 from streamer.config import Settings, StageSettings
 from streamer.kafka.clients import TopicNames
 from streamer.kafka.consumer import GroupMember
+from streamer.kafka.health import BROKER_VERDICTS, BrokerWatch
 from streamer.llm.client import LLMPool, LLMRequestError
 from streamer.records import DeadLetter, Envelope, Lineage, StageStamp, derived_id, stable_hash
 from streamer.stage import Emit, RecordLLM, Stage, StageContext
@@ -39,13 +41,14 @@ class PermanentError(Exception):
 
 class StageRunner(GroupMember):
     def __init__(
-        self, stage: Stage, settings: Settings, producer: AIOKafkaProducer, pool: LLMPool, stop: asyncio.Event
+        self, stage: Stage, settings: Settings, producer: AIOKafkaProducer, pool: LLMPool, stop: asyncio.Event,
+        broker: BrokerWatch | None = None,
     ) -> None:
         self.stage = stage
         self.topic = TopicNames(settings.kafka.topic_prefix)
         self.stage_settings: StageSettings = stage.settings_in(settings)
         super().__init__(stage.name, settings, [self.topic(stage.input_topic)],
-                         self.topic(stage.group(self.stage_settings)))
+                         self.topic(stage.group(self.stage_settings)), broker)
         self.options = stage.options_in(self.stage_settings)
         self.prompt = stage.effective_prompt(self.stage_settings)
         self.version = stage.version(self.stage_settings)
@@ -59,7 +62,6 @@ class StageRunner(GroupMember):
         self.llm = pool.client(self.stage_settings.llm, stage.name, cache_scope=self.stage_settings.version or "")
         self.stop_event = stop
         self.tasks: dict[asyncio.Task[None], TopicPartition] = {}
-        self.fatal: BaseException | None = None
         self.processed_partitions: dict[int, int] = {}
 
     @property
@@ -85,7 +87,7 @@ class StageRunner(GroupMember):
                 # Paused partitions keep the group membership alive while we are full.
                 self.set_paused(free <= 0)
                 batch = await self.poll(max(1, free), timeout_ms=100 if free <= 0 else 200)
-                for tp, records in batch.items():
+                for tp, records in self.take_ready(batch).items():
                     for record in records:
                         self._start(tp, record)
                 await self.maybe_commit()
@@ -114,27 +116,43 @@ class StageRunner(GroupMember):
         self.tasks.pop(task, None)
         metrics.IN_FLIGHT.labels(self.stage.name).set(self.in_flight)
         if not task.cancelled() and (exc := task.exception()) is not None and self.fatal is None:
-            log.error("stage %s: fatal error, stopping: %s", self.stage.name, exc)
+            if not isinstance(exc, BROKER_VERDICTS):  # the broker watch has said it once for everyone
+                log.error("stage %s: fatal error, stopping: %s", self.stage.name, exc)
             self.fatal = exc
 
     async def _drain(self) -> None:
         await self._drain_tasks()
         if self.state is not None and self.state.dirty:
-            await self.state.snapshot()
+            await self.state.snapshot(broker_away=self.fenced or self.broker_away)
 
     async def _drain_tasks(self) -> None:
         if not self.tasks:
             return
-        deadline = self.settings.runtime.drain_timeout
+        if self.fenced or (self.broker is not None and self.broker.failure is not None):
+            # The broker is gone or its topics are: nothing finished now could be produced or
+            # committed. The LLM answers so far are cached, so redelivered records cost nothing twice.
+            for task in list(self.tasks):
+                task.cancel()
+            await asyncio.wait(list(self.tasks))
+            log.info("stage %s: abandoned its in-flight records", self.stage.name)
+            return
+        deadline = self.settings.runtime.drain_budget
         log.info("stage %s: draining %d in-flight records (up to %.0fs)", self.stage.name, self.in_flight, deadline)
-        done, pending = await asyncio.wait(list(self.tasks), timeout=deadline)
+        tasks = list(self.tasks)
+        waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(asyncio.wait(tasks))}
+        if self.broker is not None:  # a verdict on the broker ends the drain: nothing can be produced
+            waits.add(asyncio.ensure_future(self.broker.failed.wait()))
+        await asyncio.wait(waits, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        pending = [task for task in tasks if not task.done()]
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
             log.warning("stage %s: %d records not finished by the drain deadline; they will be redelivered",
                         self.stage.name, len(pending))
-        log.info("stage %s: drained %d records", self.stage.name, len(done))
+        log.info("stage %s: drained %d records", self.stage.name, len(tasks) - len(pending))
 
     async def before_revoke(self, partitions: set[TopicPartition]) -> None:
         # Give the revoked partitions' records a bounded chance to finish, then abandon them:
@@ -145,7 +163,7 @@ class StageRunner(GroupMember):
             for task in pending:
                 task.cancel()
         if self.state is not None and self.state.dirty:
-            await self.state.snapshot()
+            await self.state.snapshot(broker_away=self.fenced or self.broker_away)
 
     async def after_assign(self, partitions: set[TopicPartition]) -> None:
         # A stateful stage (re)builds its state before its input's first record: after a
@@ -165,8 +183,8 @@ class StageRunner(GroupMember):
         except _DeadLetter as dead:
             outputs = [self._dead_letter(tp, record, envelope, dead)]
         # Outputs acknowledged by the broker before the input may be committed.
-        sends = [await self.producer.send(topic, value, key=key) for topic, key, value in outputs]
-        await asyncio.gather(*sends)
+        if not await self._produce(outputs):
+            return  # stopping while the broker is away: left unfinished, so it is redelivered
         for topic, _, _ in outputs:
             metrics.RECORDS_OUT.labels(self.stage.name, self.topic.unprefixed(topic)).inc()
         metrics.RECORDS_DONE.labels(self.stage.name).inc()
@@ -177,9 +195,36 @@ class StageRunner(GroupMember):
         if self.state is not None and self.state.note_processed() and not self._snapshotting:
             self._snapshotting = True
             try:
-                await self.state.snapshot()
+                await self.state.snapshot(broker_away=self.fenced or self.broker_away)
             finally:
                 self._snapshotting = False
+
+    async def _produce(self, outputs: list[tuple[str, bytes, bytes]]) -> bool:
+        """Send and wait for acks; False if given up because the process is stopping. While the
+        broker is away, wait for it (the broker watch decides when to give up) and send again:
+        a repeat carries the same ids, so it is harmless."""
+        while True:
+            try:
+                if self.broker is None:
+                    await self._send(outputs)
+                else:
+                    await self.broker.unless_away(self._send(outputs))
+                return True
+            except (KafkaError, asyncio.TimeoutError) as exc:
+                retriable = isinstance(exc, (KafkaTimeoutError, asyncio.TimeoutError)) or exc.retriable
+                if self.broker is None or self.fenced:
+                    raise
+                if not retriable:
+                    await self.broker.recheck()  # a broker replaced under us explains odd errors best
+                    raise
+                log.debug("stage %s: producing failed (%s); waiting for the broker", self.stage.name, exc)
+                await asyncio.sleep(self.settings.runtime.retry_backoff)
+                if not await self.broker.wait_reachable(self.stop_event):
+                    return False
+
+    async def _send(self, outputs: list[tuple[str, bytes, bytes]]) -> None:
+        sends = [await self.producer.send(topic, value, key=key) for topic, key, value in outputs]
+        await asyncio.gather(*sends)
 
     def _decode(self, record: ConsumerRecord) -> tuple[Envelope, Any]:
         try:

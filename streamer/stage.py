@@ -7,10 +7,11 @@ wraps them in envelopes with deterministic ids and lineage, produces them and co
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -22,11 +23,24 @@ from streamer.records import Envelope, RecordData, stable_hash
 @dataclass(frozen=True)
 class Prompt:
     """A versioned prompt. `version` is bumped by hand on a deliberate change; `digest`
-    changes with any edit of the text, so a forgotten bump still changes the stage version."""
+    changes with any edit of the text, so a forgotten bump still changes the stage version.
+    `tags` names every tag the stage wraps untrusted text in: no untrusted text may contain any
+    of them (see `delimit`)."""
 
     version: str
     system: str
     user: str
+    tags: tuple[str, ...] = ()
+
+    def delimit(self, text: str, tag: str) -> str:
+        """Untrusted `text` as a <tag> block of this prompt, defused against all of its tags."""
+        if tag not in self.tags:
+            raise ValueError(f"tag {tag!r} is not among this prompt's tags {self.tags}")
+        return delimit(text, tag, self.tags)
+
+    def defuse(self, text: str) -> str:
+        """Untrusted `text` placed inside a block the prompt builds itself (e.g. a worked example)."""
+        return defuse(text, self.tags)
 
     @property
     def digest(self) -> str:
@@ -43,11 +57,12 @@ class Prompt:
         ]
 
     @classmethod
-    def from_file(cls, path: Path) -> Prompt:
-        """A prompt override: TOML with `version`, `system` and `user` (same placeholders)."""
+    def from_file(cls, path: Path, tags: tuple[str, ...] = ()) -> Prompt:
+        """A prompt override: TOML with `version`, `system` and `user` (same placeholders); the
+        tags are the stage's, since its code does the wrapping."""
         try:
             raw = tomllib.loads(path.read_text())
-            return cls(version=str(raw["version"]), system=raw["system"], user=raw["user"])
+            return cls(version=str(raw["version"]), system=raw["system"], user=raw["user"], tags=tags)
         except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
             raise ConfigError(f"prompt file {path}: needs TOML keys version, system and user ({exc!r})") from None
 
@@ -57,11 +72,34 @@ class Prompt:
 LIST_OUTPUT_TOKENS = 4096
 
 
-def delimit(text: str, tag: str) -> str:
-    """Wrap untrusted text in <tag>…</tag>, defusing any closing tag inside it so the text
-    cannot end the block early and pose as instructions."""
-    safe = text.replace(f"</{tag}>", f"</ {tag}>").replace(f"<{tag}>", f"< {tag}>")
-    return f"<{tag}>\n{safe}\n</{tag}>"
+# Chat-template control tokens of the common model families (ChatML's <|im_start|>, Llama 3's
+# <|eot_id|>, Phi's <|end|>, Llama 2 and Mistral's [INST] and <<SYS>>, Gemma's turns, <s>): a
+# server that tokenises special tokens in message text would end the user's turn at them.
+_CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,48}\|>|\[/?INST\]|<</?SYS>>|</?s>|<(?:start|end)_of_turn>",
+                            re.IGNORECASE)
+
+
+def _spaced(token: str) -> str:
+    """`<|im_end|>` -> `< |im_end| >`: still readable, no longer the token."""
+    return f"{token[0]} {token[1:-1]} {token[-1]}"
+
+
+def defuse(text: str, tags: Iterable[str]) -> str:
+    """Untrusted text with every opening or closing tag named in `tags` (in any case or spacing)
+    and every chat-template control token broken up, so it can neither end the block it sits in
+    early nor open another one, nor end the conversation turn."""
+    text = _CONTROL_TOKEN.sub(lambda m: _spaced(m.group(0)), text)
+    names = sorted({t for t in tags if t}, key=len, reverse=True)
+    if names:
+        pattern = re.compile(r"<\s*(/?)\s*(" + "|".join(map(re.escape, names)) + r")(?=[\s/>])", re.IGNORECASE)
+        text = pattern.sub(lambda m: f"<{m.group(1)} {m.group(2)}", text)
+    return text
+
+
+def delimit(text: str, tag: str, tags: Iterable[str] = ()) -> str:
+    """Wrap untrusted text in <tag>…</tag>, defused (see `defuse`) against `tag` and any other
+    tags the prompt uses, so the text cannot end the block early and pose as instructions."""
+    return f"<{tag}>\n{defuse(text, [tag, *tags])}\n</{tag}>"
 
 
 @dataclass
@@ -125,7 +163,9 @@ class Stage:
         return self.options_model.model_validate(stage_settings.options)
 
     def effective_prompt(self, settings: StageSettings) -> Prompt | None:
-        return Prompt.from_file(settings.prompt_file) if settings.prompt_file else self.prompt
+        if settings.prompt_file is None:
+            return self.prompt
+        return Prompt.from_file(settings.prompt_file, self.prompt.tags if self.prompt else ())
 
     def version(self, settings: StageSettings) -> str:
         """Prompt version + text digest (+ the configured stage version); with the model it forms

@@ -2,9 +2,15 @@
 
 The stage's state is a fold over changelog topics (for dedup: its own output topics, which hold
 every kept record with its embedding and every rejection). A snapshot is only a cache of that
-fold plus the changelog offsets it covers: on start the runtime loads the newest usable snapshot and applies the
-changelog from there, or rebuilds from the beginning when there is none. Applying must be
-idempotent (a snapshot may already hold records past its offsets).
+fold plus the changelog offsets it covers and the changelogs' incarnations: on start the runtime
+loads the newest usable snapshot and applies the changelog from there, or rebuilds from the
+beginning when there is none. Applying must be idempotent (a snapshot may already hold records
+past its offsets).
+
+A snapshot taken on an earlier incarnation of its changelogs (the broker restarted empty, or
+the topics were recreated) is still true knowledge — for dedup, what was kept — so its entries
+are kept and the new topics are applied from their beginning. A snapshot written while the
+broker is away has no offsets and is completed the same way.
 
 One writer per state: the state directory is locked (flock) for the life of the process, so a
 second instance on the same machine fails fast instead of corrupting the index; across machines
@@ -13,6 +19,7 @@ the stage's single-partition input gives the partition, and so the writing, to o
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import logging
@@ -23,11 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from aiokafka.errors import KafkaError
+
 from streamer.config import Settings, StageSettings
+from streamer.kafka.incarnation import incarnations, short
 from streamer.records import Envelope, RecordData
 from streamer.table import end_offsets, read_topic_range
 
 log = logging.getLogger(__name__)
+
+ENDS_TIMEOUT = 15.0  # reading the changelogs' ends for a snapshot; beyond it, the broker is away
 
 
 class StageState(Protocol):
@@ -65,6 +77,7 @@ class StateManager:
         self.state: StageState = spec.factory(stage_settings, options)
         self._lock_file: Any = None
         self._since_snapshot = 0
+        self.incarnations: dict[str, str] = {}  # changelog -> incarnation, as of the last restore
 
     def lock(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -90,9 +103,9 @@ class StateManager:
     async def restore(self) -> None:
         """Snapshot (if usable) + the changelog after it; else the whole changelog."""
         started = time.monotonic()
+        self.incarnations = await incarnations(self.settings, list(self.spec.changelogs))
         ends = await self._changelog_ends()
-        starts = self._load_snapshot(ends)
-        loaded = self.state.size()
+        starts, how = self._load_snapshot(ends)
         applied = 0
 
         def apply(envelope: Envelope, payload: Any) -> None:
@@ -101,34 +114,43 @@ class StateManager:
             applied += 1
 
         for topic, model in self.spec.changelogs.items():
-            await read_topic_range(self.settings, topic, model, apply, starts[topic] if starts else None)
-        how = f"snapshot with {loaded} entries" if starts is not None else "no usable snapshot: rebuilt"
+            await read_topic_range(self.settings, topic, model, apply, starts.get(topic))
         log.info("state %s: %s + %d changelog records from %s -> %d entries in %.1fs", self.directory.name, how,
                  applied, ", ".join(self.spec.changelogs), self.state.size(), time.monotonic() - started)
 
     async def _changelog_ends(self) -> dict[str, dict[int, int]]:
         return {topic: await end_offsets(self.settings, topic) for topic in self.spec.changelogs}
 
-    def _load_snapshot(self, ends: dict[str, dict[int, int]]) -> dict[str, dict[int, int]] | None:
+    def _load_snapshot(self, ends: dict[str, dict[int, int]]) -> tuple[dict[str, dict[int, int]], str]:
+        """Where to apply each changelog from (missing: its beginning), and what was loaded."""
         meta_path = self.snapshot_dir / "meta.json"
         if not meta_path.exists():
-            return None
+            return {}, "no usable snapshot: rebuilt"
         try:
             meta = json.loads(meta_path.read_text())
-            starts = {topic: {int(p): int(o) for p, o in meta["changelog_offsets"][topic].items()}
-                      for topic in self.spec.changelogs}
-            # A snapshot ahead of a topic belongs to another incarnation of it (e.g. a new broker).
-            for topic, start in starts.items():
-                if any(offset > ends[topic].get(p, 0) for p, offset in start.items()):
-                    raise ValueError(f"snapshot covers {topic} offsets {start} beyond its end {ends[topic]}")
             self.state.load(self.snapshot_dir)
-            return starts
-        except Exception as exc:  # noqa: BLE001 - any unusable snapshot means: rebuild
-            log.warning("state %s: snapshot unusable (%s); rebuilding from %s", self.directory.name, exc,
+        except Exception as exc:  # noqa: BLE001 - any unreadable snapshot means: rebuild
+            log.warning("state %s: snapshot unreadable (%s); rebuilding from %s", self.directory.name, exc,
                         ", ".join(self.spec.changelogs))
             self.state = self.spec.factory(self.stage_settings, self.options)
-            return None
-
+            return {}, "no usable snapshot: rebuilt"
+        loaded = f"snapshot with {self.state.size()} entries"
+        offsets = meta.get("changelog_offsets")
+        if offsets is None:
+            return {}, f"{loaded} (taken while the broker was away: changelogs applied from their beginning)"
+        starts = {topic: {int(p): int(o) for p, o in offsets.get(topic, {}).items()} for topic in self.spec.changelogs}
+        taken_on = meta.get("incarnations") or {}
+        replaced = [t for t in self.spec.changelogs
+                    if (t in taken_on and taken_on[t] != self.incarnations.get(t))
+                    or any(o > ends[t].get(p, 0) for p, o in starts[t].items())]
+        if replaced:
+            was = ", ".join(f"{t} {short(taken_on[t]) if t in taken_on else '?'} -> "
+                            f"{short(self.incarnations[t]) if t in self.incarnations else 'gone'}" for t in replaced)
+            log.warning("state %s: its snapshot (%d entries) was taken on an earlier incarnation of %s (%s; a "
+                        "restarted broker?): keeping its entries and applying the new topics from their beginning",
+                        self.directory.name, self.state.size(), ", ".join(replaced), was)
+            return {}, f"{loaded} of an earlier incarnation"
+        return starts, loaded
     @property
     def dirty(self) -> bool:
         return self._since_snapshot > 0
@@ -138,23 +160,33 @@ class StateManager:
         self._since_snapshot += 1
         return self._since_snapshot >= self.stage_settings.snapshot_every
 
-    async def snapshot(self) -> None:
-        """Write the state and the changelog offsets it covers, replacing the last snapshot whole."""
+    async def snapshot(self, *, broker_away: bool = False) -> None:
+        """Write the state and the changelog offsets it covers, replacing the last snapshot whole.
+        With the broker away the offsets cannot be known: the snapshot then has none, and the
+        next restore applies the changelogs from their beginning (idempotent, only slower)."""
         self._since_snapshot = 0
         # Everything in the changelog up to its end now was decided before being produced, so the
         # state covers at least these offsets (applying more later is harmless: idempotent).
-        offsets = await self._changelog_ends()
+        offsets = None
+        if not broker_away:
+            try:
+                offsets = await asyncio.wait_for(self._changelog_ends(), ENDS_TIMEOUT)
+            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                log.warning("state %s: changelog ends unknown (%s); snapshot written without offsets",
+                            self.directory.name, exc)
         staging = self.directory / f"snapshot.tmp{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         # In the loop, not a thread: the state must not change while it is written.
         self.state.save(staging)
-        (staging / "meta.json").write_text(json.dumps({"changelog_offsets": offsets, "entries": self.state.size(),
-                                                       "written_at": time.time()}))
+        (staging / "meta.json").write_text(json.dumps({
+            "changelog_offsets": offsets, "incarnations": self.incarnations, "entries": self.state.size(),
+            "written_at": time.time()}))
         old = self.directory / "snapshot.old"
         shutil.rmtree(old, ignore_errors=True)
         if self.snapshot_dir.exists():
             os.replace(self.snapshot_dir, old)
         os.replace(staging, self.snapshot_dir)
         shutil.rmtree(old, ignore_errors=True)
-        log.info("state %s: snapshot of %d entries covering %s", self.directory.name, self.state.size(), offsets)
+        log.info("state %s: snapshot of %d entries covering %s", self.directory.name, self.state.size(),
+                 offsets if offsets is not None else "(offsets unknown: broker away)")

@@ -11,6 +11,10 @@ between two samples.
 From the workers: in-flight records and LLM requests, tokens and 429s exist only inside worker
 processes, so they are scraped from the metrics endpoints the workers registered
 (streamer.metrics_server); without one they are n/a.
+
+Incarnations: a committed offset beyond its topic's end was committed on an earlier incarnation of
+the topic (its next worker starts the new one from the beginning); topics whose incarnation is not
+the one this data dir last worked with are named in one line (a restarted broker).
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.config import Settings
-from streamer.kafka.clients import TopicNames, make_consumer, start_consumer
+from streamer.kafka.clients import TOPICS, TopicNames, make_consumer, start_consumer
 from streamer.kafka.consumer import sleep_until
 from streamer.kafka.end_offsets import exact_end_offsets
+from streamer.kafka.incarnation import SeenIncarnations, TopicIdentity, replaced_line
 from streamer.metrics import REQUEST_OUTCOMES
 from streamer.metrics_server import WorkerEntry, registered_workers
 from streamer.records import DeadLetter
@@ -116,6 +121,7 @@ class Sample:
     committed: dict[str, dict[TopicPartition, int | None]]  # group -> partition -> offset
     tallies: dict[str, Counter[str]]  # full topic name -> writer stage -> records
     workers: list[WorkerMetrics] = field(default_factory=list)
+    incarnations: dict[str, str] = field(default_factory=dict)  # full topic name -> incarnation
 
 
 class _Tally:
@@ -153,6 +159,7 @@ class Sampler:
         self.offsets = make_consumer(settings.kafka, group_id=None)
         # One client per group id: committed offsets are asked under the group's own id.
         self.committed_by = {g.group: make_consumer(settings.kafka, group_id=g.group) for g in self.groups}
+        self.identity = TopicIdentity(settings)
 
     def _clients(self) -> list[AIOKafkaConsumer]:
         return [self.offsets, self.tally.consumer, *self.committed_by.values()]
@@ -170,6 +177,7 @@ class Sampler:
         await self.close()
 
     async def close(self) -> None:
+        self.identity.close()
         for client in self._clients():
             await client.stop()
 
@@ -183,7 +191,9 @@ class Sampler:
         at = time.time()  # rates are about offsets, however long the tally below takes
         tallies = await self.tally.read_to(ends)
         workers = await asyncio.gather(*(scrape(w) for w in registered_workers(self.settings)))
-        return Sample(at, begins, ends, committed, tallies, list(workers))
+        prefix = TopicNames(self.settings.kafka.topic_prefix)
+        incarnations = await self.identity.of([prefix(t) for t in TOPICS], fresh=True)
+        return Sample(at, begins, ends, committed, tallies, list(workers), incarnations)
 
     async def _committed(self, group: Watched, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         client = self.committed_by[group.group]
@@ -243,13 +253,16 @@ def lag_partitions(group: Watched, s: Sample) -> list[dict[str, Any]]:
         if tp.topic in group.inputs:
             committed = s.committed[group.group].get(tp)
             start = s.begins[tp] if committed is None else committed
+            # Beyond the end: committed on an earlier incarnation; the whole new topic is still to do.
+            beyond = committed is not None and committed > end
             rows.append({"topic": tp.topic, "partition": tp.partition, "committed": committed, "end": end,
-                         "lag": max(0, end - start)})
+                         "lag": end - s.begins[tp] if beyond else max(0, end - start), "beyond_end": beyond})
     return rows
 
 
 def consumed(group: Watched, s: Sample) -> int:
-    return sum(max(0, off - s.begins.get(tp, 0)) for tp, off in s.committed[group.group].items() if off is not None)
+    return sum(max(0, off - s.begins.get(tp, 0)) for tp, off in s.committed[group.group].items()
+               if off is not None and off <= s.ends.get(tp, off))
 
 
 def produced(group: Watched, s: Sample) -> int:
@@ -312,10 +325,22 @@ class Status:
     def between(cls, sampler: Sampler, before: Sample, now: Sample) -> Status:
         return cls(sampler.settings, before, now, [figures(g, before, now) for g in sampler.groups])
 
+    @property
+    def replaced_topics(self) -> list[str]:
+        """Topics whose incarnation is not the one this data dir last worked with."""
+        return SeenIncarnations(self.settings.storage.data_dir).replaced(self.now.incarnations)
+
+    @property
+    def beyond_end(self) -> list[str]:
+        return [f"{row.name} on {p['topic']}[{p['partition']}] ({p['committed']} > {p['end']})"
+                for row in self.rows for p in row.partitions if p.get("beyond_end")]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "prefix": self.settings.kafka.topic_prefix, "bootstrap_servers": self.settings.kafka.bootstrap_servers,
             "time": self.now.at, "rate_window_s": round(self.now.at - self.before.at, 2),
+            "incarnations": {"topics": self.now.incarnations, "not_seen_by_data_dir": self.replaced_topics,
+                             "committed_beyond_end": self.beyond_end},
             "workers": [{"pid": w.entry.pid, "host": w.entry.host, "url": w.entry.url, "stages": w.entry.stages,
                          "reachable": w.samples is not None} for w in self.now.workers],
             "stages": [row.to_json() for row in self.rows],
@@ -329,7 +354,13 @@ class Status:
         clock = time.strftime("%H:%M:%S", time.localtime(self.now.at))
         head = (f"synthstream status: prefix {self.settings.kafka.topic_prefix} on "
                 f"{self.settings.kafka.bootstrap_servers} at {clock}; rates over {self.now.at - self.before.at:.1f}s")
-        return "\n".join([head, "", *lines, "", self._workers_line()])
+        notes = []
+        if replaced := self.replaced_topics:
+            notes.append(replaced_line(self.settings.kafka.bootstrap_servers, replaced, self.settings.kafka.topic_prefix))
+        if beyond := self.beyond_end:
+            notes.append("committed offsets beyond the topic end (" + "; ".join(beyond) + "): committed on an earlier "
+                         "incarnation of the topic; the stage's next worker reads the new one from its beginning")
+        return "\n".join([head, "", *lines, "", self._workers_line(), *notes])
 
     def _workers_line(self) -> str:
         if not self.now.workers:
@@ -359,8 +390,11 @@ def _num(value: int | None, missing: str) -> str:
 def _partition_lags(row: Figures) -> str:
     """Partitions with a lag: p0=3 for a single input topic, topic[0]=3 when a group reads several."""
     several = len({p["topic"] for p in row.partitions}) > 1
-    return " ".join(f"{p['topic']}[{p['partition']}]={p['lag']}" if several else f"p{p['partition']}={p['lag']}"
-                    for p in row.partitions if p["lag"])
+    def where(p: dict[str, Any]) -> str:
+        return f"{p['topic']}[{p['partition']}]" if several else f"p{p['partition']}"
+
+    return " ".join(f"{where(p)}={p['lag']}" + ("(beyond end)" if p.get("beyond_end") else "")
+                    for p in row.partitions if p["lag"] or p.get("beyond_end"))
 
 
 async def run_status(settings: Settings, *, interval: float, watch: bool, as_json: bool,

@@ -1,5 +1,9 @@
 """A topic read as a table: every worker reads all of it, from the beginning, and keeps it
-up to date while running (no consumer group, so each process sees every partition)."""
+up to date while running (no consumer group, so each process sees every partition).
+
+Where the sink stores the topic (the seed table's `seeds.attributed`), the stored records come
+first: a broker that lost its topics (the embedded one keeps nothing across restarts) still
+leaves the table whole on the machine that holds the store."""
 
 from __future__ import annotations
 
@@ -74,31 +78,59 @@ class TopicTable:
         self._grew = asyncio.Condition()
 
     async def start(self) -> None:
-        """Assign every partition, read up to the current end, then follow in the background."""
+        """Stored records, then every partition up to its current end; then follow in the background."""
+        stored = await asyncio.to_thread(self._stored_rows)
         await start_consumer(self._consumer)
         partitions = self._consumer.partitions_for_topic(self.topic) or set()
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         ends = await exact_end_offsets(self._consumer, tps)
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
+        before = len(self.rows)
+        on_topic: set[str] = set()
         while any([await self._consumer.position(tp) < ends[tp] for tp in tps]):
-            await self._read(timeout_ms=500)
-        log.info("table %s: loaded %d records", self.name, len(self.rows))
+            on_topic.update(await self._read(timeout_ms=500))
+        if stored:
+            missing = len(stored - on_topic)
+            log.info("table %s: loaded %d records (%d from the store, %d more from the topic)%s", self.name,
+                     len(self.rows), before, len(self.rows) - before,
+                     f"; {missing} stored records are not on the topic (a restarted broker?): used from the store"
+                     if missing else "")
+        else:
+            log.info("table %s: loaded %d records", self.name, len(self.rows))
         self._task = asyncio.create_task(self._follow())
+
+    def _stored_rows(self) -> set[str]:
+        """Load the records the sink stored for this topic; returns their ids."""
+        from streamer.storage.export import iter_envelopes
+
+        store = self._settings.storage.store_dir
+        if not (store / self.topic).is_dir():
+            return set()
+        for raw in iter_envelopes(store, self.topic):
+            try:
+                envelope = Envelope.model_validate(raw)
+                self.rows[envelope.id] = (envelope, self.model.model_validate(envelope.data))
+            except ValidationError as exc:
+                log.warning("table %s: skipping an unreadable stored record: %s", self.name, str(exc)[:200])
+        if self.rows:
+            self.changes += 1
+        return set(self.rows)
 
     async def _follow(self) -> None:
         while True:
             await self._read(timeout_ms=1000)
 
-    async def _read(self, timeout_ms: int) -> None:
+    async def _read(self, timeout_ms: int) -> list[str]:
+        """Apply the next fetched records; returns their ids."""
         batch = await self._consumer.getmany(timeout_ms=timeout_ms)
-        added = 0
+        added: list[str] = []
         for records in batch.values():
             for record in records:
                 try:
                     envelope = Envelope.from_bytes(record.value)
                     self.rows[envelope.id] = (envelope, self.model.model_validate(envelope.data))
-                    added += 1
+                    added.append(envelope.id)
                 except (ValueError, ValidationError) as exc:
                     log.warning("table %s: skipping unreadable record at %s[%d]@%d: %s", self.name,
                                 record.topic, record.partition, record.offset, str(exc)[:200])
@@ -106,6 +138,7 @@ class TopicTable:
             self.changes += 1
             async with self._grew:
                 self._grew.notify_all()
+        return added
 
     async def wait_for(self, count: int, timeout: float) -> bool:
         """Wait until the table holds at least `count` records; False on timeout."""

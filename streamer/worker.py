@@ -1,8 +1,14 @@
 """A worker process: some stages and/or the sink, one shared producer and LLM pool.
 
 SIGTERM/SIGINT start a graceful stop: every member stops fetching, drains in-flight work
-within `runtime.drain_timeout`, commits and leaves its group. With `until_idle` the worker
-also stops once every member has caught up with its input and nothing is in flight.
+within `runtime.drain_timeout`, commits and leaves its group; whatever is still running at the
+deadline is abandoned (it is redelivered later), in every state, waiting for a broker included.
+With `until_idle` the worker also stops once every member has caught up with its input and
+nothing is in flight.
+
+A broker watch (streamer.kafka.health) decides for the whole process when the broker is gone
+for good (exit non-zero after `kafka.unavailable_timeout`) or was replaced (its topics were
+recreated: stop at once, commit nothing).
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from typing import Sequence
 
 from streamer import metrics, metrics_server
 from streamer.config import Settings
-from streamer.kafka.clients import ensure_topics, make_producer
-from streamer.kafka.consumer import GroupMember, sleep_until
+from streamer.kafka.clients import TOPICS, TopicNames, ensure_topics, make_producer
+from streamer.kafka.consumer import GroupMember, abandon, sleep_until
+from streamer.kafka.health import BrokerWatch
+from streamer.kafka.incarnation import SeenIncarnations, replaced_line
 from streamer.llm.cache import ResponseCache
 from streamer.llm.client import LLMPool
 from streamer.progress import Progress
@@ -38,43 +46,93 @@ class Worker:
         self.members: list[GroupMember] = []
 
     async def run(self) -> None:
-        await ensure_topics(self.settings)
         loop = asyncio.get_running_loop()
+        # First of all: a stop must be honoured even while the broker is still being waited for.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self._run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    async def _run(self) -> None:
+        topic = TopicNames(self.settings.kafka.topic_prefix)
+        broker = BrokerWatch(self.settings, [topic(t) for t in TOPICS])
+        if await broker.connect(self.stop) is None:
+            return  # stopped before the broker answered
+        await ensure_topics(self.settings)
+        incarnations = await broker.connect(self.stop)  # now that every topic exists
+        if incarnations is None:
+            return
+        seen = SeenIncarnations(self.settings.storage.data_dir)
+        if replaced := seen.replaced(incarnations):
+            log.warning("%s", replaced_line(self.settings.kafka.bootstrap_servers, replaced,
+                                            self.settings.kafka.topic_prefix))
+        seen.note(incarnations)
         producer = make_producer(self.settings.kafka)
         await producer.start()
         cache = ResponseCache(self.settings.storage.cache_path) if self.stages else None
         pool = LLMPool(cache)
-        self.members = [StageRunner(s, self.settings, producer, pool, self.stop) for s in self.stages]
+        self.members = [StageRunner(s, self.settings, producer, pool, self.stop, broker) for s in self.stages]
         if self.with_sink:
-            self.members.append(ParquetSink(self.settings, self.stop))
+            self.members.append(ParquetSink(self.settings, self.stop, broker=broker))
         metrics.declare_stages([s.name for s in self.stages])
         metrics_server.announce(self.settings, [m.name for m in self.members])  # so `status` finds us
         tasks = [asyncio.create_task(m.run(), name=m.name) for m in self.members]
         for task in tasks:
             task.add_done_callback(self._member_done)
         members_done = asyncio.Event()  # progress goes on through the drain that follows a stop
-        helpers = [asyncio.create_task(self._watch_lag())]
+        # The watch goes on through the shutdown: it tells the members when not to wait for the broker.
+        watching = [asyncio.create_task(broker.run()), asyncio.create_task(self._on_verdict(broker))]
+        observers = [asyncio.create_task(self._watch_lag())]
         if self.show_progress:
-            helpers.append(asyncio.create_task(Progress.of_members(self.members, _done_count).run(members_done)))
+            observers.append(asyncio.create_task(Progress.of_members(self.members, _done_count).run(members_done)))
         try:
-            results = await asyncio.gather(*tasks, return_exceptions=True)
+            results = await self._members_finished(tasks)
         finally:
             self.stop.set()
             members_done.set()
-            # Helpers only observe; one waiting on a broker call must not hold up the exit.
-            _, late = await asyncio.wait(helpers, timeout=2)
+            # Observers only observe; one waiting on a broker call must not hold up the exit.
+            _, late = await asyncio.wait(observers, timeout=2)
             for task in late:
                 task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
-            await producer.stop()
+            await asyncio.gather(*observers, return_exceptions=True)
+            try:
+                await broker.unless_away(producer.stop(), 5.0)
+            except asyncio.TimeoutError:
+                abandon(producer)
+                log.warning("the broker did not take the last produced records; they are produced again on redelivery")
+            for task in watching:
+                task.cancel()
+            await asyncio.gather(*watching, return_exceptions=True)
             await pool.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+        if broker.failure is not None:
+            raise broker.failure
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
+
+    async def _members_finished(self, tasks: list[asyncio.Task[None]]) -> list[BaseException | None]:
+        """Wait for the members; once a stop is asked for, give them the drain timeout, no more."""
+        everyone = asyncio.ensure_future(asyncio.wait(tasks))
+        stopping = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({everyone, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not everyone.done():
+            _, late = await asyncio.wait(tasks, timeout=self.settings.runtime.drain_timeout)
+            for task in late:
+                log.warning("%s: not stopped by the drain deadline (%.0fs); abandoned, its uncommitted records are "
+                            "redelivered", task.get_name(), self.settings.runtime.drain_timeout)
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=2)
+        everyone.cancel()
+        return [None if not t.done() or t.cancelled() else t.exception() for t in tasks]
+
+    async def _on_verdict(self, broker: BrokerWatch) -> None:
+        await broker.failed.wait()  # members read the verdict themselves (GroupMember.fenced)
+        self.stop.set()
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("received %s: stopping intake, draining in-flight work", sig.name)

@@ -29,3 +29,30 @@ def test_gaps_in_offsets_do_not_block_progress():
     assert p.to_commit() == 4
     p.finished(7)
     assert p.to_commit() == 9
+
+
+async def test_records_of_a_partition_still_preparing_are_held_back_in_order():
+    """The consumer keeps fetching while a partition's preparation (a state restore) awaits; its
+    records must start only afterwards, in offset order, and be dropped if it is revoked first."""
+    from aiokafka import TopicPartition
+
+    from streamer.config import Settings
+    from streamer.kafka.consumer import GroupMember
+
+    member = GroupMember("m", Settings(), ["t"], "g")
+    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    member.consumer.assign([a, b])  # as the group would; never started: this is bookkeeping only
+    member._assigned({a, b})  # noqa: SLF001 - the rebalance callback's first step
+    assert member.consumer.paused() == {a, b}
+    assert member.take_ready({a: [1, 2], b: [10]}) == {}
+    member.preparing.discard(b)  # b has finished preparing
+    member.set_paused(False)
+    assert member.consumer.paused() == {a}
+    assert member.take_ready({a: [3], b: [11]}) == {b: [10, 11]}
+    member.preparing.discard(a)
+    assert member.take_ready({a: [4]}) == {a: [1, 2, 3, 4]}
+    member._assigned({a})
+    member.take_ready({a: [5]})
+    await member._revoked({a})  # noqa: SLF001 - revoked before it was ready: nothing starts
+    assert member.take_ready({}) == {} and a not in member.held
+    await member.consumer.stop()

@@ -32,7 +32,7 @@ def store(store_dir: Path, topic: str, envelopes: list[Envelope], first_offset: 
     records = [ConsumerRecord(full, partition, first_offset + i, 0, 0, env.root_id.encode(), env.to_bytes(), None,
                               0, 0, ()) for i, env in enumerate(envelopes)]
     table = pa.Table.from_pylist([_row(topic, r) for r in records], schema=ROW_SCHEMA)
-    write_parquet_atomic(store_dir / full / file_name(full, partition, first_offset), table)
+    write_parquet_atomic(store_dir / full / file_name(full, "incarnation-a", partition, first_offset), table)
 
 
 def sample(n: int, instruction: str, method: str, score: int) -> Envelope:

@@ -9,9 +9,11 @@ import ssl
 import sys
 from typing import Any, Iterable, Iterator
 
+import aiokafka.client
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from streamer.config import KafkaSettings, Settings
 from streamer.kafka.broker import EmbeddedBroker
@@ -26,10 +28,29 @@ TOPICS: tuple[str, ...] = (
     "instructions", "instructions.scored", "instructions.embedded", "instructions.unique",
     "samples", "rejected", "dlq",
     "dlq.redriven",  # one marker per redriven dead letter, so `dlq redrive` sends each once
+    "incarnation",  # a token telling this set of topics from an earlier one (streamer.kafka.incarnation)
 )
-FIXED_PARTITIONS = {"instructions.embedded": 1}  # dedup is a single writer
+# dedup is a single writer; the incarnation token is the first record of its one partition.
+FIXED_PARTITIONS = {"instructions.embedded": 1, "incarnation": 1}
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class TopicPartitionsError(RuntimeError):
+    """A topic exists with a partition count a design rule forbids."""
+
+
+class _MetadataWithoutCreation(MetadataRequest):
+    """aiokafka asks for metadata with auto-creation on, so a broker that allows it creates any
+    topic a client merely looks up — with the broker's default partition count. A client left
+    over from before a broker restart would so recreate `instructions.embedded` with several
+    partitions before `ensure_topics` could make it with one. Topics are made by ensure_topics only."""
+
+    def __init__(self, topics: list[str] | None = None, allow_auto_topic_creation: bool | None = False) -> None:
+        super().__init__(topics, allow_auto_topic_creation)
+
+
+aiokafka.client.MetadataRequest = _MetadataWithoutCreation  # the one name its client builds requests from
 
 
 class TopicNames:
@@ -73,9 +94,18 @@ def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str | None, **ex
 
 
 async def start_consumer(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
-    """Start a consumer and let its background task run once: aiokafka cannot stop a consumer
-    whose task was cancelled before it ever ran (a reader that returns at once would crash)."""
-    await consumer.start()
+    """Start a consumer, with every topic's metadata, and let its background task run once:
+    aiokafka cannot stop a consumer whose task was cancelled before it ever ran (a reader that
+    returns at once would crash)."""
+    try:
+        await consumer.start()
+        # Its first metadata asked for no topics (Kafka then names none), so `partitions_for_topic`
+        # would say "no such topic" for every topic until a refresh: refresh now, for all of them.
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - no public way to ask for it
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await consumer.stop()  # a consumer that never started still counts as open until stopped
+        raise
     await asyncio.sleep(0)
     return consumer
 
@@ -99,6 +129,15 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = TOPICS) -> No
             with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
                 await admin.create_topics(missing)
             log.info("created topics: %s", ", ".join(t.name for t in missing))
+        fixed = [topic(n) for n in names if n in FIXED_PARTITIONS]
+        for description in await admin.describe_topics(fixed) if fixed else []:
+            name, count = description["topic"], len(description["partitions"])
+            wanted = FIXED_PARTITIONS[topic.unprefixed(name)]
+            if count and count != wanted:
+                raise TopicPartitionsError(
+                    f"topic {name} has {count} partitions but must have {wanted} (dedup is a single writer): it "
+                    f"was created by something other than synthstream, e.g. a broker that auto-creates topics. "
+                    f"Delete it (it is rebuilt by synthstream) or restart the embedded broker")
     finally:
         await admin.close()
 

@@ -3,6 +3,14 @@
 Shared by the stage runner and the sink: both process records out of band and tell this class
 which offsets are finished; it commits the contiguous prefix periodically, when partitions are
 revoked and at shutdown, and reports lag for progress and idle detection.
+
+A newly assigned partition is paused, and any record of it that was already fetched is held back,
+until its preparation (`after_assign`: e.g. rebuilding a stateful stage's state) has finished: the
+consumer keeps fetching while an async rebalance callback awaits, and a record decided against a
+half-restored state would be decided differently from the first time.
+
+Every call to the broker here is bounded in time: a dead broker must never keep a worker from
+noticing a stop signal, and a member `fenced` after its topics were recreated commits nothing.
 """
 
 from __future__ import annotations
@@ -11,28 +19,39 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Awaitable, TypeVar
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streamer import metrics
 from streamer.config import Settings
-from streamer.kafka.clients import make_consumer
+from streamer.kafka.clients import make_consumer, start_consumer
+from streamer.kafka.end_offsets import exact_end_offsets
+from streamer.kafka.health import BrokerReplaced, BrokerWatch
 from streamer.kafka.offsets import PartitionOffsets
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+BROKER_CALL_TIMEOUT = 10.0  # a commit or leave that takes longer is retried later or abandoned
+
 
 class GroupMember:
-    def __init__(self, name: str, settings: Settings, topics: list[str], group_id: str) -> None:
+    def __init__(self, name: str, settings: Settings, topics: list[str], group_id: str,
+                 broker: BrokerWatch | None = None) -> None:
         self.name = name
+        self.broker = broker
         self.settings = settings
         self.topics = topics
         self.group_id = group_id
         self.offsets: dict[TopicPartition, PartitionOffsets] = {}
         self.last_lag: int | None = None
         self.active = False
+        self.fatal: BaseException | None = None  # set when the member cannot go on; its loop ends
+        self.preparing: set[TopicPartition] = set()  # assigned, `after_assign` not yet finished
+        self.held: dict[TopicPartition, list[Any]] = {}  # fetched for a preparing partition
         self._last_commit = time.monotonic()
         self.consumer = make_consumer(
             settings.kafka, group_id=group_id, max_poll_records=settings.runtime.max_poll_records
@@ -51,17 +70,94 @@ class GroupMember:
         await self.consumer.start()
         self.active = True
 
+    @property
+    def fenced(self) -> bool:
+        """True once the topics were recreated under this process: its offsets mean nothing there.
+        Read from the watch directly, so no commit can slip in between its verdict and a stop."""
+        return self.broker is not None and isinstance(self.broker.failure, BrokerReplaced)
+
+    async def broker_call(self, call: Awaitable[T], timeout: float = BROKER_CALL_TIMEOUT) -> T:
+        """A client call that gives up (TimeoutError) after `timeout`, or once the broker is away."""
+        if self.broker is None:
+            return await asyncio.wait_for(call, timeout)
+        return await self.broker.unless_away(call, timeout)
+
+    @property
+    def broker_away(self) -> bool:
+        return self.broker is not None and not self.broker.reachable.is_set()
+
     async def stop(self) -> None:
         await self.commit()
         self.active = False
-        await self.consumer.stop()
+        try:
+            # Leaving needs the broker; when it is away there is no one to tell.
+            await self.broker_call(self.consumer.stop(), 1.0 if self.broker_away else BROKER_CALL_TIMEOUT)
+        except asyncio.TimeoutError:
+            abandon(self.consumer)
+            log.warning("%s: the broker did not answer while leaving the group; left without it", self.name)
 
     def _assigned(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
             self.offsets[tp] = PartitionOffsets()
+        self.preparing |= partitions
+        with contextlib.suppress(IllegalStateError):
+            self.consumer.pause(*partitions)
         if partitions:
             parts = sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)
             log.info("%s: assigned partitions %s", self.name, " ".join(parts))
+
+    async def _prepare(self, partitions: set[TopicPartition]) -> None:
+        try:
+            await self._restart_recreated(partitions)
+            await self.after_assign(partitions)
+        except Exception as exc:  # noqa: BLE001 - aiokafka would only log it; unprepared work must not start
+            log.error("%s: preparing partitions failed, stopping: %s", self.name, exc)
+            self.fatal = self.fatal or exc
+            return
+        self.preparing -= partitions  # resumed by the next set_paused, unless the member is full
+
+    def take_ready(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
+        """The records that may start now, in offset order per partition: those held back for a
+        partition that has finished preparing, then the new ones; records of a partition still
+        preparing are held."""
+        ready = {tp: self.held.pop(tp) for tp in list(self.held) if tp not in self.preparing}
+        for tp, records in batch.items():
+            if tp in self.preparing:
+                self.held.setdefault(tp, []).extend(records)
+            else:
+                ready.setdefault(tp, []).extend(records)
+        return ready
+
+    async def _restart_recreated(self, partitions: set[TopicPartition]) -> None:
+        """A committed offset beyond a partition's end was committed on an earlier incarnation of
+        the topic: say so and read the new one from its beginning (some brokers would otherwise
+        wait at that offset forever)."""
+        if not partitions:
+            return
+        tps = sorted(partitions)
+        try:
+            committed = {tp: await asyncio.wait_for(self.consumer.committed(tp), BROKER_CALL_TIMEOUT) for tp in tps}
+            reported = await asyncio.wait_for(self.consumer.end_offsets(tps), BROKER_CALL_TIMEOUT)
+            suspects = [tp for tp in tps if (committed[tp] or 0) > reported[tp]]
+            if not suspects:
+                return
+            # Some brokers report less than the true end (end_offsets.py): confirm before acting.
+            observer = await start_consumer(make_consumer(self.settings.kafka, group_id=None))
+            try:
+                ends = await exact_end_offsets(observer, suspects)
+            finally:
+                await observer.stop()
+        except (KafkaError, asyncio.TimeoutError) as exc:
+            log.debug("%s: positions not checked against the topic ends: %s", self.name, exc)
+            return
+        beyond = [tp for tp in suspects if (committed[tp] or 0) > ends[tp]]
+        for tp in beyond:
+            self.consumer.seek(tp, 0)
+        if beyond:
+            log.warning("%s: committed offsets lie beyond the end of %s (%s): those offsets belong to an earlier "
+                        "incarnation of the topic (a restarted broker?); reading the new one from its beginning",
+                        self.name, " ".join(f"{tp.topic}[{tp.partition}]" for tp in beyond),
+                        ", ".join(f"{committed[tp]} > {ends[tp]}" for tp in beyond))
 
     async def _revoked(self, partitions: set[TopicPartition]) -> None:
         mine = {tp for tp in partitions if tp in self.offsets}
@@ -71,6 +167,8 @@ class GroupMember:
         await self.commit(mine)
         for tp in mine:
             self.offsets.pop(tp, None)
+            self.held.pop(tp, None)  # never started: the next owner gets them
+            self.preparing.discard(tp)
             with contextlib.suppress(KeyError):  # another member reports its lag from now on
                 metrics.CONSUMER_LAG.remove(self.name, tp.topic, str(tp.partition))
         log.info("%s: revoked partitions %s", self.name, " ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in mine)))
@@ -83,6 +181,8 @@ class GroupMember:
         return tracker
 
     async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        if self.fenced or self.broker_away:
+            return  # fenced: never; away: the next commit after it is back carries these offsets
         batch: dict[TopicPartition, int] = {}
         for tp, tracker in list(self.offsets.items()):
             if partitions is not None and tp not in partitions:
@@ -93,10 +193,18 @@ class GroupMember:
         if not batch:
             return
         try:
-            await self.consumer.commit(batch)
+            await self.broker_call(self.consumer.commit(batch))
         except (CommitFailedError, IllegalStateError) as exc:
             # A rebalance is under way; the revoke hook commits what was finished.
             log.warning("%s: commit skipped during rebalance: %s", self.name, exc)
+            return
+        except asyncio.TimeoutError:
+            log.debug("%s: commit timed out; retried with the next one", self.name)
+            return
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            log.debug("%s: commit failed (%s); retried with the next one", self.name, exc)
             return
         for tp, offset in batch.items():
             if tp in self.offsets:
@@ -129,12 +237,13 @@ class GroupMember:
         return total
 
     def set_paused(self, paused: bool) -> None:
-        assignment = self.consumer.assignment()
+        """Pause every assigned partition, or resume those not still preparing."""
+        assignment = set(self.consumer.assignment())
         with contextlib.suppress(IllegalStateError):
             if paused:
                 self.consumer.pause(*assignment)
             else:
-                self.consumer.resume(*assignment)
+                self.consumer.resume(*(assignment - self.preparing))
 
     async def poll(self, max_records: int, timeout_ms: int = 200) -> dict[TopicPartition, list[Any]]:
         return await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
@@ -149,7 +258,7 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.member._assigned(set(assigned))  # noqa: SLF001
-        await self.member.after_assign(set(assigned))
+        await self.member._prepare(set(assigned))  # noqa: SLF001
 
 
 async def sleep_until(event: asyncio.Event, seconds: float) -> bool:
@@ -157,3 +266,9 @@ async def sleep_until(event: asyncio.Event, seconds: float) -> bool:
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(event.wait(), seconds)
     return event.is_set()
+
+
+def abandon(client: Any) -> None:
+    """A consumer or producer whose stop could not finish (no broker to talk to) is given up:
+    mark it closed, or its finaliser reports it as leaked at exit, which it is not."""
+    client._closed = True  # noqa: SLF001 - aiokafka has no public way to say this

@@ -1,14 +1,20 @@
 """The storage sink: final topics → Parquet files, committed only once the file is durable.
 
-A file is named by (topic, partition, first offset). After a crash the group resumes at the
-first uncommitted offset, which is the first offset of the one file that may have been
-written but not committed, so the redelivered batch rewrites that same file instead of adding
-rows. Export additionally keeps one row per record id.
+A file is named by (topic, topic incarnation, partition, first offset). After a crash the group
+resumes at the first uncommitted offset, which is the first offset of the one file that may have
+been written but not committed, so the redelivered batch rewrites that same file instead of
+adding rows. Export additionally keeps one row per record id.
+
+The incarnation (streamer.kafka.incarnation) changes when a topic is created again — every topic
+of a restarted embedded broker starts again at offset 0 — so records of a new incarnation go to
+new files and never replace stored ones. As a last line of defence a file is only ever replaced
+by the same records: a batch that would put other records under an existing name is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -18,18 +24,22 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from streamer import metrics
 from streamer.config import Settings
 from streamer.kafka.clients import TopicNames
 from streamer.kafka.consumer import GroupMember
+from streamer.kafka.health import BrokerWatch
+from streamer.kafka.incarnation import SeenIncarnations, TopicIdentity, short
 from streamer.records import stable_hash
 
 log = logging.getLogger(__name__)
 
-# Final and audit topics: what a person inspects, reports on and exports.
-SINK_TOPICS = ("samples", "rejected", "dlq", "seeds.attributed")
+# Final and audit topics: what a person inspects, reports on and exports; and the dlq's redrive
+# markers, so a dead letter is redriven once even after its topics were lost with a broker.
+SINK_TOPICS = ("samples", "rejected", "dlq", "seeds.attributed", "dlq.redriven")
 
 ROW_SCHEMA = pa.schema([
     ("id", pa.string()), ("root_id", pa.string()), ("kind", pa.string()), ("method", pa.string()),
@@ -39,8 +49,27 @@ ROW_SCHEMA = pa.schema([
 ])
 
 
-def file_name(topic: str, partition: int, first_offset: int) -> str:
-    return f"{topic}-p{partition:04d}-o{first_offset:012d}.parquet"
+class StoreConflictError(RuntimeError):
+    """A stored file would be replaced by other records; nothing was written."""
+
+
+def file_name(topic: str, incarnation: str, partition: int, first_offset: int) -> str:
+    return f"{topic}-i{short(incarnation)}-p{partition:04d}-o{first_offset:012d}.parquet"
+
+
+def check_replaceable(path: Path, table: pa.Table) -> None:
+    """A file may only be rewritten by a redelivery of its own records: at every offset both
+    hold, the same id. Anything else means the offsets were reused, and the file is kept."""
+    if not path.exists():
+        return
+    stored = pq.read_table(path, columns=["offset", "id"]).to_pydict()
+    incoming = dict(zip(table.column("offset").to_pylist(), table.column("id").to_pylist(), strict=True))
+    for offset, stored_id in zip(stored["offset"], stored["id"], strict=True):
+        if offset in incoming and incoming[offset] != stored_id:
+            raise StoreConflictError(
+                f"refusing to overwrite {path}: it holds other records (offset {offset}: stored {stored_id}, "
+                f"incoming {incoming[offset]}), so this topic's offsets were reused without a new incarnation "
+                f"id. Nothing was written or committed; move the file aside or use another storage.data_dir")
 
 
 def write_parquet_atomic(path: Path, table: pa.Table) -> None:
@@ -56,6 +85,11 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_new_or_same(path: Path, table: pa.Table) -> None:
+    check_replaceable(path, table)
+    write_parquet_atomic(path, table)
 
 
 def _row(topic: str, record: ConsumerRecord) -> dict[str, object]:
@@ -76,10 +110,13 @@ def _row(topic: str, record: ConsumerRecord) -> dict[str, object]:
 
 
 class ParquetSink(GroupMember):
-    def __init__(self, settings: Settings, stop: asyncio.Event, topics: tuple[str, ...] = SINK_TOPICS) -> None:
+    def __init__(self, settings: Settings, stop: asyncio.Event, topics: tuple[str, ...] = SINK_TOPICS,
+                 broker: BrokerWatch | None = None) -> None:
         self.topic = TopicNames(settings.kafka.topic_prefix)
-        super().__init__("sink", settings, [self.topic(t) for t in topics], self.topic("sink"))
+        super().__init__("sink", settings, [self.topic(t) for t in topics], self.topic("sink"), broker)
         self.store_dir = settings.storage.store_dir
+        self.identity = TopicIdentity(settings)
+        self.incarnations: dict[str, str] = {}  # full topic name -> incarnation, learnt on assignment
         self.stop_event = stop
         self.buffers: dict[TopicPartition, list[ConsumerRecord]] = {}
         self.buffered_since: dict[TopicPartition, float] = {}
@@ -93,9 +130,10 @@ class ParquetSink(GroupMember):
         log.info("sink: %s -> %s", ", ".join(self.topics), self.store_dir)
         storage = self.settings.storage
         try:
-            while not self.stop_event.is_set():
+            while not self.stop_event.is_set() and self.fatal is None:
                 batch = await self.poll(storage.sink_batch_size, timeout_ms=200)
-                for tp, records in batch.items():
+                self.set_paused(False)  # resumes partitions that have finished preparing
+                for tp, records in self.take_ready(batch).items():
                     if self.offsets.get(tp) is None:
                         continue
                     self.buffers.setdefault(tp, []).extend(records)
@@ -109,6 +147,9 @@ class ParquetSink(GroupMember):
                 await self.flush(tp)
         finally:
             await self.stop()
+            self.identity.close()
+        if self.fatal is not None:
+            raise self.fatal
 
     async def flush(self, tp: TopicPartition) -> None:
         records = self.buffers.pop(tp, [])
@@ -119,14 +160,33 @@ class ParquetSink(GroupMember):
         name = self.topic.unprefixed(tp.topic)
         table = pa.Table.from_pylist([_row(name, r) for r in records], schema=ROW_SCHEMA)
         # Full topic name on disk: pipelines with different prefixes can share a data_dir.
-        path = self.store_dir / tp.topic / file_name(tp.topic, tp.partition, records[0].offset)
-        await asyncio.to_thread(write_parquet_atomic, path, table)
+        incarnation = await self._incarnation(tp.topic)
+        path = self.store_dir / tp.topic / file_name(tp.topic, incarnation, tp.partition, records[0].offset)
+        await asyncio.to_thread(write_new_or_same, path, table)
         metrics.SINK_ROWS.labels(name).inc(len(records))
         for record in records:
             tracker.started(record.offset)
             tracker.finished(record.offset)
         await self.commit({tp})
         log.debug("sink: wrote %d rows to %s", len(records), path)
+
+    async def _incarnation(self, topic: str) -> str:
+        if topic not in self.incarnations:
+            found = await self.identity.of(sorted({tp.topic for tp in self.offsets} | {topic}))
+            if topic not in found:
+                raise StoreConflictError(f"topic {topic} is gone from the broker; its records are not stored")
+            self.incarnations.update(found)
+            SeenIncarnations(self.settings.storage.data_dir).note(found)
+        return self.incarnations[topic]
+
+    async def after_assign(self, partitions: set[TopicPartition]) -> None:
+        # A (re)assignment may be of a recreated topic: learn its incarnation before the next write
+        # (here, while the broker surely answers; else at that write).
+        for tp in partitions:
+            self.incarnations.pop(tp.topic, None)
+        if partitions:
+            with contextlib.suppress(OSError, KafkaError, asyncio.TimeoutError):
+                await self._incarnation(next(iter(partitions)).topic)
 
     async def before_revoke(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
