@@ -280,9 +280,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
     try:
         broker.start()
-        print(f"embedded broker listening on {broker.bootstrap_servers} (pid {broker.process.pid}, topics in "
-              f"memory); point other commands at it with SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS="
-              f"{broker.bootstrap_servers}", file=sys.stderr, flush=True)
+        print(f"embedded broker listening on {broker.bootstrap_servers} (pid {broker.process.pid}; topics in "
+              f"memory, gone when it stops: the data dir keeps what was stored); point other commands at it with "
+              f"SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap_servers}", file=sys.stderr, flush=True)
         while not stopping and broker.process and broker.process.poll() is None:
             time.sleep(0.2)
         code = broker.process.returncode if broker.process and broker.process.poll() is not None else 0

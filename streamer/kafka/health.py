@@ -165,8 +165,8 @@ class BrokerWatch:
                 f"if the broker was the embedded one, it kept nothing: see `synthstream feed --help` (--resume)"))
         elif now - self._last_report >= REPORT_EVERY:
             self._last_report = now
-            log.warning("kafka: broker %s unreachable for %.0fs (%s); waiting up to %.0fs", self.servers, down,
-                        _reason(exc), self.timeout)
+            log.warning("kafka: broker %s unreachable%s (%s); giving up after %.0fs", self.servers,
+                        f" for {down:.0f}s" if down >= 1 else "", _reason(exc), self.timeout)
 
     def _compare(self, ids: dict[str, str]) -> None:
         for topic in self.topics:
