@@ -43,9 +43,9 @@ import numpy as np  # noqa: E402
 
 from consumers.dedup import DedupIndex, DedupOptions, build_ivf  # noqa: E402
 from consumers.embed import EmbedOptions, load_batcher  # noqa: E402
-from consumers.records import EmbeddedInstruction, ScoredInstruction  # noqa: E402
+from consumers.payloads import EmbeddedInstruction, ScoredInstruction  # noqa: E402
 from consumers.rubric import CRITERIA, Judgement  # noqa: E402
-from streamer.embedding import shared_encoder  # noqa: E402
+from streamer.runtime.embedding import shared_encoder  # noqa: E402
 
 RATIO_TARGET = 0.9
 P99_TARGET_MS = 2.0

@@ -15,7 +15,7 @@ from consumers import (
     subjects,
     syllabus,
 )
-from streamer.stage import Stage
+from streamer.runtime.stage import Stage
 
 # In pipeline order; `synthstream run` runs all of them. Both methods meet at `instructions`.
 PIPELINE: tuple[Stage, ...] = (

@@ -8,9 +8,9 @@ Set a stronger model or other sampling under [stages.answer.llm].
 
 from __future__ import annotations
 
-from consumers.records import ScoredInstruction
+from consumers.payloads import ScoredInstruction
 from streamer.records import Sample
-from streamer.stage import Emit, Prompt, Stage, StageContext
+from streamer.runtime.stage import Emit, Prompt, Stage, StageContext
 
 PROMPT = Prompt(
     version="1",

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumers.records import AttributedSeed, Compositions, Rejection
+from consumers.payloads import AttributedSeed, Compositions, Rejection
 from consumers.rubric import RUBRIC_TEXT, RubricScores
 from streamer.records import Seed
-from streamer.stage import Emit, Prompt, Stage, StageContext
+from streamer.runtime.stage import Emit, Prompt, Stage, StageContext
 
 PROMPT = Prompt(
     version="1",

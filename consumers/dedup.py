@@ -6,7 +6,7 @@ the batch, then each record against the index hits and against the records kept 
 same batch. The index is exact inner product while small and IVF beyond `exact_limit`.
 
 Its state is rebuilt from its own outputs — `instructions.unique` (which carries the embeddings)
-and its rejections on `rejected` — with snapshots as a cache (streamer.state); input is a single
+and its rejections on `rejected` — with snapshots as a cache (streamer.state.manager); input is a single
 partition, so only one member writes.
 """
 
@@ -23,12 +23,12 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumers.records import EmbeddedInstruction, Rejection
-from streamer.batching import MicroBatcher
-from streamer.embedding import unpack_vector
+from consumers.payloads import EmbeddedInstruction, Rejection
+from streamer.runtime.batching import MicroBatcher
+from streamer.runtime.embedding import unpack_vector
 from streamer.records import Envelope, stable_hash
-from streamer.stage import Emit, Stage, StageContext
-from streamer.state import StateSpec
+from streamer.runtime.stage import Emit, Stage, StageContext
+from streamer.state.manager import StateSpec
 from streamer.text import normalise_text
 
 NAME = "dedup"

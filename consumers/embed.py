@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumers.records import EmbeddedInstruction, ScoredInstruction
-from streamer.batching import MicroBatcher
-from streamer.embedding import DEFAULT_MODEL, pack_vector, shared_encoder
-from streamer.stage import Emit, Stage, StageContext
+from consumers.payloads import EmbeddedInstruction, ScoredInstruction
+from streamer.runtime.batching import MicroBatcher
+from streamer.runtime.embedding import DEFAULT_MODEL, pack_vector, shared_encoder
+from streamer.runtime.stage import Emit, Stage, StageContext
 
 
 class EmbedOptions(BaseModel):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumers.records import Compositions, Instruction, Situation
-from streamer.stage import Emit, Expected, Prompt, Stage, StageContext
+from consumers.payloads import Compositions, Instruction, Situation
+from streamer.runtime.stage import Emit, Expected, Prompt, Stage, StageContext
 
 PROMPT = Prompt(
     version="1",

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumers.records import Instruction, Rejection, ScoredInstruction
+from consumers.payloads import Instruction, Rejection, ScoredInstruction
 from consumers.rubric import CRITERIA, RUBRIC_TEXT, RubricScores
-from streamer.stage import Emit, Prompt, Stage, StageContext
+from streamer.runtime.stage import Emit, Prompt, Stage, StageContext
 
 PROMPT = Prompt(
     version="1",

@@ -18,9 +18,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumers.records import ClassSession, Instruction, Syllabus
+from consumers.payloads import ClassSession, Instruction, Syllabus
 from streamer.records import stable_hash
-from streamer.stage import Emit, Expected, Prompt, Stage, StageContext
+from streamer.runtime.stage import Emit, Expected, Prompt, Stage, StageContext
 
 PROMPT = Prompt(
     version="1",

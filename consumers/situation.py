@@ -16,11 +16,11 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumers.records import AttributedSeed, Situation
-from streamer.embedding import DEFAULT_MODEL, Encoder, shared_encoder
+from consumers.payloads import AttributedSeed, Situation
+from streamer.runtime.embedding import DEFAULT_MODEL, Encoder, shared_encoder
 from streamer.records import Document
-from streamer.stage import Emit, Prompt, Stage, StageContext
-from streamer.table import TopicTable
+from streamer.runtime.stage import Emit, Prompt, Stage, StageContext
+from streamer.state.table import TopicTable
 from streamer.tokens import count_tokens, truncate_tokens
 
 SEEDS_TABLE = "seeds.attributed"

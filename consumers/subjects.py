@@ -13,8 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumers.records import LEVELS, Discipline, Subject
-from streamer.stage import Emit, Expected, Prompt, Stage, StageContext
+from consumers.payloads import LEVELS, Discipline, Subject
+from streamer.runtime.stage import Emit, Expected, Prompt, Stage, StageContext
 from streamer.text import name_key
 
 PROMPT = Prompt(

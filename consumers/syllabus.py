@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from consumers.records import ClassSession, Subject, Syllabus
-from streamer.stage import Emit, Prompt, Stage, StageContext
+from consumers.payloads import ClassSession, Subject, Syllabus
+from streamer.runtime.stage import Emit, Prompt, Stage, StageContext
 from streamer.text import name_key
 
 MIN_SESSIONS, MAX_SESSIONS = 10, 30

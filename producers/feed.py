@@ -22,17 +22,17 @@ from typing import AsyncIterator, Literal
 
 import orjson
 
-from consumers.records import Discipline
+from consumers.payloads import Discipline
 from producers.counting import count_items
 from producers.readers import BadInput, FeedItem, ReadOptions, follow_paths, read_paths
 from producers.taxonomy import Taxonomy, discipline_record
 from streamer.config import Settings
 from streamer.kafka.clients import TOPICS, TopicNames, ensure_topics, make_producer
 from streamer.kafka.incarnation import SeenIncarnations, incarnations, replaced_line
-from streamer.progress import Progress, Snapshot
+from streamer.runtime.progress import Progress, Snapshot
 from streamer.records import Document, Envelope, RecordData, Seed, new_root
 from streamer.storage.resume import finished_roots
-from streamer.table import read_topic_range
+from streamer.kafka.reader import read_changelog
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ async def feed_taxonomy(settings: Settings, taxonomy: Taxonomy, *, only: list[st
     report.topic_is_new = report.topic in await note_incarnations(settings)
     fed: set[str] = set()
     if not again:
-        await read_topic_range(settings, "glan.disciplines", Discipline, lambda env, _: fed.add(env.id))
+        await read_changelog(settings, "glan.disciplines", Discipline, lambda env, _: fed.add(env.id))
     async with RecordSender(settings, report.topic) as sender:
         for entry in taxonomy.select(only):
             record = discipline_record(entry)

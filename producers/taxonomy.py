@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from consumers.records import Discipline
+from consumers.payloads import Discipline
 from streamer.records import Envelope, new_root
 from streamer.text import name_key
 

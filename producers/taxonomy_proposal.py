@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from producers.taxonomy import Taxonomy, dump_taxonomy, load_taxonomy
 from streamer.config import Settings
 from streamer.llm.client import LLMClient, LLMPool
-from streamer.stage import LIST_OUTPUT_TOKENS, Prompt
+from streamer.runtime.stage import LIST_OUTPUT_TOKENS, Prompt
 from streamer.text import name_key
 
 SYSTEM = (

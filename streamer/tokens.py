@@ -10,7 +10,7 @@ import functools
 
 from tokenizers import Tokenizer
 
-from streamer.embedding import DEFAULT_MODEL, model_location
+from streamer.runtime.embedding import DEFAULT_MODEL, model_location
 
 
 @functools.lru_cache(maxsize=1)

@@ -72,38 +72,24 @@ def stored_rows(data_dir: Path, topic: str) -> list[dict]:
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 10) -> list[dict]:
-    """Every record of a topic, read without a consumer group."""
-    from aiokafka import AIOKafkaConsumer
+    """Every record of a topic, read without a consumer group (empty if it does not exist yet)."""
+    from streamer.config import load_settings
+    from streamer.kafka.positions import FROM_BEGINNING
+    from streamer.kafka.reader import UnknownTopicError, observe
 
-    from streamer.kafka.clients import start_consumer
-    from streamer.kafka.end_offsets import exact_end_offsets
+    settings = load_settings(env={"SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap})
 
     async def run() -> list[dict]:
-        consumer = await start_consumer(AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
-            max_partition_fetch_bytes=16 << 20, fetch_max_bytes=16 << 20))
+        out: list[dict] = []
         try:
-            parts = consumer.partitions_for_topic(topic) or set()
-            from aiokafka import TopicPartition
-
-            tps = [TopicPartition(topic, p) for p in parts]
-            if not tps:
-                return []  # not created yet
-            ends = await exact_end_offsets(consumer, tps)
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            out: list[dict] = []
-            deadline = time.monotonic() + timeout
-            async def behind() -> bool:
-                return any([await consumer.position(tp) < ends[tp] for tp in tps])
-
-            while await behind() and time.monotonic() < deadline:
-                batch = await consumer.getmany(timeout_ms=300)
-                for records in batch.values():
-                    out.extend(orjson.loads(r.value) for r in records)
-            return out
-        finally:
-            await consumer.stop()
+            async with asyncio.timeout(timeout):
+                async for record in observe(settings, topic, FROM_BEGINNING, follow=False, stop=asyncio.Event()):
+                    out.append(orjson.loads(record.value))
+        except UnknownTopicError:
+            pass  # not created yet
+        except TimeoutError:
+            pass  # what arrived in time
+        return out
 
     return asyncio.run(run())
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from consumers.dedup import DedupIndex, DedupOptions
-from consumers.records import EmbeddedInstruction, Rejection, ScoredInstruction
+from consumers.payloads import EmbeddedInstruction, Rejection, ScoredInstruction
 from consumers.rubric import Judgement
 from helpers import produce, read_topic, stop_process, wait_for
-from streamer.embedding import pack_vector
+from streamer.runtime.embedding import pack_vector
 from streamer.kafka.clients import ensure_topics
 from streamer.records import Envelope, Lineage, new_root, stable_hash
 

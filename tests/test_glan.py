@@ -13,7 +13,7 @@ import pytest
 from helpers import read_topic, wait_for
 
 from consumers.questions import QuestionsOptions, draw_question
-from consumers.records import ClassSession
+from consumers.payloads import ClassSession
 from producers.taxonomy import (
     DEFAULT_TAXONOMY,
     TaxonomyError,

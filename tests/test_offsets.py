@@ -37,7 +37,7 @@ async def test_records_of_a_partition_still_preparing_are_held_back_in_order():
     from aiokafka import TopicPartition
 
     from streamer.config import Settings
-    from streamer.kafka.consumer import GroupMember
+    from streamer.kafka.group import GroupMember
 
     member = GroupMember("m", Settings(), ["t"], "g")
     a, b = TopicPartition("t", 0), TopicPartition("t", 1)

@@ -22,7 +22,8 @@ from helpers import (
 )
 
 from streamer.kafka.admin import committed_offsets
-from streamer.kafka.positions import StartAt, positions_on
+from streamer.kafka.positions import StartAt
+from streamer.kafka.reader import positions_on
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 from helpers import CLI, make_texts
 
-from streamer.embedding import shared_encoder
+from streamer.runtime.embedding import shared_encoder
 from streamer.records import Envelope, Lineage, StageStamp
 from streamer.report import CHARTS, ReportError, ReportOptions, make_report
 from streamer.storage.export import iter_stored

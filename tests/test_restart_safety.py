@@ -17,7 +17,7 @@ from typing import Iterator
 import orjson
 import pytest
 
-from consumers.records import ScoredInstruction
+from consumers.payloads import ScoredInstruction
 from consumers.rubric import Judgement
 from helpers import (
     expected_ids,
@@ -296,7 +296,7 @@ def test_feed_taxonomy_after_a_broker_restart_says_the_topic_is_new_and_sends_ag
 
 
 def test_dead_letters_of_a_lost_broker_are_listed_from_the_store_and_redriven_once(pipeline, own_broker):
-    from consumers.records import Instruction
+    from consumers.payloads import Instruction
     from helpers import read_topic
     from streamer.records import DeadLetter, derived_id
 

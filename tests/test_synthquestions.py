@@ -9,7 +9,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from consumers.records import AttributedSeed, Compositions, Instruction, Situation
+from consumers.payloads import AttributedSeed, Compositions, Instruction, Situation
 from consumers.rubric import Judgement
 from consumers.situation import ExampleSelector
 from helpers import (
@@ -21,10 +21,10 @@ from helpers import (
     stored_rows,
     wait_for,
 )
-from streamer.embedding import shared_encoder
+from streamer.runtime.embedding import shared_encoder
 from streamer.kafka.clients import ensure_topics
 from streamer.records import Document, Envelope, Seed, new_root
-from streamer.table import TopicTable
+from streamer.state.table import TopicTable
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ from aiokafka import TopicPartition
 
 from streamer.config import Settings
 from streamer.kafka.clients import make_consumer
-from streamer.kafka.positions import FROM_BEGINNING, StartAt, positions_on
+from streamer.kafka.positions import FROM_BEGINNING, StartAt
+from streamer.kafka.reader import positions_on
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,6 @@ from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamer.config import Settings
-from streamer.kafka.clients import make_consumer, start_consumer
 from streamer.kafka.end_offsets import exact_end_offsets
 
 EVERY_PARTITION = -1  # key of an offset that applies to every partition
@@ -109,13 +107,3 @@ async def resolve(observer: AIOKafkaConsumer, tps: list[TopicPartition], start: 
         return {tp: ends[tp] if hit is None or hit.timestamp < 0 else hit.offset for tp, hit in found.items()}
     wanted = {tp: start.offsets.get(tp.partition, start.offsets.get(EVERY_PARTITION, 0)) for tp in tps}
     return {tp: min(max(offset, firsts[tp]), ends[tp]) for tp, offset in wanted.items()}
-
-
-async def positions_on(settings: Settings, topic: str, start: StartAt) -> dict[TopicPartition, int]:
-    """`resolve` on every partition of `topic` (full name); empty if the topic does not exist."""
-    observer = await start_consumer(make_consumer(settings.kafka, group_id=None))
-    try:
-        partitions = sorted(observer.partitions_for_topic(topic) or ())
-        return await resolve(observer, [TopicPartition(topic, p) for p in partitions], start) if partitions else {}
-    finally:
-        await observer.stop()

@@ -30,7 +30,7 @@ from aiokafka.structs import ConsumerRecord
 from streamer import metrics
 from streamer.config import Settings
 from streamer.kafka.clients import TopicNames
-from streamer.kafka.consumer import GroupMember
+from streamer.kafka.group import GroupMember
 from streamer.kafka.health import BrokerWatch
 from streamer.kafka.incarnation import SeenIncarnations, TopicIdentity, short
 from streamer.records import stable_hash

@@ -24,13 +24,13 @@ from streamer import metrics
 from streamer.backoff import jittered_backoff
 from streamer.config import Settings, StageSettings
 from streamer.kafka.clients import TopicNames
-from streamer.kafka.consumer import GroupMember
+from streamer.kafka.group import GroupMember
 from streamer.kafka.health import BROKER_VERDICTS, BrokerWatch
 from streamer.llm.client import LLMPool, LLMRequestError
 from streamer.records import DeadLetter, Envelope, Lineage, StageStamp, derived_id, stable_hash
-from streamer.stage import Emit, RecordLLM, Stage, StageContext
-from streamer.state import StateManager
-from streamer.table import TopicTable
+from streamer.runtime.stage import Emit, RecordLLM, Stage, StageContext
+from streamer.state.manager import StateManager
+from streamer.state.table import TopicTable
 
 log = logging.getLogger(__name__)
 

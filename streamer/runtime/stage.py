@@ -148,7 +148,7 @@ class Stage:
     tables: dict[str, type[RecordData]] = field(default_factory=dict)  # topics read whole, by name
     # Called once per process before the first record; its result is `ctx.resources`.
     setup: Callable[[StageSettings, Any], Awaitable[Any]] | None = None
-    # A stateful stage's state (streamer.state.StateSpec); the state object is `ctx.resources`.
+    # A stateful stage's state (streamer.state.manager.StateSpec); the state object is `ctx.resources`.
     state: Any = None
     # Outputs (and LLM calls) its options imply for a number of handled inputs.
     expect: Callable[[Any, int], Expected] = one_each
@@ -224,6 +224,6 @@ class StageContext:
     record: Envelope
     attempt: int
     prompt: Prompt | None = None
-    tables: dict[str, Any] = field(default_factory=dict)  # name -> streamer.table.TopicTable
+    tables: dict[str, Any] = field(default_factory=dict)  # name -> streamer.state.table.TopicTable
     resources: Any = None
     output_id: Callable[..., str] | None = None  # id the runtime will give output `variant`

@@ -18,17 +18,18 @@ import logging
 import signal
 from typing import Sequence
 
-from streamer import metrics, metrics_server
+from streamer import metrics
+from streamer.metrics import registry as worker_registry
 from streamer.config import Settings
 from streamer.kafka.clients import TOPICS, TopicNames, ensure_topics, make_producer
-from streamer.kafka.consumer import GroupMember, abandon, sleep_until
+from streamer.kafka.group import GroupMember, abandon, sleep_until
 from streamer.kafka.health import BrokerWatch
 from streamer.kafka.incarnation import SeenIncarnations, replaced_line
 from streamer.llm.cache import ResponseCache
 from streamer.llm.client import LLMPool
-from streamer.progress import Progress
-from streamer.runner import StageRunner
-from streamer.stage import Stage
+from streamer.runtime.progress import Progress
+from streamer.runtime.runner import StageRunner
+from streamer.runtime.stage import Stage
 from streamer.storage.sink import ParquetSink
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Worker:
         if self.with_sink:
             self.members.append(ParquetSink(self.settings, self.stop, broker=broker))
         metrics.declare_stages([s.name for s in self.stages])
-        metrics_server.announce(self.settings, [m.name for m in self.members])  # so `status` finds us
+        worker_registry.announce(self.settings, [m.name for m in self.members])  # so `status` finds us
         tasks = [asyncio.create_task(m.run(), name=m.name) for m in self.members]
         for task in tasks:
             task.add_done_callback(self._member_done)

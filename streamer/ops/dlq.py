@@ -28,7 +28,7 @@ from streamer.config import Settings
 from streamer.kafka.clients import TopicNames, ensure_topics, make_producer
 from streamer.kafka.positions import FROM_BEGINNING
 from streamer.kafka.reader import UnknownTopicError, observe
-from streamer.query import Where, matches_all, short_text
+from streamer.ops.query import Where, matches_all, short_text
 from streamer.records import DeadLetter, Envelope, RecordData, stable_hash
 from streamer.storage.export import iter_envelopes
 

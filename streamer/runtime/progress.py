@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
-from streamer.kafka.consumer import sleep_until
+from streamer.kafka.group import sleep_until
 
 log = logging.getLogger("synthstream.progress")
 

@@ -35,7 +35,7 @@ from aiokafka.errors import KafkaError
 from streamer.config import Settings, StageSettings
 from streamer.kafka.incarnation import incarnations, short
 from streamer.records import Envelope, RecordData
-from streamer.table import end_offsets, read_topic_range
+from streamer.kafka.reader import end_offsets, read_changelog
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class StateManager:
             applied += 1
 
         for topic, model in self.spec.changelogs.items():
-            await read_topic_range(self.settings, topic, model, apply, starts.get(topic))
+            await read_changelog(self.settings, topic, model, apply, starts.get(topic))
         log.info("state %s: %s + %d changelog records from %s -> %d entries in %.1fs", self.directory.name, how,
                  applied, ", ".join(self.spec.changelogs), self.state.size(), time.monotonic() - started)
 

@@ -107,7 +107,7 @@ async def _demo(settings: Settings, inputs: DemoInputs, out: Path, latency: floa
 async def _run_synthquestions(settings: Settings, inputs: DemoInputs) -> list[Any]:
     from consumers import downstream_of
     from producers.feed import feed
-    from streamer.worker import Worker
+    from streamer.runtime.worker import Worker
 
     doc_report = await feed(settings, "docs", [str(inputs.docs)])
     say(doc_report.summary())
@@ -128,7 +128,7 @@ async def _run_glan(settings: Settings, inputs: DemoInputs) -> list[Any]:
     from consumers import downstream_of
     from producers.feed import feed_taxonomy
     from producers.taxonomy import load_taxonomy
-    from streamer.worker import Worker
+    from streamer.runtime.worker import Worker
 
     for stage, sizes in GLAN_DEMO_SIZES.items():
         configured = settings.stages.setdefault(stage, {})

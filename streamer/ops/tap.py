@@ -19,7 +19,7 @@ from streamer.config import Settings
 from streamer.kafka.clients import TOPICS, TopicNames
 from streamer.kafka.positions import StartAt
 from streamer.kafka.reader import observe
-from streamer.query import Where, matches_all, short_text
+from streamer.ops.query import Where, matches_all, short_text
 
 
 @dataclass

@@ -26,8 +26,8 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streamer import metrics
 from streamer.config import Settings
-from streamer.kafka.clients import make_consumer, start_consumer
-from streamer.kafka.end_offsets import exact_end_offsets
+from streamer.kafka.clients import make_consumer
+from streamer.kafka.reader import TopicReader
 from streamer.kafka.health import BrokerReplaced, BrokerWatch
 from streamer.kafka.offsets import PartitionOffsets
 
@@ -142,11 +142,8 @@ class GroupMember:
             if not suspects:
                 return
             # Some brokers report less than the true end (end_offsets.py): confirm before acting.
-            observer = await start_consumer(make_consumer(self.settings.kafka, group_id=None))
-            try:
-                ends = await exact_end_offsets(observer, suspects)
-            finally:
-                await observer.stop()
+            async with TopicReader(self.settings) as reader:
+                ends = await reader.ends(suspects)
         except (KafkaError, asyncio.TimeoutError) as exc:
             log.debug("%s: positions not checked against the topic ends: %s", self.name, exc)
             return

@@ -20,8 +20,8 @@ from streamer.config import Settings
 from streamer.kafka.admin import committed_offsets, rewind_group
 from streamer.kafka.clients import TopicNames
 from streamer.kafka.positions import StartAt
-from streamer.stage import Stage
-from streamer.table import end_offsets
+from streamer.runtime.stage import Stage
+from streamer.kafka.reader import end_offsets
 
 
 class ReplayError(RuntimeError):
@@ -55,7 +55,7 @@ async def reset(settings: Settings, stage: Stage, start: StartAt) -> Replayed:
 async def run_version(settings: Settings, stage: Stage, start: StartAt, version: str, *,
                       progress: bool) -> Replayed:
     """Run `stage` under `version` from `start` until it has caught up with its input."""
-    from streamer.worker import Worker
+    from streamer.runtime.worker import Worker
 
     if stage.state is not None:
         raise ReplayError(f"stage {stage.name} keeps state built from its own output, so a second version "

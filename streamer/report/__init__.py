@@ -228,7 +228,7 @@ def _judge_score(env: dict[str, Any]) -> int | None:
 
 # Diversity -------------------------------------------------------------------------------------
 def measure_diversity(texts: list[str], options: ReportOptions) -> Diversity:
-    from streamer.embedding import shared_encoder
+    from streamer.runtime.embedding import shared_encoder
 
     vectors = shared_encoder(options.encoder_model).encode_sync(texts) if texts else np.zeros((0, 1), np.float32)
     pairs = pair_similarities(vectors)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import orjson
 
 from streamer.config import ConfigError, Settings, load_settings, mask_secrets
-from streamer.logs import configure as configure_logging
+from streamer.cli.logs import configure as configure_logging
 
 log = logging.getLogger("synthstream")
 
@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         from streamer.kafka.broker import BrokerError
         from streamer.kafka.clients import TopicPartitionsError
         from streamer.kafka.health import BROKER_VERDICTS
-        from streamer.metrics_server import MetricsServerError
-        from streamer.state import StateLockedError
+        from streamer.metrics.endpoint import MetricsServerError
+        from streamer.state.manager import StateLockedError
         from streamer.storage.sink import StoreConflictError
 
         if isinstance(exc, (KafkaConnectionError, BrokerError)):
@@ -223,7 +223,7 @@ def _port(text: str) -> int:
 
 def _serve_metrics(args: argparse.Namespace, settings: Settings) -> Any:
     """The metrics endpoint of this process, as configured and overridden by the command line."""
-    from streamer.metrics_server import serve_metrics
+    from streamer.metrics.endpoint import serve_metrics
 
     if args.metrics_host is not None:
         settings.metrics.host = args.metrics_host
@@ -294,7 +294,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from consumers import PIPELINE, STAGES
-    from streamer.worker import Worker
+    from streamer.runtime.worker import Worker
 
     settings = _settings(args)
     names = args.stage or []
@@ -315,7 +315,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from streamer.status import run_status
+    from streamer.ops.status import run_status
 
     settings = _settings(args)
     if args.interval <= 0:
@@ -329,7 +329,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from consumers import STAGES
-    from streamer import replay
+    from streamer.ops import replay
     from streamer.kafka.admin import GroupBusyError
     from streamer.kafka.positions import PositionError
 
@@ -388,8 +388,8 @@ def _valid_version(version: str) -> bool:
 def cmd_tap(args: argparse.Namespace) -> int:
     from streamer.kafka.positions import PositionError
     from streamer.kafka.reader import UnknownTopicError
-    from streamer.query import Where
-    from streamer.tap import TapRequest, known_topic, tap
+    from streamer.ops.query import Where
+    from streamer.ops.tap import TapRequest, known_topic, tap
 
     settings = _settings(args)
     try:
@@ -423,8 +423,8 @@ def cmd_tap(args: argparse.Namespace) -> int:
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     from consumers import STAGES
-    from streamer import dlq
-    from streamer.query import Where
+    from streamer.ops import dlq
+    from streamer.ops.query import Where
 
     settings = _settings(args)
     stage = getattr(args, "stage", None)
@@ -610,7 +610,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streamer.demo import DemoInputs, run_demo
+    from streamer.ops.demo import DemoInputs, run_demo
 
     settings = _settings(args)
     inputs = DemoInputs(method=args.method, docs=args.docs, seeds=args.seeds, taxonomy=args.taxonomy, only=args.only)

@@ -1,0 +1,82 @@
+"""The Prometheus endpoint of a worker process.
+
+A process serves one endpoint (prometheus_client's own HTTP server, in a daemon thread) for its
+whole life: `demo` runs several workers in turn and they all report through it. While it serves,
+the process is listed in the worker registry (streamer.metrics.registry) so `status` finds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import start_http_server
+
+from streamer.config import MetricsSettings, Settings
+
+log = logging.getLogger(__name__)
+
+
+class MetricsServerError(RuntimeError):
+    """The endpoint could not be served (e.g. the port is taken); the message says where."""
+
+
+@dataclass
+class MetricsEndpoint:
+    url: str
+    server: WSGIServer
+    thread: threading.Thread
+    registration: Path | None = None
+
+    def stop(self) -> None:
+        from streamer.metrics.registry import unregister
+
+        unregister(self)
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+_serving: MetricsEndpoint | None = None  # one endpoint per process
+
+
+def start_endpoint(config: MetricsSettings) -> MetricsEndpoint:
+    assert config.port is not None
+    try:
+        server, thread = start_http_server(config.port, addr=config.host)
+    except OSError as exc:
+        raise MetricsServerError(f"cannot serve metrics on {config.host}:{config.port}: {exc.strerror}") from None
+    host = config.host if config.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+    return MetricsEndpoint(f"http://{_url_host(host)}:{server.server_port}/metrics", server, thread)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@contextlib.contextmanager
+def serve_metrics(settings: Settings) -> Iterator[MetricsEndpoint | None]:
+    """Serve this process's metrics while the block runs, if `metrics.port` is set."""
+    global _serving
+    if settings.metrics.port is None:
+        yield None
+        return
+    endpoint = start_endpoint(settings.metrics)
+    log.info("serving Prometheus metrics at %s", endpoint.url)
+    _serving = endpoint
+    try:
+        yield endpoint
+    finally:
+        _serving = None
+        endpoint.stop()
+
+
+def current() -> MetricsEndpoint | None:
+    """The endpoint this process serves, if any."""
+    return _serving

@@ -1,0 +1,82 @@
+"""The worker registry: how `status` finds the metrics endpoints of a pipeline's workers.
+
+While a process serves metrics it registers itself in `<data_dir>/workers/<pid>.json`
+({pid, host, url, prefix, stages}); the file goes when the endpoint stops, and `status` ignores
+files of processes that are gone.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from streamer.config import Settings
+from streamer.metrics.endpoint import MetricsEndpoint, current
+
+
+def announce(settings: Settings, stages: list[str]) -> None:
+    """Tell `status` which stages this process runs now (a no-op when it serves no metrics)."""
+    endpoint = current()
+    if endpoint is None:
+        return
+    unregister(endpoint)
+    path = registry_dir(settings) / f"{os.getpid()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"pid": os.getpid(), "host": socket.gethostname(), "url": endpoint.url,
+             "prefix": settings.kafka.topic_prefix, "stages": list(stages), "started": time.time()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(entry))
+    os.replace(tmp, path)  # readers never see half a file
+    endpoint.registration = path
+
+
+def unregister(endpoint: MetricsEndpoint) -> None:
+    if endpoint.registration is not None:
+        endpoint.registration.unlink(missing_ok=True)
+        endpoint.registration = None
+
+
+def registry_dir(settings: Settings) -> Path:
+    return settings.storage.data_dir / "workers"
+
+
+@dataclass
+class WorkerEntry:
+    pid: int
+    host: str
+    url: str
+    prefix: str
+    stages: list[str]
+
+
+def registered_workers(settings: Settings) -> list[WorkerEntry]:
+    """Workers of this pipeline (same topic prefix) that registered an endpoint and still run."""
+    entries = []
+    for path in sorted(registry_dir(settings).glob("*.json")):
+        try:
+            raw = orjson.loads(path.read_bytes())
+            entry = WorkerEntry(int(raw["pid"]), str(raw["host"]), str(raw["url"]), str(raw["prefix"]),
+                                [str(s) for s in raw["stages"]])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # half-written by an older version, or removed meanwhile
+        if entry.prefix == settings.kafka.topic_prefix and _alive(entry):
+            entries.append(entry)
+    return entries
+
+
+def _alive(entry: WorkerEntry) -> bool:
+    # A pid only means something on its own machine; elsewhere (a shared volume) the scrape decides.
+    if entry.host != socket.gethostname():
+        return True
+    try:
+        os.kill(entry.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, run by another user
+    return True
