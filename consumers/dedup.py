@@ -16,9 +16,8 @@ import asyncio
 import concurrent.futures
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import faiss
 import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,6 +29,9 @@ from streamer.records import Envelope, stable_hash
 from streamer.runtime.stage import Emit, Stage, StageContext
 from streamer.state.manager import StateSpec
 from streamer.text import normalise_text
+
+if TYPE_CHECKING:
+    import faiss
 
 NAME = "dedup"
 KEPT, REJECTED = "instructions.unique", "rejected"
@@ -94,6 +96,7 @@ class DedupIndex:
         self._add(envelope.id, envelope.parent_id or envelope.id, text_key(payload.instruction), vector)
 
     def save(self, directory: Path) -> None:
+        import faiss  # here, not at the top: only a process running dedup pays for it
         if self.index is not None:
             faiss.write_index(self.index, str(directory / "index.faiss"))
         (directory / "entries.json").write_bytes(orjson.dumps(
@@ -101,6 +104,7 @@ class DedupIndex:
              "rejected": {k: asdict(v) for k, v in self.rejected.items()}}))
 
     def load(self, directory: Path) -> None:
+        import faiss
         entries = orjson.loads((directory / "entries.json").read_bytes())
         index_path = directory / "index.faiss"
         index = faiss.read_index(str(index_path)) if index_path.exists() else None
@@ -179,10 +183,12 @@ class DedupIndex:
         self.by_text.setdefault(key, output_id)
 
     def _outgrown(self) -> bool:
+        import faiss
         return (self.options.index == "auto" and isinstance(self.index, faiss.IndexFlat)
                 and self.index.ntotal > self.options.exact_limit)
 
     def _new_index(self, dim: int) -> faiss.Index:
+        import faiss
         if self.options.index == "ivf":
             raise ValueError("index = 'ivf' needs training data: start with 'auto' (exact until exact_limit)")
         return faiss.IndexFlatIP(dim)
@@ -195,6 +201,7 @@ class DedupIndex:
 
 
 def build_ivf(vectors: np.ndarray, lists: int, probe: int) -> faiss.Index:
+    import faiss
     dim = vectors.shape[1]
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
     index.train(vectors)

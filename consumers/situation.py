@@ -21,7 +21,7 @@ from streamer.runtime.embedding import DEFAULT_MODEL, Encoder, shared_encoder
 from streamer.records import Document
 from streamer.runtime.stage import Emit, Prompt, Stage, StageContext
 from streamer.state.table import TopicTable
-from streamer.tokens import count_tokens, truncate_tokens
+from streamer.runtime.tokens import count_tokens, truncate_tokens
 
 SEEDS_TABLE = "seeds.attributed"
 
@@ -66,43 +66,47 @@ class SituationOptions(BaseModel):
 
 
 class ExampleSelector:
-    """Embeddings of the attributed seeds, kept in step with the table (new seeds encoded once)."""
+    """The attributed seeds' ids, kept in step with the table, and their embeddings, computed only
+    when a `nearest` choice needs them (each seed encoded once)."""
 
     def __init__(self, encoder: Encoder) -> None:
         self.encoder = encoder
         self.ids: list[str] = []
-        self.matrix = np.zeros((0, 0), dtype=np.float32)
+        self.matrix = np.zeros((0, 0), dtype=np.float32)  # rows: the first len(matrix) ids
         self._seen_changes = -1
-        # Records are handled concurrently: one refreshes, the others wait for its result.
-        self._refreshing = asyncio.Lock()
+        # Records are handled concurrently: one encodes, the others wait for its result.
+        self._encoding = asyncio.Lock()
 
-    async def refresh(self, table: TopicTable) -> None:
-        async with self._refreshing:
-            changes = table.changes
-            if changes == self._seen_changes:
-                return
+    def refresh(self, table: TopicTable) -> None:
+        if table.changes != self._seen_changes:
             known = set(self.ids)
-            new_ids = sorted(i for i in table.rows if i not in known)
-            if new_ids:
+            self.ids.extend(sorted(i for i in table.rows if i not in known))
+            self._seen_changes = table.changes
+
+    async def _vectors(self, table: TopicTable) -> np.ndarray:
+        async with self._encoding:
+            if len(self.matrix) < len(self.ids):
+                new_ids = self.ids[len(self.matrix):]
                 vectors = await self.encoder.encode([table.rows[i][1].example_text() for i in new_ids])
-                self.matrix = vectors if not self.ids else np.vstack([self.matrix, vectors])
-                self.ids.extend(new_ids)
-            self._seen_changes = changes
+                self.matrix = vectors if not len(self.matrix) else np.vstack([self.matrix, vectors])
+            return self.matrix
 
     async def choose(self, text: str, table: TopicTable, k: int, mode: str, seed: str) -> list[str]:
         """Ids of up to k seeds for a document; deterministic for the same table and document."""
-        await self.refresh(table)
-        k = min(k, len(self.ids))
+        self.refresh(table)
+        ids = list(self.ids)  # another record may extend the list while this one awaits
+        k = min(k, len(ids))
         if k == 0:
             return []
         rng = random.Random(seed)
         n_nearest = {"nearest": k, "random": 0, "mixed": math.ceil(k / 2)}[mode]
         chosen: list[str] = []
         if n_nearest:
+            matrix = (await self._vectors(table))[: len(ids)]
             query = (await self.encoder.encode([text]))[0]
-            order = np.argsort(-(self.matrix @ query), kind="stable")
-            chosen = [self.ids[i] for i in order[:n_nearest]]
-        rest = sorted(set(self.ids) - set(chosen))
+            order = np.argsort(-(matrix @ query), kind="stable")
+            chosen = [ids[i] for i in order[:n_nearest]]
+        rest = sorted(set(ids) - set(chosen))
         chosen += rng.sample(rest, k - len(chosen))
         return chosen
 

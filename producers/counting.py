@@ -10,7 +10,8 @@ import threading
 
 import pyarrow.parquet as pq
 
-from producers.readers import STDIN, _kind, _walk
+from producers.formats import file_kind
+from producers.paths import STDIN, supported_files
 
 JSONL_SCAN_BUDGET = 1 << 30  # bytes of JSONL scanned at most; beyond that counting is not cheap
 _CHUNK = 1 << 20
@@ -34,12 +35,12 @@ def _count_path(path: str, budget: list[int], cancelled: threading.Event) -> int
     if path == STDIN:
         raise _NotCheap
     if os.path.isdir(path):
-        return sum(_count_file(file, budget, cancelled) for file, _ in _walk(path))
+        return sum(_count_file(file, budget, cancelled) for file, _ in supported_files(path))
     return _count_file(path, budget, cancelled)
 
 
 def _count_file(path: str, budget: list[int], cancelled: threading.Event) -> int:
-    kind = _kind(path)
+    kind = file_kind(path)
     try:
         if kind == "parquet":
             return pq.ParquetFile(path).metadata.num_rows

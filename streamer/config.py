@@ -146,7 +146,7 @@ class StageSettings(_Section):
         description="run the stage under this version: new output ids and its own consumer group",
     )
     llm: LLMSettings = Field(default_factory=LLMSettings)
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: Any = Field(None, description="the stage's options, an instance of its options model")
 
 
 class Settings(_Section):
@@ -174,7 +174,7 @@ class Settings(_Section):
         options_model = options_model or _NoOptions
         try:
             options = options_model.model_validate(raw)
-            return StageSettings(llm=LLMSettings.model_validate(llm_raw), options=options.model_dump(), **runtime_keys)
+            return StageSettings(llm=LLMSettings.model_validate(llm_raw), options=options, **runtime_keys)
         except ValidationError as exc:
             raise ConfigError(_describe(exc, prefix=f"stages.{name}", sources=self._sources)) from None
 

@@ -66,7 +66,7 @@ def test_stage_settings_merge_llm_defaults_and_validate_stage_options(tmp_path):
                            '[stages.judge]\nconcurrency = 3\nthreshold = 6\n[stages.judge.llm]\nmodel = "cheap"\n')
     settings = load_settings(path, env={})
     judge = settings.stage_settings("judge", options_model=_Options)
-    assert (judge.concurrency, judge.options) == (3, {"threshold": 6})
+    assert (judge.concurrency, judge.options.model_dump()) == (3, {"threshold": 6})
     assert (judge.llm.model, judge.llm.requests_per_minute) == ("cheap", 120)
     other = settings.stage_settings("other", default_concurrency=9)
     assert (other.concurrency, other.llm.model) == (9, "base")

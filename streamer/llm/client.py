@@ -26,41 +26,21 @@ from streamer import metrics
 from streamer.backoff import jittered_backoff
 from streamer.config import LLMSettings
 from streamer.llm.cache import ResponseCache, cache_key
+from streamer.llm.fingerprint import SIMULATOR_FINGERPRINT
 from streamer.llm.limits import EndpointLimits
-from streamer.llm.simulator import SIMULATOR_FINGERPRINT
+from streamer.llm.results import (  # noqa: F401 - callers import the errors from here too
+    LLMError,
+    LLMOutputError,
+    LLMRequestError,
+    LLMResult,
+    LLMUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 120.0
 
 T = TypeVar("T", bound=BaseModel)
-
-
-class LLMError(Exception):
-    """Base of the errors this client raises; the message is safe to log and to put in dlq."""
-
-
-class LLMUnavailableError(LLMError):
-    """The endpoint kept failing (429/5xx/timeouts/truncation) through all retries."""
-
-
-class LLMRequestError(LLMError):
-    """The endpoint refused the request itself (4xx other than 429): retrying will not help."""
-
-
-class LLMOutputError(LLMError):
-    """The model's output failed JSON/schema validation through all re-asks."""
-
-
-@dataclass
-class LLMResult:
-    content: str
-    model: str
-    simulated: bool
-    cached: bool
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    parsed: Any = None
 
 
 @dataclass

@@ -1,8 +1,10 @@
-"""Per-endpoint rate limits shared by every caller of that endpoint in a process.
+"""Rate limits: the token bucket, and per-endpoint limits shared by every caller of that
+endpoint in a process.
 
 Requests are paced smoothly (rpm/60 per one-second window, never a minute's quota at once),
 tokens are drawn from a per-minute budget, the number in flight is capped, and a 429 pauses
-every caller until the server's Retry-After has passed.
+every caller until the server's Retry-After has passed. The same `TokenBucket` is what the LLM
+simulator enforces on its side, answering 429 + Retry-After when it is empty.
 """
 
 from __future__ import annotations
@@ -10,38 +12,60 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from asyncio_throttle import Throttler
 
 
-class TokenBudget:
-    """Token bucket for tokens/min; an estimate is charged up front and settled after the reply."""
+class TokenBucket:
+    """Continuously refilling bucket of `per_minute / 60` tokens a second, holding
+    `burst_seconds` of them (at least one); it starts full, so a fresh limit admits a burst."""
 
-    def __init__(self, tokens_per_minute: int, burst_seconds: float = 5.0) -> None:
-        self.rate = tokens_per_minute / 60.0
+    def __init__(self, per_minute: float, burst_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate * burst_seconds)
         self.level = self.capacity
-        self.stamp = time.monotonic()
-        self._lock = asyncio.Lock()
+        self.clock = clock
+        self.stamp = clock()
 
-    def _refill(self) -> None:
-        now = time.monotonic()
+    def refill(self) -> None:
+        now = self.clock()
         self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
         self.stamp = now
+
+    def wait_time(self, tokens: float = 1.0) -> float:
+        """Seconds until `tokens` are in the bucket: 0.0 when they are there now."""
+        self.refill()
+        if self.level >= tokens:
+            return 0.0
+        return (tokens - self.level) / self.rate
+
+    def try_take(self, tokens: float = 1.0) -> float:
+        """Take `tokens` without waiting: 0.0 when granted, else the seconds until they will be."""
+        wait = self.wait_time(tokens)
+        if wait == 0.0:
+            self.level -= tokens
+        return wait
+
+
+class TokenBudget(TokenBucket):
+    """Tokens/min of this process's requests: an estimate is charged up front, waiting for it
+    if need be, and settled against the actual usage after the reply."""
+
+    def __init__(self, tokens_per_minute: int, burst_seconds: float = 5.0) -> None:
+        super().__init__(tokens_per_minute, burst_seconds)
+        self._lock = asyncio.Lock()
 
     async def take(self, tokens: int) -> None:
         # A request larger than the bucket would wait forever; it may go into debt instead.
         need = min(float(tokens), self.capacity)
         async with self._lock:
-            self._refill()
-            while self.level < need:
-                await asyncio.sleep((need - self.level) / self.rate)
-                self._refill()
+            while (wait := self.wait_time(need)) > 0:
+                await asyncio.sleep(wait)
             self.level -= tokens
 
     def settle(self, estimated: int, actual: int) -> None:
-        self._refill()
+        self.refill()
         self.level = min(self.capacity, self.level + estimated - actual)
 
 

@@ -24,7 +24,7 @@ from streamer.config import Settings
 from streamer.kafka.clients import kafka_available
 from streamer.storage.export import export_samples, iter_stored
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"  # the checkout's examples/
 # Three disciplines from far-apart fields, so the demo shows the taxonomy's breadth.
 GLAN_DEMO_DISCIPLINES = ("Statistics", "Contract law", "Culinary arts")
 # Small unless configured: GLAN's own sizes (10 queries, every subject, 10 questions) mean thousands of calls.
@@ -200,7 +200,7 @@ def check_counts(settings: Settings, stages: list[Any], counts: dict[str, StageC
         arrived = fed.get(stage.input_topic, 0) + sum(u.out(stage.input_topic) for u in counts.values())
         handled = c.inputs - c.dlq
         produced = sum(c.outputs.values())
-        expected = stage.expect(stage.options_in(stage.settings_in(settings)), handled)
+        expected = stage.bind(settings).expected(handled)
         ok = (c.inputs == arrived and expected.low <= produced
               and (expected.high is None or produced <= expected.high)
               and (expected.llm_calls is None or c.llm_calls == expected.llm_calls))

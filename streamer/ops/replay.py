@@ -72,11 +72,11 @@ async def run_version(settings: Settings, stage: Stage, start: StartAt, version:
 
 
 async def _rewind(settings: Settings, stage: Stage, start: StartAt) -> Replayed:
-    stage_settings = stage.settings_in(settings)
+    bound = stage.bind(settings)
     names = TopicNames(settings.kafka.topic_prefix)
-    group, topic = names(stage.group(stage_settings)), names(stage.input_topic)
+    group, topic = names(bound.group), names(stage.input_topic)
     if not await end_offsets(settings, stage.input_topic):
         raise ReplayError(f"topic {topic} does not exist: stage {stage.name} has no input history to replay")
     before = await committed_offsets(settings, group, topic)
     after = await rewind_group(settings, group, topic, start)
-    return Replayed(group, topic, before, after, stage.identity(stage_settings))
+    return Replayed(group, topic, before, after, bound.identity)

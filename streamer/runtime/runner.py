@@ -1,16 +1,15 @@
-"""The stage runner: turns a `Stage` declaration into a consumer-group member.
+"""The stage runner: the Kafka loop around a stage.
 
-Per input record: decode and validate, call the stage (retrying failed attempts with backoff),
-wrap outputs in envelopes with deterministic ids and lineage, produce them (acks=all), and only
-then mark the input finished so its offset can be committed. After the last attempt the record
-goes to `dlq` with the reason. Many records are in flight at once; when the stage's concurrency
-is reached the partitions are paused while the poll loop keeps the group membership alive.
+It polls the stage's input as a consumer-group member, hands each record to the stage's
+RecordProcessor (streamer.runtime.processor: decode, attempts, ids and lineage, dead letters),
+produces what comes back (acks=all) and only then marks the input finished so its offset can be
+committed. Many records are in flight at once; when the stage's concurrency is reached the
+partitions are paused while the poll loop keeps the group membership alive.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from typing import Any
@@ -18,25 +17,19 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord
-from pydantic import ValidationError
 
 from streamer import metrics
-from streamer.backoff import jittered_backoff
-from streamer.config import Settings, StageSettings
+from streamer.config import Settings
 from streamer.kafka.clients import TopicNames
 from streamer.kafka.group import GroupMember
 from streamer.kafka.health import BROKER_VERDICTS, BrokerWatch
-from streamer.llm.client import LLMPool, LLMRequestError
-from streamer.records import DeadLetter, Envelope, Lineage, StageStamp, derived_id, stable_hash
-from streamer.runtime.stage import Emit, RecordLLM, Stage, StageContext
+from streamer.llm.client import LLMPool
+from streamer.runtime.processor import Output, RecordProcessor, Source
+from streamer.runtime.stage import Stage
 from streamer.state.manager import StateManager
 from streamer.state.table import TopicTable
 
 log = logging.getLogger(__name__)
-
-
-class PermanentError(Exception):
-    """The input itself is unusable; retrying cannot help."""
 
 
 class StageRunner(GroupMember):
@@ -45,21 +38,18 @@ class StageRunner(GroupMember):
         broker: BrokerWatch | None = None,
     ) -> None:
         self.stage = stage
+        self.bound = stage.bind(settings)
         self.topic = TopicNames(settings.kafka.topic_prefix)
-        self.stage_settings: StageSettings = stage.settings_in(settings)
-        super().__init__(stage.name, settings, [self.topic(stage.input_topic)],
-                         self.topic(stage.group(self.stage_settings)), broker)
-        self.options = stage.options_in(self.stage_settings)
-        self.prompt = stage.effective_prompt(self.stage_settings)
-        self.version = stage.version(self.stage_settings)
-        self.identity = stage.identity(self.stage_settings)
+        super().__init__(stage.name, settings, [self.topic(stage.input_topic)], self.topic(self.bound.group), broker)
         self.tables = {name: TopicTable(settings, name, model) for name, model in stage.tables.items()}
         self.resources: Any = None
-        self.state = (StateManager(stage.state, settings, stage.name, self.stage_settings, self.options)
+        self.state = (StateManager(stage.state, settings, stage.name, self.bound.settings, self.bound.options)
                       if stage.state else None)
         self._snapshotting = False
         self.producer = producer
-        self.llm = pool.client(self.stage_settings.llm, stage.name, cache_scope=self.stage_settings.version or "")
+        llm = pool.client(self.bound.settings.llm, stage.name, cache_scope=self.bound.settings.version or "")
+        self.processor = RecordProcessor(self.bound, llm, retry_backoff=settings.runtime.retry_backoff,
+                                         tables=self.tables, resources=self._resources)
         self.stop_event = stop
         self.tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self.processed_partitions: dict[int, int] = {}
@@ -74,16 +64,16 @@ class StageRunner(GroupMember):
         for table in self.tables.values():
             await table.start()
         if self.stage.setup is not None:
-            self.resources = await self.stage.setup(self.stage_settings, self.options)
+            self.resources = await self.stage.setup(self.bound.settings, self.bound.options)
         if self.state is not None:
             self.state.lock()
         await self.start()
-        log.info("stage %s %s: %s -> %s, concurrency %d, attempts %d", self.stage.name, self.identity,
-                 self.stage.input_topic, ", ".join(self.stage.output_topics), self.stage_settings.concurrency,
-                 self.stage_settings.attempts)
+        log.info("stage %s %s: %s -> %s, concurrency %d, attempts %d", self.stage.name, self.bound.identity,
+                 self.stage.input_topic, ", ".join(self.stage.output_topics), self.bound.settings.concurrency,
+                 self.bound.settings.attempts)
         try:
             while not self.stop_event.is_set() and self.fatal is None:
-                free = self.stage_settings.concurrency - self.in_flight
+                free = self.bound.settings.concurrency - self.in_flight
                 # Paused partitions keep the group membership alive while we are full.
                 self.set_paused(free <= 0)
                 batch = await self.poll(max(1, free), timeout_ms=100 if free <= 0 else 200)
@@ -172,21 +162,19 @@ class StageRunner(GroupMember):
             await self.state.restore()
 
     # One record ---------------------------------------------------------------------------
+    def _resources(self) -> Any:
+        return self.state.state if self.state is not None else self.resources
+
     async def _handle(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         started = time.monotonic()
         metrics.RECORDS_IN.labels(self.stage.name).inc()
         tracker = self.offsets.get(tp)
-        envelope: Envelope | None = None
-        try:
-            envelope, payload = self._decode(record)
-            outputs = await self._process(envelope, payload)
-        except _DeadLetter as dead:
-            outputs = [self._dead_letter(tp, record, envelope, dead)]
+        outputs = await self.processor.process(record.value, Source(tp.topic, tp.partition, record.offset))
         # Outputs acknowledged by the broker before the input may be committed.
         if not await self._produce(outputs):
             return  # stopping while the broker is away: left unfinished, so it is redelivered
-        for topic, _, _ in outputs:
-            metrics.RECORDS_OUT.labels(self.stage.name, self.topic.unprefixed(topic)).inc()
+        for output in outputs:
+            metrics.RECORDS_OUT.labels(self.stage.name, output.topic).inc()
         metrics.RECORDS_DONE.labels(self.stage.name).inc()
         metrics.LATENCY.labels(self.stage.name).observe(time.monotonic() - started)
         self.processed_partitions[tp.partition] = self.processed_partitions.get(tp.partition, 0) + 1
@@ -199,7 +187,7 @@ class StageRunner(GroupMember):
             finally:
                 self._snapshotting = False
 
-    async def _produce(self, outputs: list[tuple[str, bytes, bytes]]) -> bool:
+    async def _produce(self, outputs: list[Output]) -> bool:
         """Send and wait for acks; False if given up because the process is stopping. While the
         broker is away, wait for it (the broker watch decides when to give up) and send again:
         a repeat carries the same ids, so it is harmless."""
@@ -222,104 +210,11 @@ class StageRunner(GroupMember):
                 if not await self.broker.wait_reachable(self.stop_event):
                     return False
 
-    async def _send(self, outputs: list[tuple[str, bytes, bytes]]) -> None:
-        sends = [await self.producer.send(topic, value, key=key) for topic, key, value in outputs]
+    async def _send(self, outputs: list[Output]) -> None:
+        sends = [await self.producer.send(self.topic(out.topic), out.value, key=out.key) for out in outputs]
         await asyncio.gather(*sends)
-
-    def _decode(self, record: ConsumerRecord) -> tuple[Envelope, Any]:
-        try:
-            envelope = Envelope.from_bytes(record.value)
-        except (ValueError, ValidationError) as exc:
-            raise _DeadLetter(f"input is not a synthstream record: {_first_line(exc)}", "DecodeError", 1) from None
-        try:
-            # A stage reads the fields it declares: fields added upstream later do not break it.
-            fields = self.stage.input_model.model_fields
-            payload = self.stage.input_model.model_validate({k: v for k, v in envelope.data.items() if k in fields})
-        except ValidationError as exc:
-            raise _DeadLetter(
-                f"input is not a valid {self.stage.input_model.__name__}: {_first_line(exc)}", "ValidationError", 1
-            ) from None
-        return envelope, payload
-
-    async def _process(self, envelope: Envelope, payload: Any) -> list[tuple[str, bytes, bytes]]:
-        attempts = self.stage_settings.attempts
-        last: Exception | None = None
-        for attempt in range(1, attempts + 1):
-            resources = self.state.state if self.state is not None else self.resources
-            ctx = StageContext(self.stage.name, self.stage_settings, self.options, RecordLLM(self.llm),
-                               envelope, attempt, self.prompt, self.tables, resources,
-                               output_id=functools.partial(derived_id, envelope.id, self.stage.name, self.identity))
-            try:
-                emits = await self.stage.process(payload, ctx)
-                return [self._wrap(envelope, emit, ctx) for emit in emits]
-            except asyncio.CancelledError:
-                raise
-            except LLMRequestError as exc:  # the endpoint refuses this request: no point retrying
-                metrics.RECORDS_FAILED.labels(self.stage.name).inc()
-                raise _DeadLetter(str(exc), type(exc).__name__, attempt) from None
-            except Exception as exc:  # noqa: BLE001 - any stage failure is retried, then dead-lettered
-                metrics.RECORDS_FAILED.labels(self.stage.name).inc()
-                last = exc
-                log.debug("stage %s: attempt %d/%d for %s failed: %s", self.stage.name, attempt, attempts,
-                          envelope.id, exc)
-                if attempt < attempts:
-                    await asyncio.sleep(jittered_backoff(attempt - 1, base=self.settings.runtime.retry_backoff))
-        assert last is not None
-        raise _DeadLetter(str(last) or repr(last), type(last).__name__, attempts)
-
-    def _wrap(self, parent: Envelope, emit: Emit, ctx: StageContext) -> tuple[str, bytes, bytes]:
-        target = emit.topic or self.stage.output_topics[0]
-        if target not in self.stage.output_topics:
-            raise ValueError(f"stage {self.stage.name} emitted to undeclared topic {target!r}")
-        lineage = parent.lineage.model_copy(deep=True)
-        lineage.stages.append(StageStamp(stage=self.stage.name, version=self.version,
-                                         model=ctx.llm.model if ctx.llm.calls else None))
-        if emit.seed_ids is not None:
-            lineage.seed_ids = list(emit.seed_ids)
-        lineage.details.update(emit.details)
-        out = Envelope(
-            id=derived_id(parent.id, self.stage.name, self.identity, emit.variant),
-            kind=emit.data.kind, root_id=parent.root_id, parent_id=parent.id,
-            method=emit.method or parent.method, simulated=parent.simulated or ctx.llm.simulated,
-            lineage=lineage, data=emit.data.model_dump(mode="json"),
-        )
-        return self.topic(target), parent.root_id.encode(), out.to_bytes()
-
-    def _dead_letter(
-        self, tp: TopicPartition, record: ConsumerRecord, envelope: Envelope | None, dead: _DeadLetter
-    ) -> tuple[str, bytes, bytes]:
-        metrics.RECORDS_DLQ.labels(self.stage.name).inc()
-        raw = record.value.decode("utf-8", "replace") if record.value is not None else None
-        letter = DeadLetter(
-            stage=self.stage.name, input_topic=tp.topic, partition=tp.partition, offset=record.offset,
-            error=dead.reason[:4000], error_type=dead.error_type, attempts=dead.attempts,
-            input=envelope.model_dump(mode="json") if envelope else raw,
-        )
-        parent_id = envelope.id if envelope else stable_hash(tp.topic, str(tp.partition), str(record.offset))
-        root_id = envelope.root_id if envelope else parent_id
-        out = Envelope(
-            id=derived_id(parent_id, self.stage.name, self.identity, "dlq"), kind=DeadLetter.kind,
-            root_id=root_id, parent_id=parent_id, method=envelope.method if envelope else None,
-            simulated=envelope.simulated if envelope else False,
-            lineage=envelope.lineage if envelope else Lineage(),
-            data=letter.model_dump(mode="json"),
-        )
-        log.warning("stage %s: %s -> dlq after %d attempt(s): %s", self.stage.name, parent_id, dead.attempts,
-                    dead.reason[:200])
-        return self.topic("dlq"), root_id.encode(), out.to_bytes()
 
     def _log_summary(self) -> None:
         parts = ", ".join(f"p{p}={n}" for p, n in sorted(self.processed_partitions.items())) or "none"
         log.info("stage %s: processed records by partition: %s", self.stage.name, parts)
 
-
-class _DeadLetter(Exception):
-    def __init__(self, reason: str, error_type: str, attempts: int) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.error_type = error_type
-        self.attempts = attempts
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from pydantic import BaseModel, ConfigDict
 
 from streamer.config import ConfigError, Settings, StageSettings
-from streamer.llm.client import LLMClient, LLMResult
+from streamer.llm.results import LLMResult
 from streamer.records import Envelope, RecordData, stable_hash
 
 
@@ -154,40 +154,49 @@ class Stage:
     expect: Callable[[Any, int], Expected] = one_each
     description: str = ""
 
-    def settings_in(self, settings: Settings) -> StageSettings:
-        """This stage's effective settings (options validated by its options model)."""
-        return settings.stage_settings(self.name, default_concurrency=self.concurrency,
-                                       options_model=self.options_model)
-
-    def options_in(self, stage_settings: StageSettings) -> Any:
-        return self.options_model.model_validate(stage_settings.options)
-
-    def effective_prompt(self, settings: StageSettings) -> Prompt | None:
-        if settings.prompt_file is None:
-            return self.prompt
-        return Prompt.from_file(settings.prompt_file, self.prompt.tags if self.prompt else ())
-
-    def version(self, settings: StageSettings) -> str:
-        """Prompt version + text digest (+ the configured stage version); with the model it forms
-        the stage's identity."""
-        prompt = self.effective_prompt(settings)
+    def bind(self, settings: Settings) -> BoundStage:
+        """This stage under `settings`: its options validated, prompt, version and ids resolved once."""
+        stage_settings = settings.stage_settings(self.name, default_concurrency=self.concurrency,
+                                                 options_model=self.options_model)
+        prompt = self.prompt
+        if stage_settings.prompt_file is not None:
+            prompt = Prompt.from_file(stage_settings.prompt_file, self.prompt.tags if self.prompt else ())
+        # Prompt version + text digest (+ the configured stage version): with the model, part of every id.
         label = prompt.label if prompt else "1"
-        return f"{label}+{settings.version}" if settings.version else label
+        version = f"{label}+{stage_settings.version}" if stage_settings.version else label
+        return BoundStage(
+            stage=self, settings=stage_settings, options=stage_settings.options, prompt=prompt, version=version,
+            identity=f"{version}@{stage_settings.llm.model}",
+            # A stage run under a version has its own group, so it reads its input history from
+            # where it chooses while the unversioned workers go on undisturbed.
+            group=f"{self.name}@{stage_settings.version}" if stage_settings.version else self.name,
+        )
 
-    def group(self, settings: StageSettings) -> str:
-        """Consumer group (unprefixed): a stage run under a version has its own, so it reads its
-        input history from where it chooses while the unversioned workers go on undisturbed."""
-        return f"{self.name}@{settings.version}" if settings.version else self.name
 
-    def identity(self, settings: StageSettings) -> str:
-        """Part of every output id, so a new prompt or model yields new records beside the old."""
-        return f"{self.version(settings)}@{settings.llm.model}"
+@dataclass(frozen=True)
+class BoundStage:
+    """A stage with its effective configuration, resolved once by `Stage.bind` and used everywhere."""
+
+    stage: Stage
+    settings: StageSettings
+    options: Any  # an instance of stage.options_model
+    prompt: Prompt | None
+    version: str  # prompt version + digest (+ configured version)
+    identity: str  # version@model: part of every output id, so a new prompt or model adds new records
+    group: str  # consumer group, unprefixed
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    def expected(self, handled: int) -> Expected:
+        return self.stage.expect(self.options, handled)
 
 
 class RecordLLM:
     """The stage's LLM client, remembering per record which model answered and whether it was simulated."""
 
-    def __init__(self, client: LLMClient) -> None:
+    def __init__(self, client: Any) -> None:  # streamer.llm.client.LLMClient, or a scripted one
         self._client = client
         self.simulated = False
         self.models: set[str] = set()

@@ -57,10 +57,10 @@ def watched_groups(settings: Settings) -> list[Watched]:
     tallied = tallied_topics()
     out = []
     for stage in PIPELINE:
-        stage_settings = stage.settings_in(settings)
+        bound = stage.bind(settings)
         outputs = (*stage.output_topics, "dlq")
         out.append(Watched(
-            stage.name, topic(stage.group(stage_settings)), (topic(stage.input_topic),),
+            stage.name, topic(bound.group), (topic(stage.input_topic),),
             tuple(topic(t) for t in outputs if t not in tallied), tuple(topic(t) for t in outputs if t in tallied),
             dlq=topic("dlq"), rejected=topic("rejected") if "rejected" in stage.output_topics else None,
         ))

@@ -1,0 +1,34 @@
+"""What an LLM call returns or raises: the vocabulary stages and the runtime share with the
+client, apart from it so that using them does not import the OpenAI client library."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class LLMError(Exception):
+    """Base of the errors this client raises; the message is safe to log and to put in dlq."""
+
+
+class LLMUnavailableError(LLMError):
+    """The endpoint kept failing (429/5xx/timeouts/truncation) through all retries."""
+
+
+class LLMRequestError(LLMError):
+    """The endpoint refused the request itself (4xx other than 429): retrying will not help."""
+
+
+class LLMOutputError(LLMError):
+    """The model's output failed JSON/schema validation through all re-asks."""
+
+
+@dataclass
+class LLMResult:
+    content: str
+    model: str
+    simulated: bool
+    cached: bool
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    parsed: Any = None

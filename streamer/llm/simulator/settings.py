@@ -1,0 +1,38 @@
+"""What a simulator is told to do (settings) and what it has done (counters)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from pydantic import BaseModel, Field
+
+SIMULATOR_MODEL = "synthstream-simulator"
+
+
+class SimulatorSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    latency: float = Field(0.0, ge=0, description="seconds of sleep before answering a (non-429) request")
+    rpm: int = Field(0, ge=0, description="requests per minute, 0 = unlimited")
+    burst_seconds: float = Field(3.0, gt=0, description="bucket capacity in seconds of rpm")
+    error_rate: float = Field(0.0, ge=0, le=1, description="probability of a simulated 500")
+    malformed_rate: float = Field(0.0, ge=0, le=1, description="probability of broken JSON when JSON was asked")
+    invalid_rate: float = Field(0.0, ge=0, le=1, description="probability of valid JSON that breaks the schema")
+    keep_requests: int = Field(200, ge=0, description="recent requests served at GET /requests")
+    seed: int | None = Field(None, description="seeds fault injection (error/malformed draws)")
+
+
+@dataclass
+class SimulatorStats:
+    """Counters of what the simulator answered; `errors` counts 500s and 400s."""
+
+    requests: int = 0
+    completed: int = 0
+    rate_limited: int = 0
+    errors: int = 0
+    malformed: int = 0
+    invalid: int = 0
+    truncated: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
