@@ -8,9 +8,9 @@ Two figures, measured in one run:
       bare encoder  `Encoder.encode_sync(texts)` at the faster of batch sizes 32 and 64, on the shared encoder, after a
                     warm-up outside the timing; run once before and once after the pipeline
                     measurement, and the mean of the two rates is used (cancels drift).
-      embed+check   the project's own path: the embed stage's MicroBatcher (made by
-                    `consumers.embed.load_batcher(None, EmbedOptions())`), every text submitted at
-                    once (many records in flight, as the runtime has them), each result turned
+      embed+check   the project's own path: every record asks the shared encoder for its own
+                    vector at once (many records in flight, as the runtime has them; the encoder
+                    gathers them into calls of up to EmbedOptions().gather texts), each result turned
                     into an EmbeddedInstruction as the embed stage does, then queued in input
                     order for `DedupIndex(DedupOptions()).decide(...)`; records/s from the first
                     submit to the last decision.
@@ -42,10 +42,10 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from consumers.dedup import DedupIndex, DedupOptions, build_ivf  # noqa: E402
-from consumers.embed import EmbedOptions, load_batcher  # noqa: E402
+from consumers.embed import EmbedOptions  # noqa: E402
 from consumers.payloads import EmbeddedInstruction, ScoredInstruction  # noqa: E402
 from consumers.rubric import CRITERIA, Judgement  # noqa: E402
-from streamer.runtime.embedding import shared_encoder  # noqa: E402
+from streamer.runtime.embedding import pack_vector, shared_encoder  # noqa: E402
 
 RATIO_TARGET = 0.9
 P99_TARGET_MS = 2.0
@@ -150,7 +150,7 @@ BARE_BATCH_SIZES = (32, 64)
 def bare_rate(texts: list[str]) -> float:
     """The bare encoder at its best: all texts in one call (it sorts them by length itself),
     at the faster of two batch sizes."""
-    encoder = shared_encoder(EmbedOptions().model)  # the very instance load_batcher uses
+    encoder = shared_encoder(EmbedOptions().model)  # the very instance the embed stage uses
     rates = []
     for batch_size in BARE_BATCH_SIZES:
         start = time.perf_counter()
@@ -163,14 +163,17 @@ def bare_rate(texts: list[str]) -> float:
 
 async def pipeline(items: list[ScoredInstruction]) -> tuple[float, dict[str, int]]:
     embed_options = EmbedOptions()
-    batcher = await load_batcher(None, embed_options)
+    encoder = shared_encoder(embed_options.model)
     index = DedupIndex(DedupOptions())
     start = time.perf_counter()
-    embedded = [batcher.submit(item.instruction) for item in items]  # all in flight at once
+    # Every record in flight at once, each asking the shared encoder for its own vector (as the
+    # embed stage does); the encoder gathers them into calls of up to `gather` texts.
+    embedded = [asyncio.ensure_future(encoder.encode([item.instruction])) for item in items]
     decisions: list[asyncio.Future] = []
     for i, (item, future) in enumerate(zip(items, embedded, strict=True)):  # decisions in input order
-        packed = await future
-        record = EmbeddedInstruction(**item.model_dump(), embedding=packed, embedding_model=embed_options.model)
+        [vector] = await future
+        record = EmbeddedInstruction(**item.model_dump(), embedding=pack_vector(vector),
+                                     embedding_model=embed_options.model)
         decisions.append(index.decide(f"in-{i}", f"out-{i}", record))
     results = await asyncio.gather(*decisions)
     elapsed = time.perf_counter() - start
@@ -201,7 +204,7 @@ def throughput(args: argparse.Namespace) -> float:
     print(f"  bare encoder   encode_sync(all texts, best of batch sizes {BARE_BATCH_SIZES}): "
           f"{before:.1f} sentences/s before, {after:.1f} after, "
           f"mean {bare:.1f} (mean of the runs either side of the pipeline, to cancel drift)")
-    print(f"  embed+check    MicroBatcher -> EmbeddedInstruction -> DedupIndex.decide: {rate:.1f} records/s "
+    print(f"  embed+check    Encoder.encode per record -> EmbeddedInstruction -> DedupIndex.decide: {rate:.1f} records/s "
           f"(kept {counts['kept']}, near-duplicates {counts['near']}, exact duplicates {counts['exact']})")
     print(f"  ratio = {ratio:.3f}   (target >= {RATIO_TARGET})")
     return ratio

@@ -1,8 +1,9 @@
 """embed (instructions.scored → instructions.embedded): sentence embeddings, stateless.
 
-Scales out: start as many workers as the partitions allow. Concurrent records are gathered into
-encoder batches (the encoder is far faster per sentence in batches) and encoded off the event
-loop, so the consumer keeps polling. Vectors travel as base64 float16.
+Scales out: start as many workers as the partitions allow. Each record asks the process's shared
+encoder (streamer.runtime.embedding) for its vector; concurrent requests gather into one encoder
+call while the encoder is busy (it is far faster per sentence in batches), off the event loop, so
+the consumer keeps polling. Vectors travel as base64 float16.
 """
 
 from __future__ import annotations
@@ -10,33 +11,30 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from consumers.payloads import EmbeddedInstruction, ScoredInstruction
-from streamer.runtime.batching import MicroBatcher
-from streamer.runtime.embedding import DEFAULT_MODEL, pack_vector, shared_encoder
+from streamer.runtime.embedding import DEFAULT_MODEL, Encoder, pack_vector, shared_encoder
 from streamer.runtime.stage import Emit, Stage, StageContext
 
 
 class EmbedOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(DEFAULT_MODEL, description="sentence-transformers model (bundled copy used when installed)")
-    gather: int = Field(1024, ge=1, description="records gathered per encoder call")
-    batch_size: int = Field(32, ge=1, description="encoder batch size within a gather")
-    max_wait: float = Field(0.02, ge=0, description="seconds a partial gather waits for more records")
+    gather: int = Field(1024, ge=1, description="most texts per encoder call (of every caller in the process)")
+    batch_size: int = Field(32, ge=1, description="encoder batch size within a call")
 
 
-async def load_batcher(settings, options: EmbedOptions) -> MicroBatcher:
+async def load_encoder(settings, options: EmbedOptions) -> Encoder:
     encoder = shared_encoder(options.model)
-
-    async def encode(texts: list[str]) -> list[str]:
-        return [pack_vector(v) for v in await encoder.encode(texts, batch_size=options.batch_size)]
-
-    # Gathering several encoder batches per call lets sentence-transformers sort them by length,
-    # so little is spent on padding: that, not our overhead, decides throughput.
-    return MicroBatcher(encode, max_size=options.gather, max_wait=options.max_wait)
+    # While the encoder is busy, records gather; the next call takes up to `gather` of them, so
+    # sentence-transformers can sort them by length and little is spent on padding.
+    encoder.gather_limit, encoder.batch_size = options.gather, options.batch_size
+    encoder.warm()  # loads in the background while the consumer joins its group
+    return encoder
 
 
 async def embed(item: ScoredInstruction, ctx: StageContext) -> list[Emit]:
-    packed = await ctx.resources.submit(item.instruction)
-    return [Emit(EmbeddedInstruction(**item.model_dump(), embedding=packed, embedding_model=ctx.options.model))]
+    [vector] = await ctx.resources.encode([item.instruction])
+    return [Emit(EmbeddedInstruction(**item.model_dump(), embedding=pack_vector(vector),
+                                     embedding_model=ctx.options.model))]
 
 
 STAGE = Stage(
@@ -47,6 +45,6 @@ STAGE = Stage(
     process=embed,
     concurrency=2048,  # two gathers in flight: the next fills while one is encoded
     options_model=EmbedOptions,
-    setup=load_batcher,
+    setup=load_encoder,
     description="instruction -> normalised sentence embedding (batched)",
 )

@@ -63,6 +63,9 @@ class SituationOptions(BaseModel):
     min_examples: int = Field(1, ge=0, description="wait for this many attributed seeds")
     examples_wait: float = Field(60.0, ge=0, description="seconds to wait for them before failing")
     encoder_model: str = DEFAULT_MODEL
+    nearest_prefix: int = Field(800, ge=50, description="characters of the document encoded to choose "
+                                "nearest examples (its opening says what it is about; the encoder reads "
+                                "256 tokens at most anyway)")
 
 
 class ExampleSelector:
@@ -103,7 +106,7 @@ class ExampleSelector:
         chosen: list[str] = []
         if n_nearest:
             matrix = (await self._vectors(table))[: len(ids)]
-            query = (await self.encoder.encode([text]))[0]
+            [query] = await self.encoder.encode([text])
             order = np.argsort(-(matrix @ query), kind="stable")
             chosen = [ids[i] for i in order[:n_nearest]]
         rest = sorted(set(ids) - set(chosen))
@@ -112,7 +115,10 @@ class ExampleSelector:
 
 
 async def load_selector(settings, options: SituationOptions) -> ExampleSelector:
-    return ExampleSelector(shared_encoder(options.encoder_model))
+    encoder = shared_encoder(options.encoder_model)
+    if options.demo_selection != "random" and options.examples:
+        encoder.warm()  # loads in the background while the consumer joins its group
+    return ExampleSelector(encoder)
 
 
 def render_example(seed: AttributedSeed, prompt: Prompt) -> str:
@@ -140,7 +146,7 @@ async def make_situation(doc: Document, ctx: StageContext) -> list[Emit]:
         raise RuntimeError(f"only {len(table.rows)} attributed seeds after {opts.examples_wait:.0f}s; "
                            f"need {opts.min_examples} (feed seeds and run the attribution stage)")
     selector: ExampleSelector = ctx.resources
-    seed_ids = await selector.choose(doc.text, table, opts.examples, opts.demo_selection, seed=ctx.record.id)
+    seed_ids = await selector.choose(doc.text[: opts.nearest_prefix], table, opts.examples, opts.demo_selection, seed=ctx.record.id)
     examples = [render_example(table.rows[i][1], ctx.prompt) for i in seed_ids]
     document, examples = fit_budget(ctx.prompt, doc.text, examples, opts)
     seed_ids = seed_ids[: len(examples)]

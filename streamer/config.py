@@ -72,9 +72,11 @@ class LLMSettings(_Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(1024, ge=1)
     seed: int | None = None
-    requests_per_minute: int = Field(60, ge=1)
+    requests_per_minute: int = Field(0, ge=0, description="client-side request pacing per endpoint and model; "
+                                     "0 = none (the server's 429s still pause every caller)")
     tokens_per_minute: int = Field(0, ge=0, description="0 = no token budget")
-    max_in_flight: int = Field(32, ge=1)
+    max_in_flight: int = Field(256, ge=1, description="requests in flight per endpoint and model, all stages "
+                               "of a process together")
     timeout: float = Field(60.0, gt=0)
     max_retries: int = Field(4, ge=0, description="retries for 429, 5xx, timeouts, truncation")
     reasks: int = Field(2, ge=0, description="re-asks after output that fails the schema")

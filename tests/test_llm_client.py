@@ -85,6 +85,23 @@ async def test_paced_client_gets_no_429_from_a_server_with_the_same_limit():
     assert stats.completed == 10 and stats.rate_limited == 0
 
 
+async def test_time_waited_on_the_own_limiter_is_counted_per_stage_and_zero_means_no_pacing():
+    async with simulator() as (url, stats):
+        pool = LLMPool()
+        paced = pool.client(llm(url, requests_per_minute=120), "t-limiter-paced")
+        free = LLMPool().client(llm(url, requests_per_minute=0), "t-limiter-free")
+        await asyncio.gather(*(paced.complete(ask(f"paced {i}")) for i in range(8)),
+                             *(free.complete(ask(f"free {i}")) for i in range(8)))
+        await pool.close()
+        await free.pool.close()
+    waited = {stage: metrics.total(metrics.LLM_LIMITER_WAIT, stage=stage) for stage in ("t-limiter-paced", "t-limiter-free")}
+    # 2 requests/s: the last of 8 paced calls starts about 3 s after the first, so the paced calls
+    # waited seconds in all; the unpaced ones did not wait on this process at all.
+    assert waited["t-limiter-paced"] > 3 and waited["t-limiter-free"] < 0.2, waited
+    assert metrics.total(metrics.LLM_LIMITER_WAITING, stage="t-limiter-paced") == 0
+    assert stats.completed == 16
+
+
 async def test_malformed_output_is_reasked_then_fails_with_the_reason():
     async with simulator(malformed_rate=1.0) as (url, stats):
         pool = LLMPool()

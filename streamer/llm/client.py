@@ -12,12 +12,14 @@ Failure policy (the stage runtime retries or dead-letters whatever escapes from 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, AsyncIterator, TypeVar
 
 import openai
 from pydantic import BaseModel, ValidationError
@@ -83,6 +85,9 @@ class LLMPool:
                 tokens_per_minute=settings.tokens_per_minute,
                 max_in_flight=settings.max_in_flight,
             )
+            # Said once per endpoint and model, so a slow run is never limited unannounced.
+            log.info("llm %s, model %s: %s", settings.base_url or "(no base_url)", settings.model,
+                     self._limits[key].describe())
         return self._limits[key]
 
     async def close(self) -> None:
@@ -128,7 +133,7 @@ class LLMClient:
     async def _run(
         self, messages: list[dict[str, str]], params: dict[str, Any], response_model: type[BaseModel] | None
     ) -> LLMResult:
-        schema = response_model.model_json_schema() if response_model else None
+        schema = _schema_of(response_model) if response_model else None
         key = cache_key(self.model, messages, {**params, "schema": schema}, self.cache_scope)
         cache = self.pool.cache if self.settings.cache else None
         if cache is not None and (hit := await asyncio.to_thread(cache.get, key)) is not None:
@@ -180,7 +185,7 @@ class LLMClient:
         for retry in range(self.settings.max_retries + 1):
             if retry:
                 await asyncio.sleep(jittered_backoff(retry))
-            async with self.limits.slot(estimate):
+            async with self._limited(estimate):
                 started = time.monotonic()
                 try:
                     response = await http.chat.completions.create(
@@ -214,6 +219,24 @@ class LLMClient:
             self._count("ok")
             return attempt
         raise LLMUnavailableError(f"{self.settings.max_retries + 1} attempts failed; last: {last}")
+
+    @contextlib.asynccontextmanager
+    async def _limited(self, estimate: int) -> AsyncIterator[None]:
+        """The endpoint's slot, with the time spent waiting for it counted per stage: `status`
+        shows it, so a slow run says whether it waits on its own limits (pacing, token budget,
+        in-flight cap, a 429 pause) or on the server."""
+        queued = time.monotonic()
+        waiting: Any = metrics.LLM_LIMITER_WAITING.labels(self.stage)
+        waiting.inc()
+        try:
+            async with self.limits.slot(estimate):
+                waiting.dec()
+                waiting = None
+                metrics.LLM_LIMITER_WAIT.labels(self.stage).inc(time.monotonic() - queued)
+                yield
+        finally:
+            if waiting is not None:
+                waiting.dec()
 
     def _attempt_from(self, response: Any) -> _Attempt:
         choice = response.choices[0] if response.choices else None
@@ -280,3 +303,9 @@ _KEY_LIKE = re.compile(r"\b(sk|key|token)-[\w*.-]{4,}", re.IGNORECASE)
 def _api_message(exc: openai.APIStatusError) -> str:
     # Providers echo (partly masked) keys in auth errors; such text ends up in logs and dlq.
     return _KEY_LIKE.sub(r"\1-***", str(exc.message or ""))[:300]
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    # Built once per output model: pydantic would build it anew on every call.
+    return model.model_json_schema()

@@ -75,8 +75,11 @@ class EndpointLimits:
         # A sliding window of about one second holding rpm/60 requests (stretched so rpm values
         # not divisible by 60 are exact): never a minute's quota at once, so a server whose
         # bucket holds a couple of seconds of quota never sees more than it can take.
-        per_window = max(1, round(requests_per_minute / 60))
-        self.throttler = Throttler(rate_limit=per_window, period=per_window * 60 / requests_per_minute)
+        # 0 = no pacing here: the server's 429s (and max_in_flight) are the only limits.
+        self.throttler: Throttler | None = None
+        if requests_per_minute:
+            per_window = max(1, round(requests_per_minute / 60))
+            self.throttler = Throttler(rate_limit=per_window, period=per_window * 60 / requests_per_minute)
         self.tokens = TokenBudget(tokens_per_minute) if tokens_per_minute else None
         self.in_flight = asyncio.Semaphore(max_in_flight)
         self.max_in_flight = max_in_flight
@@ -96,11 +99,19 @@ class EndpointLimits:
             await self._wait_pause()
             if self.tokens is not None:
                 await self.tokens.take(estimated_tokens)
-            async with self.throttler:
-                pass
+            if self.throttler is not None:
+                async with self.throttler:
+                    pass
             # A 429 seen by another caller while we waited for the throttle still applies.
             await self._wait_pause()
             yield
+
+    def describe(self) -> str:
+        """One line for the start of a run: what this process will hold itself to."""
+        pace = (f"at most {self.requests_per_minute} requests/min" if self.requests_per_minute
+                else "no client-side request limit (llm.requests_per_minute = 0)")
+        budget = f", {self.tokens.rate * 60:.0f} tokens/min" if self.tokens is not None else ""
+        return f"{pace}{budget}, {self.max_in_flight} in flight"
 
     @property
     def busy(self) -> int:

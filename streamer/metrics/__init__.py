@@ -14,6 +14,10 @@ LATENCY = Histogram(
     "synthstream_stage_latency_seconds", "Time from start of processing to outputs acknowledged", ["stage"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
 )
+SLOT_REFILL = Histogram(
+    "synthstream_stage_slot_refill_seconds", "At the concurrency limit: from a record finishing to the next starting",
+    ["stage"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
 CONSUMER_LAG = Gauge("synthstream_consumer_lag", "End offset minus committed offset, per assigned partition",
                      ["stage", "topic", "partition"])
 
@@ -28,6 +32,12 @@ LLM_LATENCY = Histogram(
     "synthstream_llm_latency_seconds", "LLM request latency", ["endpoint", "model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
 )
+
+LLM_LIMITER_WAIT = Counter("synthstream_llm_limiter_wait_seconds",
+                           "Seconds LLM calls waited on this process's own limits (pacing, tokens, in flight, 429 pause)",
+                           ["stage"])
+LLM_LIMITER_WAITING = Gauge("synthstream_llm_limiter_waiting", "LLM calls waiting on this process's own limits now",
+                            ["stage"])
 
 SINK_ROWS = Counter("synthstream_sink_rows", "Rows written by the sink", ["topic"])
 

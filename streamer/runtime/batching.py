@@ -42,12 +42,14 @@ class MicroBatcher(Generic[T, R]):
         asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
-        batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size:]
-        if self._pending and self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_later())
-        if not batch:
-            return
         async with self._lock:
+            # The batch is cut only once the previous one is done: what arrived meanwhile joins it,
+            # instead of a busy handler being fed batches of one.
+            batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size:]
+            if self._pending and self._flusher is None:
+                self._flusher = asyncio.create_task(self._flush_later())
+            if not batch:
+                return
             try:
                 results = await self.handle([item for item, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every waiter learns of the failure

@@ -31,6 +31,8 @@ from streamer.state.table import TopicTable
 
 log = logging.getLogger(__name__)
 
+FULL_POLL_INTERVAL = 10.0  # seconds; far below the group's max poll interval (300 s)
+
 
 class StageRunner(GroupMember):
     def __init__(
@@ -53,6 +55,8 @@ class StageRunner(GroupMember):
         self.stop_event = stop
         self.tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self.processed_partitions: dict[int, int] = {}
+        self._slot_freed = asyncio.Event()  # set when a record finishes: wakes a full loop at once
+        self._slot_freed_at: float | None = None
 
     @property
     def in_flight(self) -> int:
@@ -74,9 +78,15 @@ class StageRunner(GroupMember):
         try:
             while not self.stop_event.is_set() and self.fatal is None:
                 free = self.bound.settings.concurrency - self.in_flight
-                # Paused partitions keep the group membership alive while we are full.
+                if free <= 0:
+                    # Full: a finished record wakes the loop at once, and the next records are
+                    # already in the consumer's buffer. Only when no slot frees for a long while
+                    # are the partitions paused and polled, as the group wants a poll now and then
+                    # (a paused poll drops the buffer, so it is not done on every wake).
+                    await self._wait_for_slot(timeout=FULL_POLL_INTERVAL)
+                    free = self.bound.settings.concurrency - self.in_flight
                 self.set_paused(free <= 0)
-                batch = await self.poll(max(1, free), timeout_ms=100 if free <= 0 else 200)
+                batch = await self.poll(max(1, free), timeout_ms=0 if free <= 0 else 200)
                 for tp, records in self.take_ready(batch).items():
                     for record in records:
                         self._start(tp, record)
@@ -92,10 +102,21 @@ class StageRunner(GroupMember):
         if self.fatal is not None:
             raise self.fatal
 
+    async def _wait_for_slot(self, timeout: float) -> None:
+        self._slot_freed.clear()
+        waits = {asyncio.ensure_future(self._slot_freed.wait()), asyncio.ensure_future(self.stop_event.wait())}
+        _, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for wait in pending:
+            wait.cancel()
+
     def _start(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         tracker = self.track(tp, record.offset)
         if tracker is None:
             return  # partition was revoked between fetch and now; it will be redelivered
+        if self._slot_freed_at is not None:
+            # How long a slot freed at the concurrency limit stayed empty (bench/pipeline.py reads it).
+            metrics.SLOT_REFILL.labels(self.stage.name).observe(time.monotonic() - self._slot_freed_at)
+            self._slot_freed_at = None
         log.debug("stage %s: start %s[%d]@%d", self.stage.name, tp.topic, tp.partition, record.offset)
         task = asyncio.create_task(self._handle(tp, record))
         self.tasks[task] = tp
@@ -103,7 +124,10 @@ class StageRunner(GroupMember):
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
+        if self.in_flight >= self.bound.settings.concurrency and self._slot_freed_at is None:
+            self._slot_freed_at = time.monotonic()
         self.tasks.pop(task, None)
+        self._slot_freed.set()
         metrics.IN_FLIGHT.labels(self.stage.name).set(self.in_flight)
         if not task.cancelled() and (exc := task.exception()) is not None and self.fatal is None:
             if not isinstance(exc, BROKER_VERDICTS):  # the broker watch has said it once for everyone

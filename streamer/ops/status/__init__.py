@@ -8,7 +8,8 @@ write (`instructions`, `rejected`, `dlq`) are read and each record is counted fo
 wrote it (the last stamp of its lineage; a dead letter's `data.stage`). Rates are differences
 between two samples.
 
-From the workers: in-flight records and LLM requests, tokens and 429s exist only inside worker
+From the workers: in-flight records and LLM requests, tokens, 429s and the time LLM calls waited on
+the process's own limits (pacing, token budget, in-flight cap) exist only inside worker
 processes, so they are scraped from the metrics endpoints the workers registered
 (streamer.metrics.endpoint); without one they are n/a.
 
@@ -36,7 +37,7 @@ from streamer.ops.status.sample import Sample, Sampler
 
 NO_WORKERS = "n/a (no worker serving metrics; start workers with --metrics-port)"
 COLUMNS = ("stage", "lag", "in", "in/s", "out", "out/s", "in flight", "dlq", "rejected",
-           "LLM calls", "tokens", "429s", "lag by partition")
+           "LLM calls", "tokens", "429s", "limiter wait", "lag by partition")
 
 
 @dataclass
@@ -104,8 +105,16 @@ def _cells(row: Figures) -> tuple[str, ...]:
         _num(row.produced, "-"), "-" if row.out_rate is None else f"{row.out_rate:.1f}",
         _num(row.in_flight, stage_only), _num(row.dlq, "-"), _num(row.rejected, "-"),
         _num(llm.get("requests"), stage_only), _num(llm.get("tokens"), stage_only),
-        _num(llm.get("rate_limited"), stage_only), _partition_lags(row),
+        _num(llm.get("rate_limited"), stage_only), _limiter(llm, stage_only), _partition_lags(row),
     )
+
+
+def _limiter(llm: dict[str, Any], missing: str) -> str:
+    """Seconds the stage's LLM calls waited on this process's own limits, and how many wait now."""
+    if "limiter_wait_s" not in llm:
+        return missing
+    now = llm.get("limiter_waiting") or 0
+    return f"{llm['limiter_wait_s']:.1f}s" + (f" ({now} now)" if now else "")
 
 
 def _num(value: int | None, missing: str) -> str:

@@ -72,11 +72,17 @@ def worker_figures(group: Watched, s: Sample) -> tuple[int | None, dict[str, int
     def total(name: str, **labels: str) -> int:
         return int(sum(w.total(name, stage=group.name, **labels) for w in serving))
 
+    def seconds(name: str) -> float:
+        return round(sum(w.total(name, stage=group.name) for w in serving), 1)
+
     llm = {
         "requests": sum(total("synthstream_llm_requests_total", outcome=o) for o in REQUEST_OUTCOMES),
         "rate_limited": total("synthstream_llm_requests_total", outcome="rate_limited"),
         "cache_hits": total("synthstream_llm_requests_total", outcome="cache_hit"),
         "tokens": total("synthstream_llm_tokens_total"),
+        # Waiting on this process's own limits, not on the server: seconds so far, calls now.
+        "limiter_wait_s": seconds("synthstream_llm_limiter_wait_seconds_total"),
+        "limiter_waiting": total("synthstream_llm_limiter_waiting"),
     }
     return total("synthstream_stage_in_flight"), llm
 
