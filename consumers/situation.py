@@ -63,9 +63,9 @@ class SituationOptions(BaseModel):
     min_examples: int = Field(1, ge=0, description="wait for this many attributed seeds")
     examples_wait: float = Field(60.0, ge=0, description="seconds to wait for them before failing")
     encoder_model: str = DEFAULT_MODEL
-    nearest_prefix: int = Field(800, ge=50, description="characters of the document encoded to choose "
-                                "nearest examples (its opening says what it is about; the encoder reads "
-                                "256 tokens at most anyway)")
+    nearest_prefix: int = Field(300, ge=50, description="characters of the document encoded to choose "
+                                "nearest examples: its opening says what it is about, and the encoder's "
+                                "cost grows with every token (300 characters: ~60 tokens)")
 
 
 class ExampleSelector:

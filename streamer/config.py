@@ -43,8 +43,11 @@ class KafkaSettings(_Section):
     client_id: str = "synthstream"
     # How fast the group notices a dead or departed worker; brokers enforce a minimum
     # (Kafka: 6000 ms by default). The embedded broker uses 3000/500 unless these are set.
-    session_timeout_ms: int = Field(10_000, ge=1000)
-    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    session_timeout_ms: int = Field(10_000, ge=1000, description="against the embedded broker or `synthstream "
+                                    "broker` (tansu) 2000 unless set: tansu holds a join for half of it")
+    heartbeat_interval_ms: int = Field(3_000, ge=100, description="against tansu 500 unless set")
+    fetch_max_wait_ms: int = Field(100, ge=0, description="how long a fetch waits for new records: each hop "
+                                   "between stages can cost up to this much (tansu always waits it out)")
     unavailable_timeout: float = Field(
         60.0, gt=0, description="seconds a worker waits for an unreachable broker before it exits non-zero"
     )
@@ -100,7 +103,8 @@ class RuntimeSettings(_Section):
     commit_interval: float = Field(1.0, gt=0)
     retry_backoff: float = Field(0.5, ge=0, description="base delay between a stage's attempts")
     max_poll_records: int = Field(500, ge=1)
-    idle_grace: float = Field(2.0, gt=0, description="seconds of no lag before a finite run ends")
+    idle_grace: float = Field(0.3, ge=0, description="seconds every input must stay consumed, with nothing in "
+                              "flight, before `run --until-idle` ends (longer when other processes still feed it)")
     rebalance_wait: float = Field(10.0, ge=0, description="seconds to let revoked partitions finish")
 
     @property

@@ -109,7 +109,7 @@ def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Pipeline]:
         "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
         "SYNTHSTREAM_STORAGE__DATA_DIR": str(data_dir),
         "SYNTHSTREAM_STORAGE__SINK_FLUSH_INTERVAL": "0.5",
-        "SYNTHSTREAM_RUNTIME__IDLE_GRACE": "1.5",
+        "SYNTHSTREAM_RUNTIME__IDLE_GRACE": "0.5",
         "SYNTHSTREAM_RUNTIME__RETRY_BACKOFF": "0.05",
         "SYNTHSTREAM_LLM__MODEL": "synthstream-simulator",
         "SYNTHSTREAM_LLM__REQUESTS_PER_MINUTE": "6000",

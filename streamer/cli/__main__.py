@@ -1,7 +1,5 @@
 """`python -m streamer.cli`: the same as the `synthstream` command."""
 
-import sys
+from streamer.cli import entry
 
-from streamer.cli import main
-
-sys.exit(main())
+entry()

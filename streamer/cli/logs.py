@@ -42,7 +42,7 @@ class RepeatFilter(logging.Filter):
 def configure(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper()), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
     # aiokafka logs every rebalance and retry at INFO/WARNING; ours say what matters.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))

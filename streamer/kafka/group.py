@@ -26,6 +26,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streamer import metrics
 from streamer.config import Settings
+from streamer.kafka import produced
 from streamer.kafka.clients import make_consumer
 from streamer.kafka.reader import TopicReader
 from streamer.kafka.health import BrokerReplaced, BrokerWatch
@@ -49,6 +50,7 @@ class GroupMember:
         self.offsets: dict[TopicPartition, PartitionOffsets] = {}
         self.last_lag: int | None = None
         self.active = False
+        self.joined = False  # given an assignment (maybe empty) at least once
         self.fatal: BaseException | None = None  # set when the member cannot go on; its loop ends
         self.preparing: set[TopicPartition] = set()  # assigned, `after_assign` not yet finished
         self.held: dict[TopicPartition, list[Any]] = {}  # fetched for a preparing partition
@@ -97,6 +99,7 @@ class GroupMember:
             log.warning("%s: the broker did not answer while leaving the group; left without it", self.name)
 
     def _assigned(self, partitions: set[TopicPartition]) -> None:
+        self.joined = True
         for tp in partitions:
             self.offsets[tp] = PartitionOffsets()
         self.preparing |= partitions
@@ -157,6 +160,7 @@ class GroupMember:
                         ", ".join(f"{committed[tp]} > {ends[tp]}" for tp in beyond))
 
     async def _revoked(self, partitions: set[TopicPartition]) -> None:
+        self.joined = False  # a rebalance: not idle while the group re-forms with nothing assigned
         mine = {tp for tp in partitions if tp in self.offsets}
         if not mine:
             return
@@ -211,6 +215,28 @@ class GroupMember:
         if time.monotonic() - self._last_commit >= self.settings.runtime.commit_interval:
             await self.commit()
 
+    async def caught_up(self) -> bool:
+        """Judged locally, without asking the broker: nothing in flight or held, and every assigned
+        partition read to its end as known from fetch responses and from what this process
+        produced itself (produced.py). Offsets finished but not yet committed are committed by
+        the member's stop."""
+        if not self.active or not self.joined or self.in_flight or self.held or self.preparing:
+            return False
+        return await self.read_to_end()
+
+    async def read_to_end(self) -> bool:
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:
+                return False  # no fetch answered yet
+            try:
+                position = await asyncio.wait_for(self.consumer.position(tp), 0.05)
+            except (asyncio.TimeoutError, IllegalStateError):
+                return False
+            if position < max(highwater, produced.end(tp)):
+                return False
+        return True
+
     async def lag(self) -> int | None:
         """Records not yet committed by this group on the partitions this member holds."""
         if not self.active:
@@ -243,6 +269,10 @@ class GroupMember:
                 self.consumer.resume(*(assignment - self.preparing))
 
     async def poll(self, max_records: int, timeout_ms: int = 200) -> dict[TopicPartition, list[Any]]:
+        if self.preparing or not self.joined:
+            # Partitions being prepared are paused: poll briefly, so they are resumed (and fetched)
+            # as soon as they are ready rather than after a whole wait on nothing.
+            timeout_ms = min(timeout_ms, 20)
         return await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
 
 

@@ -78,6 +78,10 @@ class BrokerWatch:
                 await asyncio.wait_for(stop.wait(), CHECK_EVERY)
         return None
 
+    @property
+    def cluster_id(self) -> str | None:
+        return self.identity.probe.cluster_id
+
     async def run(self) -> None:
         """Check until cancelled (through a shutdown too: it decides how long that may wait for
         the broker); on a verdict, set `failed` (and `failure`) and return."""

@@ -103,6 +103,7 @@ class BrokerProbe:
         self.kafka = kafka
         self._conn = None
         self._next_host = 0
+        self.cluster_id: str | None = None  # from the first answer that carries one
 
     @property
     def servers(self) -> str:
@@ -144,6 +145,7 @@ class BrokerProbe:
         except BaseException:
             self.close()
             raise
+        self.cluster_id = getattr(response, "cluster_id", None) or self.cluster_id
         ids: dict[str, str | None] = {}
         for error_code, name, topic_id, *_ in response.topics:
             if error_code == UNKNOWN_TOPIC or name is None:

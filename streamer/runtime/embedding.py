@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import functools
 import logging
 import os
 import threading
@@ -136,14 +135,20 @@ class EncoderStats:
         self.cpu_seconds += cpu_seconds
 
 
+_ENCODERS: dict[str, Encoder] = {}
+
+
 def shared_encoder(name: str = DEFAULT_MODEL) -> Encoder:
     """One encoder per model and process, however the name is passed."""
-    return _encoder_for(name)
+    if name not in _ENCODERS:
+        _ENCODERS[name] = Encoder(name)
+    return _ENCODERS[name]
 
 
-@functools.lru_cache(maxsize=4)
-def _encoder_for(name: str) -> Encoder:
-    return Encoder(name)
+def encoder_summaries() -> list[str]:
+    """One line per encoder this process used: what it encoded and the CPU it took."""
+    return [f"encoder {e.name}: {e.stats.texts} texts in {e.stats.calls} calls, {e.stats.cpu_seconds:.1f}s CPU"
+            for e in _ENCODERS.values() if e.stats.calls]
 
 
 def pack_vector(vector: np.ndarray) -> str:

@@ -20,6 +20,7 @@ from aiokafka.structs import ConsumerRecord
 
 from streamer import metrics
 from streamer.config import Settings
+from streamer.kafka import produced
 from streamer.kafka.clients import TopicNames
 from streamer.kafka.group import GroupMember
 from streamer.kafka.health import BROKER_VERDICTS, BrokerWatch
@@ -64,14 +65,15 @@ class StageRunner(GroupMember):
 
     # Main loop ------------------------------------------------------------------------------
     async def run(self) -> None:
-        # Tables and resources first: the first record must already see them.
+        if self.state is not None:
+            self.state.lock()  # before joining: a second writer must not disturb the first one's group
+        # Joining takes a while (a broker may hold a join for a second or more): it goes on in the
+        # background while tables and resources load. No record is taken before both are ready.
+        await self.start()
         for table in self.tables.values():
             await table.start()
         if self.stage.setup is not None:
             self.resources = await self.stage.setup(self.bound.settings, self.bound.options)
-        if self.state is not None:
-            self.state.lock()
-        await self.start()
         log.info("stage %s %s: %s -> %s, concurrency %d, attempts %d", self.stage.name, self.bound.identity,
                  self.stage.input_topic, ", ".join(self.stage.output_topics), self.bound.settings.concurrency,
                  self.bound.settings.attempts)
@@ -236,7 +238,8 @@ class StageRunner(GroupMember):
 
     async def _send(self, outputs: list[Output]) -> None:
         sends = [await self.producer.send(self.topic(out.topic), out.value, key=out.key) for out in outputs]
-        await asyncio.gather(*sends)
+        for metadata in await asyncio.gather(*sends):
+            produced.note(metadata)
 
     def _log_summary(self) -> None:
         parts = ", ".join(f"p{p}={n}" for p, n in sorted(self.processed_partitions.items())) or "none"

@@ -21,18 +21,22 @@ from typing import Sequence
 from streamer import metrics
 from streamer.metrics import registry as worker_registry
 from streamer.config import Settings
-from streamer.kafka.clients import TOPICS, TopicNames, ensure_topics, make_producer
+from streamer.kafka.clients import TOPICS, TopicNames, ensure_topics, is_tansu, make_producer, use_fast_group_timing
 from streamer.kafka.group import GroupMember, abandon, sleep_until
 from streamer.kafka.health import BrokerWatch
 from streamer.kafka.incarnation import SeenIncarnations, replaced_line
 from streamer.llm.cache import ResponseCache
-from streamer.llm.client import LLMPool
+from streamer.llm.client import LLMPool, preload_sdk
+from streamer.runtime.embedding import encoder_summaries
 from streamer.runtime.progress import Progress
 from streamer.runtime.runner import StageRunner
 from streamer.runtime.stage import Stage
 from streamer.storage.sink import ParquetSink
 
 log = logging.getLogger(__name__)
+
+LAG_EVERY = 1.0  # seconds between lag refreshes (broker requests per member) for progress
+IDLE_EVERY = 0.1  # seconds between idle checks with until_idle (local, no broker requests)
 
 
 class Worker:
@@ -58,10 +62,14 @@ class Worker:
                 loop.remove_signal_handler(sig)
 
     async def _run(self) -> None:
+        if self.stages:
+            preload_sdk()  # imported in a thread while the broker is reached and groups are joined
         topic = TopicNames(self.settings.kafka.topic_prefix)
         broker = BrokerWatch(self.settings, [topic(t) for t in TOPICS])
         if await broker.connect(self.stop) is None:
             return  # stopped before the broker answered
+        if is_tansu(broker.cluster_id):
+            use_fast_group_timing(self.settings.kafka)  # else joins wait seconds (clients.py)
         await ensure_topics(self.settings)
         incarnations = await broker.connect(self.stop)  # now that every topic exists
         if incarnations is None:
@@ -86,7 +94,10 @@ class Worker:
         members_done = asyncio.Event()  # progress goes on through the drain that follows a stop
         # The watch goes on through the shutdown: it tells the members when not to wait for the broker.
         watching = [asyncio.create_task(broker.run()), asyncio.create_task(self._on_verdict(broker))]
-        observers = [asyncio.create_task(self._watch_lag())]
+        watchers = [asyncio.create_task(self._watch_lag())]
+        if self.until_idle:
+            watchers.append(asyncio.create_task(self._watch_idle()))
+        observers = []
         if self.show_progress:
             observers.append(asyncio.create_task(Progress.of_members(self.members, _done_count).run(members_done)))
         try:
@@ -94,11 +105,14 @@ class Worker:
         finally:
             self.stop.set()
             members_done.set()
-            # Observers only observe; one waiting on a broker call must not hold up the exit.
-            _, late = await asyncio.wait(observers, timeout=2)
-            for task in late:
+            for task in watchers:  # they only watch: one waiting on a broker call must not delay the exit
                 task.cancel()
-            await asyncio.gather(*observers, return_exceptions=True)
+            await asyncio.gather(*watchers, return_exceptions=True)
+            if observers:  # progress prints its last line; it must not hold up the exit either
+                _, late = await asyncio.wait(observers, timeout=2)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*observers, return_exceptions=True)
             try:
                 await broker.unless_away(producer.stop(), 5.0)
             except asyncio.TimeoutError:
@@ -108,6 +122,8 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*watching, return_exceptions=True)
             await pool.close()
+            for line in encoder_summaries():
+                log.info("%s", line)
         if broker.failure is not None:
             raise broker.failure
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -145,19 +161,32 @@ class Worker:
             self.stop.set()
 
     async def _watch_lag(self) -> None:
-        """Refresh lag for progress; with until_idle, stop after a quiet `idle_grace` period."""
+        """Refresh lag (from the broker) for progress and the lag metric."""
+        while not await sleep_until(self.stop, LAG_EVERY):
+            for member in self.members:
+                await member.lag()
+
+    async def _watch_idle(self) -> None:
+        """With until_idle: stop once every member has been caught up for `idle_grace` (judged
+        locally, every IDLE_EVERY seconds); the sink is told to write at once when it is the only
+        one left with work, so the run ends within a fraction of a second of its last record."""
         quiet_since: float | None = None
         loop = asyncio.get_running_loop()
-        while not await sleep_until(self.stop, 0.5):
-            lags = [await m.lag() for m in self.members]
-            busy = any(lag is None or lag > 0 for lag in lags) or any(m.in_flight for m in self.members)
-            if busy:
-                quiet_since = None
+        while not await sleep_until(self.stop, IDLE_EVERY):
+            states = [await m.caught_up() for m in self.members]
+            if all(states):
+                quiet_since = quiet_since or loop.time()
+                if loop.time() - quiet_since >= self.settings.runtime.idle_grace:
+                    log.info("all inputs consumed and nothing in flight: stopping")
+                    self.stop.set()
                 continue
-            quiet_since = quiet_since or loop.time()
-            if self.until_idle and loop.time() - quiet_since >= self.settings.runtime.idle_grace:
-                log.info("all inputs consumed and nothing in flight: stopping")
-                self.stop.set()
+            if quiet_since is not None or log.isEnabledFor(logging.DEBUG):
+                log.debug("not idle: %s", ", ".join(m.name for m, s in zip(self.members, states) if not s))
+            quiet_since = None
+            stages_done = all(s for m, s in zip(self.members, states) if not isinstance(m, ParquetSink))
+            for member in self.members:
+                if stages_done and isinstance(member, ParquetSink) and member.in_flight and await member.read_to_end():
+                    member.flush_now()
 
 
 def _done_count(name: str) -> float:

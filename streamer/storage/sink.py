@@ -120,6 +120,12 @@ class ParquetSink(GroupMember):
         self.stop_event = stop
         self.buffers: dict[TopicPartition, list[ConsumerRecord]] = {}
         self.buffered_since: dict[TopicPartition, float] = {}
+        self._flush_now = False
+
+    def flush_now(self) -> None:
+        """Write what is buffered at the next turn of the loop, not at the flush interval: a
+        finite run whose stages are all done should not wait for it."""
+        self._flush_now = True
 
     @property
     def in_flight(self) -> int:
@@ -131,16 +137,17 @@ class ParquetSink(GroupMember):
         storage = self.settings.storage
         try:
             while not self.stop_event.is_set() and self.fatal is None:
-                batch = await self.poll(storage.sink_batch_size, timeout_ms=200)
+                batch = await self.poll(storage.sink_batch_size, timeout_ms=100)
                 self.set_paused(False)  # resumes partitions that have finished preparing
                 for tp, records in self.take_ready(batch).items():
                     if self.offsets.get(tp) is None:
                         continue
                     self.buffers.setdefault(tp, []).extend(records)
                     self.buffered_since.setdefault(tp, time.monotonic())
-                now = time.monotonic()
+                now, everything = time.monotonic(), self._flush_now
+                self._flush_now = False
                 for tp in list(self.buffers):
-                    if (len(self.buffers[tp]) >= storage.sink_batch_size
+                    if (everything or len(self.buffers[tp]) >= storage.sink_batch_size
                             or now - self.buffered_since[tp] >= storage.sink_flush_interval):
                         await self.flush(tp)
             for tp in list(self.buffers):

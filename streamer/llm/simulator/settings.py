@@ -33,6 +33,11 @@ class SimulatorStats:
     malformed: int = 0
     invalid: int = 0
     truncated: int = 0
+    # For benchmarks: how busy the endpoint was kept (wall-clock seconds since the epoch).
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    first_request_at: float | None = None
+    last_completion_at: float | None = None
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | float | None]:
         return asdict(self)
