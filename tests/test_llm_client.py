@@ -102,6 +102,37 @@ async def test_time_waited_on_the_own_limiter_is_counted_per_stage_and_zero_mean
     assert stats.completed == 16
 
 
+async def test_a_200_reply_that_is_not_a_chat_completion_is_retried_then_named():
+    # A base_url pointing at the wrong thing (a proxy page, another API) answers 200 with a body
+    # that is no chat completion: retried like a server error, then reported with what came back.
+    from aiohttp import web
+
+    hits: list[str] = []
+
+    async def proxy_page(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        if len(hits) == 1:
+            return web.Response(text="<html>Sign in to the proxy</html>", content_type="text/html")
+        return web.json_response({"status": "ok", "detail": "not the endpoint you wanted"})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", proxy_page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - the port the OS chose
+    try:
+        pool = LLMPool()
+        client = pool.client(llm(f"http://127.0.0.1:{port}/v1", max_retries=1), "t-not-completion")
+        with pytest.raises(LLMUnavailableError, match="not a chat completion.*not the endpoint you wanted"):
+            await client.complete(ask("hello"))
+        await pool.close()
+    finally:
+        await runner.cleanup()
+    assert len(hits) == 2 and count("t-not-completion", "error") == 2
+
+
 async def test_malformed_output_is_reasked_then_fails_with_the_reason():
     async with simulator(malformed_rate=1.0) as (url, stats):
         pool = LLMPool()

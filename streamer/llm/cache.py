@@ -1,11 +1,14 @@
 """Response cache keyed by (model, messages, params): a redelivered record does not pay twice.
 
 SQLite in WAL mode so several worker processes on one machine can share it; only responses
-that passed validation are stored.
+that passed validation are stored. Reads are point lookups done in place (cheaper than a hop to a
+thread); writes are gathered and written together, off the event loop, a moment later (a crash
+loses at most that moment's entries, which only costs asking again).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 import threading
@@ -31,16 +34,56 @@ class ResponseCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+        self._unwritten: dict[str, bytes] = {}
+        self._writing: dict[str, bytes] = {}
+        self._writer: asyncio.Task[None] | None = None
+
+    WRITE_DELAY = 0.1  # seconds puts gather before they are written in one transaction
 
     def get(self, key: str) -> dict[str, Any] | None:
+        if (unwritten := self._unwritten.get(key) or self._writing.get(key)) is not None:
+            return orjson.loads(unwritten)
         with self._lock:
             row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
         return orjson.loads(row[0]) if row else None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
+        """Store soon (from a running event loop), or now (without one)."""
+        self._unwritten[key] = orjson.dumps(value)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write()
+            return
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_soon())
+
+    async def _write_soon(self) -> None:
+        await asyncio.sleep(self.WRITE_DELAY)
+        # Taken in the loop's thread (where puts happen); readable by `get` until written.
+        self._writing, self._unwritten = self._unwritten, {}
+        try:
+            await asyncio.to_thread(self._write_rows, list(self._writing.items()))
+        finally:
+            self._writing = {}
+
+    def _write(self) -> None:
+        rows, self._unwritten = list(self._unwritten.items()), {}
+        self._write_rows(rows)
+
+    def _write_rows(self, rows: list[tuple[str, bytes]]) -> None:
+        if not rows:
+            return
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)", (key, orjson.dumps(value)))
+            self._db.execute("BEGIN")  # one transaction for the batch (the connection autocommits)
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)", rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
+        self._write()
         with self._lock:
             self._db.close()
