@@ -47,6 +47,7 @@ class Encoder:
         self.gather_limit = gather_limit
         self.batch_size = batch_size
         self._model = None
+        self._lean = False  # the model is a streamer.runtime.bert.LeanBert, not a SentenceTransformer
         self._lock = threading.Lock()  # one encode at a time
         # Always the same thread: each new calling thread would get its own OpenMP team, and idle
         # teams spin against the working one (measured: ~10% slower through a thread pool).
@@ -61,14 +62,25 @@ class Encoder:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local copy must not reach for the hub
             started = time.monotonic()
             import torch
-            from sentence_transformers import SentenceTransformer
+
+            from streamer.runtime.bert import lean_model
 
             # One intra-op thread: the event loop (Kafka, LLM calls, JSON) needs the other core more
             # than a batch of short sentences needs two, and the encoder's CPU is then exactly the
             # CPU of this thread (EncoderStats).
             torch.set_num_threads(1)
-            self._model = SentenceTransformer(self.location, device="cpu")
-            log.info("encoder %s loaded from %s in %.1fs", self.name, self.location, time.monotonic() - started)
+            # The lean loader spares the process sentence_transformers + transformers (seconds of
+            # CPU and 150+ MB); it answers None for any model it does not reproduce exactly.
+            model = lean_model(self.location)
+            self._lean = model is not None  # set before _model: other threads read both after a load
+            if model is None:
+                from sentence_transformers import SentenceTransformer
+
+                model = SentenceTransformer(self.location, device="cpu")
+            self._model = model
+            loader = "lean BERT" if self._lean else "sentence-transformers"
+            log.info("encoder %s loaded from %s in %.1fs (%s)", self.name, self.location,
+                     time.monotonic() - started, loader)
         return self._model
 
     def warm(self) -> None:
@@ -77,17 +89,24 @@ class Encoder:
 
     @property
     def dimension(self) -> int:
-        return int(self._load().get_sentence_embedding_dimension())
+        model = self._load()
+        return int(model.dimension if self._lean else model.get_sentence_embedding_dimension())
 
     def encode_sync(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """Unit-length float32 vectors, one row per text."""
         with self._lock:
             model = self._load()
             cpu = time.thread_time()
-            vectors = model.encode(texts, batch_size=batch_size or self.batch_size, normalize_embeddings=True,
-                                   convert_to_numpy=True, show_progress_bar=False)
+            vectors = self._run_model(model, texts, batch_size or self.batch_size)
             self.stats.add(len(texts), time.thread_time() - cpu)
         return np.asarray(vectors, dtype=np.float32)
+
+    def _run_model(self, model, texts: list[str], batch_size: int) -> np.ndarray:
+        """Either loader's encode; the lean one always returns unit-length rows."""
+        if self._lean:
+            return model.encode(texts, batch_size=batch_size)
+        return model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                            convert_to_numpy=True, show_progress_bar=False)
 
     async def encode(self, texts: list[str]) -> np.ndarray:
         """Vectors for `texts`, encoded together with whatever else is waiting in the process."""
