@@ -119,22 +119,27 @@ def proc_peak_rss_mb(pid: int) -> float:
 def run_to_exit(args: list[str], env: dict[str, str], log_path: Path, metrics_port: int | None = None) -> dict:
     """Start a CLI process, scrape its metrics while it runs, and return its times and rusage."""
     launched = time.time()
+    scraped, timeline, next_scrape = "", [], launched
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([*CLI, *args], env=env, stdout=log, stderr=log)
-        scraped = ""
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            if metrics_port is not None:
+            if metrics_port is not None and time.time() >= next_scrape:
                 scraped = scrape(metrics_port) or scraped
-            time.sleep(0.25)
+                in_flight = re.findall(r'synthstream_stage_in_flight\{stage="([^"]+)"\} (\S+)', scraped)
+                timeline.append(f"{time.time() - launched:6.1f}s " + " ".join(
+                    f"{stage}={float(n):.0f}" for stage, n in in_flight if float(n)))
+                next_scrape = time.time() + 0.5
+            time.sleep(0.01)  # exit time to within 10 ms
     exited = time.time()
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"synthstream {' '.join(args)} exited {code}; see {log_path}")
     return {"launched": launched, "exited": exited, "cpu": usage.ru_utime + usage.ru_stime,
-            "rss_mb": usage.ru_maxrss / 1024, "metrics": scraped, "log": log_path.read_text(errors="replace")}
+            "rss_mb": usage.ru_maxrss / 1024, "metrics": scraped, "log": log_path.read_text(errors="replace"),
+            "timeline": timeline}
 
 
 def scrape(port: int) -> str | None:
@@ -188,7 +193,8 @@ async def plain_client(url: str, docs: list[str], seeds: list[str], concurrency:
 
 # The bench ---------------------------------------------------------------------------------------
 
-def pipeline_env(broker: EmbeddedBroker, sim: Simulator, data_dir: Path, concurrency: int) -> dict[str, str]:
+def pipeline_env(broker: EmbeddedBroker, sim: Simulator, data_dir: Path, concurrency: int,
+                 overrides: list[str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNTHSTREAM_", "OPENAI_"))}
     env.update({
         "SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
@@ -202,6 +208,9 @@ def pipeline_env(broker: EmbeddedBroker, sim: Simulator, data_dir: Path, concurr
     })
     for stage in LLM_STAGES:
         env[f"SYNTHSTREAM_STAGES__{stage.upper()}__CONCURRENCY"] = str(concurrency)
+    for setting in overrides:
+        key, _, value = setting.partition("=")
+        env["SYNTHSTREAM_" + key.upper().replace(".", "__")] = value
     return env
 
 
@@ -227,7 +236,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
     out: dict = {}
     try:
         sim = Simulator(args.latency, workdir)
-        env = pipeline_env(broker, sim, workdir / "data", args.concurrency)
+        env = pipeline_env(broker, sim, workdir / "data", args.concurrency, args.set)
         broker_cpu = proc_cpu_seconds(broker.process.pid)
         feed_cpu = feed(env, workdir, docs, seeds)
         metrics_port = free_port()
@@ -236,6 +245,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
                           workdir / "run.log", metrics_port)
         out["broker_cpu"] = proc_cpu_seconds(broker.process.pid) - broker_cpu
         out["feed_cpu"], out["run"], out["sim"] = feed_cpu, run, sim.stats()
+        (workdir / "run-metrics.txt").write_text(run["metrics"])  # the last scrape, for a closer look
+        (workdir / "run-in-flight.txt").write_text("\n".join(run["timeline"]) + "\n")  # records in flight per stage
         sim.stop()
         if not args.skip_stage:
             out["stage"] = answer_stage_alone(args, broker, env, workdir)
@@ -271,12 +282,13 @@ def report(args: argparse.Namespace, m: dict) -> None:
     print(f"\nbench/pipeline.py: {args.docs} documents, {args.seeds} seeds, simulator latency {args.latency}s, "
           f"concurrency {args.concurrency} per LLM stage, {os.cpu_count()} cores")
     print(f"(1) synthstream: first request -> last completion {span:.1f}s, {sim['completed']} requests "
-          f"({sim['completed'] / args.docs:.2f} per document), peak {sim['peak_in_flight']} concurrent")
+          f"({sim['completed'] / args.docs:.2f} per document), {sim['request_seconds'] / span:.0f} concurrent "
+          f"on average, {sim['peak_in_flight']} at most")
     if "plain_sim" in m:
         plain = m["plain_sim"]
         plain_span = plain["last_completion_at"] - plain["first_request_at"]
         print(f"    plain asyncio: first request -> last completion {plain_span:.1f}s, {plain['completed']} requests, "
-              f"peak {plain['peak_in_flight']} concurrent")
+              f"{plain['request_seconds'] / plain_span:.0f} concurrent on average, {plain['peak_in_flight']} at most")
         verdict(f"    ratio synthstream / plain = {span / plain_span:.2f}", span / plain_span <= TARGETS["ratio"],
                 f"<= {TARGETS['ratio']}")
     cpu = run["cpu"] + m["feed_cpu"] + m["broker_cpu"]
@@ -324,6 +336,8 @@ def main() -> None:
     parser.add_argument("--skip-plain", action="store_true", help="no plain-client comparison")
     parser.add_argument("--skip-stage", action="store_true", help="no answer-stage-alone run")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, store)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for the synthstream processes, e.g. stages.situation.demo_selection=random")
     parser.add_argument("--run-args", nargs="*", default=[], metavar="ARG",
                         help="global synthstream options for the pipeline run, e.g. --log-level DEBUG")
     args = parser.parse_args()

@@ -18,8 +18,9 @@ from streamer.runtime.stage import Emit, Stage, StageContext
 class EmbedOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(DEFAULT_MODEL, description="sentence-transformers model (bundled copy used when installed)")
-    gather: int = Field(1024, ge=1, description="most texts per encoder call (of every caller in the process)")
-    batch_size: int = Field(32, ge=1, description="encoder batch size within a call")
+    gather: int = Field(32, ge=1, description="most texts per encoder call (of every caller in the process): "
+                        "larger calls waste less on padding, smaller ones keep waiting records waiting less")
+    batch_size: int = Field(16, ge=1, description="encoder batch size within a call (memory for activations grows with it)")
 
 
 async def load_encoder(settings, options: EmbedOptions) -> Encoder:

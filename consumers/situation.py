@@ -90,7 +90,7 @@ class ExampleSelector:
         async with self._encoding:
             if len(self.matrix) < len(self.ids):
                 new_ids = self.ids[len(self.matrix):]
-                vectors = await self.encoder.encode([table.rows[i][1].example_text() for i in new_ids])
+                vectors = await self.encoder.encode([table.rows[i][1].example_text() for i in new_ids], fast=True)
                 self.matrix = vectors if not len(self.matrix) else np.vstack([self.matrix, vectors])
             return self.matrix
 
@@ -106,7 +106,8 @@ class ExampleSelector:
         chosen: list[str] = []
         if n_nearest:
             matrix = (await self._vectors(table))[: len(ids)]
-            [query] = await self.encoder.encode([text])
+            # Fast (bfloat16 where quicker): these vectors only choose, and are never stored.
+            [query] = await self.encoder.encode([text], fast=True)
             order = np.argsort(-(matrix @ query), kind="stable")
             chosen = [ids[i] for i in order[:n_nearest]]
         rest = sorted(set(ids) - set(chosen))
@@ -139,14 +140,22 @@ def fit_budget(prompt: Prompt, document: str, examples: list[str], opts: Situati
     return truncate_tokens(document, room), examples
 
 
-async def make_situation(doc: Document, ctx: StageContext) -> list[Emit]:
+async def choose_examples(doc: Document, ctx: StageContext) -> list[str]:
+    """Ahead of the LLM call (Stage.prepare): wait for attributed seeds, choose the examples."""
     opts: SituationOptions = ctx.options
     table: TopicTable = ctx.tables[SEEDS_TABLE]
     if not await table.wait_for(opts.min_examples, opts.examples_wait):
         raise RuntimeError(f"only {len(table.rows)} attributed seeds after {opts.examples_wait:.0f}s; "
                            f"need {opts.min_examples} (feed seeds and run the attribution stage)")
     selector: ExampleSelector = ctx.resources
-    seed_ids = await selector.choose(doc.text[: opts.nearest_prefix], table, opts.examples, opts.demo_selection, seed=ctx.record.id)
+    return await selector.choose(doc.text[: opts.nearest_prefix], table, opts.examples, opts.demo_selection,
+                                 seed=ctx.record.id)
+
+
+async def make_situation(doc: Document, ctx: StageContext) -> list[Emit]:
+    opts: SituationOptions = ctx.options
+    table: TopicTable = ctx.tables[SEEDS_TABLE]
+    seed_ids: list[str] = ctx.prepared
     examples = [render_example(table.rows[i][1], ctx.prompt) for i in seed_ids]
     document, examples = fit_budget(ctx.prompt, doc.text, examples, opts)
     seed_ids = seed_ids[: len(examples)]
@@ -170,5 +179,6 @@ STAGE = Stage(
     options_model=SituationOptions,
     tables={SEEDS_TABLE: AttributedSeed},
     setup=load_selector,
+    prepare=choose_examples,
     description="document + attributed seed examples -> grounded user situation",
 )

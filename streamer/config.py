@@ -78,7 +78,7 @@ class LLMSettings(_Section):
     requests_per_minute: int = Field(0, ge=0, description="client-side request pacing per endpoint and model; "
                                      "0 = none (the server's 429s still pause every caller)")
     tokens_per_minute: int = Field(0, ge=0, description="0 = no token budget")
-    max_in_flight: int = Field(256, ge=1, description="requests in flight per endpoint and model, all stages "
+    max_in_flight: int = Field(512, ge=1, description="requests in flight per endpoint and model, all stages "
                                "of a process together")
     timeout: float = Field(60.0, gt=0)
     max_retries: int = Field(4, ge=0, description="retries for 429, 5xx, timeouts, truncation")

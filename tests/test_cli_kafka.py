@@ -77,3 +77,31 @@ def test_feed_seeds_from_stdin_collapses_exact_duplicates(pipeline, broker):
     assert set(by_text) == {"How do I descale a kettle?", "Explain eigenvalues"}
     assert by_text["Explain eigenvalues"]["data"]["document"] == "Linear algebra notes"
     assert by_text["Explain eigenvalues"]["data"]["source"] == "<stdin>:3"
+
+
+def test_the_embedded_broker_is_recognised_as_tansu_and_gets_short_group_timing(broker):
+    """tansu holds a group join for half the session timeout: workers against it use 2 s sessions
+    unless the settings name their own, so joins take about a second, not five."""
+    import asyncio
+
+    from streamer.config import KafkaSettings
+    from streamer.kafka.clients import is_tansu, use_fast_group_timing
+    from streamer.kafka.topic_ids import BrokerProbe
+
+    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
+    probe = BrokerProbe(kafka)
+
+    async def ask() -> None:
+        try:
+            await probe.ask([])
+        finally:
+            probe.close()
+
+    asyncio.run(ask())
+    assert is_tansu(probe.cluster_id), probe.cluster_id
+    use_fast_group_timing(kafka)
+    assert (kafka.session_timeout_ms, kafka.heartbeat_interval_ms) == (2000, 500)
+    chosen = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, session_timeout_ms=8000)
+    use_fast_group_timing(chosen)
+    assert chosen.session_timeout_ms == 8000  # a setting of the user's own is kept
+    assert not is_tansu(None) and not is_tansu("kafka-cluster-1")

@@ -22,7 +22,7 @@ def test_defaults_without_any_file(tmp_path):
     assert settings.kafka.bootstrap_servers is None
     assert settings.kafka.topic_prefix == "synth."
     # No client-side pacing unless asked for: the server's 429s and the in-flight cap limit a run.
-    assert settings.llm.requests_per_minute == 0 and settings.llm.max_in_flight == 256
+    assert settings.llm.requests_per_minute == 0 and settings.llm.max_in_flight == 512
 
 
 def test_file_values_and_env_overrides_with_precedence(tmp_path):

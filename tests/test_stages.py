@@ -145,3 +145,47 @@ def test_situation_records_the_seeds_it_showed_as_examples():
                        [CASES["situation"][2]], config={"demo_selection": "random"}, tables=SEED_TABLE)
     (seed_env, _), = SEED_TABLE["seeds.attributed"].rows.values()
     assert out.lineage.seed_ids == [seed_env.root_id] and out.method == "synthquestions"
+
+
+async def test_prepare_runs_ahead_and_processing_stays_at_the_stage_concurrency():
+    """A stage with `prepare`: its result reaches the function as ctx.prepared, more records than
+    `concurrency` may prepare, but never more than `concurrency` are processed at once; a failing
+    prepare is an attempt like any other."""
+    import asyncio
+
+    from streamer.config import Settings
+    from streamer.runtime.processor import RecordProcessor, Source
+    from streamer.runtime.stage import Emit, Stage
+
+    active = {"prepare": 0, "process": 0}
+    most = {"prepare": 0, "process": 0}
+    failed_once: set[str] = set()
+
+    async def busy(kind: str) -> None:
+        active[kind] += 1
+        most[kind] = max(most[kind], active[kind])
+        await asyncio.sleep(0.05)
+        active[kind] -= 1
+
+    async def prepare(doc: Document, ctx) -> str:
+        if doc.text == "flaky" and ctx.record.id not in failed_once:
+            failed_once.add(ctx.record.id)
+            raise RuntimeError("prepare failed once")
+        await busy("prepare")
+        return doc.text.upper()
+
+    async def process(doc: Document, ctx) -> list[Emit]:
+        await busy("process")
+        return [Emit(Document(text=ctx.prepared, source="t"))]
+
+    stage = Stage("t-prepare", "docs", ("situations",), Document, process, concurrency=2, prepare=prepare)
+    assert stage.max_in_flight(2) == 4
+    bound = stage.bind(Settings(stages={"t-prepare": {"concurrency": 2, "attempts": 2}}))
+    processor = RecordProcessor(bound, ScriptedLLM(), retry_backoff=0.0)
+    texts = ["flaky", *(f"doc {i}" for i in range(5))]
+    outputs = await asyncio.gather(*(processor.process(new_root(Document(text=t, source="t")).to_bytes(),
+                                                       Source("t", 0, i))
+                                     for i, t in enumerate(texts)))
+    assert [out.envelope.data["text"] for [out] in outputs] == [t.upper() for t in texts]
+    assert most["process"] == 2 and most["prepare"] > 2  # prepared ahead, processed two at a time
+    assert failed_once  # the flaky one failed its first attempt and succeeded on the second

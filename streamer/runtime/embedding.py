@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,41 +40,53 @@ class Encoder:
     Callers await `encode(texts)`. While the encoder is busy their texts gather; the next encoder
     call takes everything gathered (up to `gather_limit` texts), so a caller with one text is not
     served in a batch of one while hundreds wait, and callers of different stages share batches.
+
+    Calls run on `workers` threads (one per core, at most two), each computing its own batch with
+    one torch thread: two batches at once cost no more CPU than one after the other (torch's own
+    intra-op threads cost ~15% more, measured), and a small batch (a document waiting for its
+    examples) need not wait behind a large one (a thousand instructions for dedup).
     """
 
-    def __init__(self, name: str = DEFAULT_MODEL, gather_limit: int = 1024, batch_size: int = 32) -> None:
+    def __init__(self, name: str = DEFAULT_MODEL, gather_limit: int = 32, batch_size: int = 16,
+                 workers: int | None = None) -> None:
         self.name = name
         self.location = model_location(name)
         self.gather_limit = gather_limit
         self.batch_size = batch_size
+        self.workers = workers or max(1, min(2, os.cpu_count() or 1))
         self._model = None
         self._lean = False  # the model is a streamer.runtime.bert.LeanBert, not a SentenceTransformer
-        self._lock = threading.Lock()  # one encode at a time
-        # Always the same thread: each new calling thread would get its own OpenMP team, and idle
+        self._loading = threading.Lock()
+        # Dedicated threads: each new calling thread would get its own OpenMP team, and idle
         # teams spin against the working one (measured: ~10% slower through a thread pool).
-        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
-        self._waiting: list[tuple[list[str], asyncio.Future[np.ndarray]]] = []
+        self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="encoder")
+        self._waiting: list[_Request] = []
         self._scheduler: asyncio.Task[None] | None = None
         self.stats = EncoderStats()
 
     def _load(self):
+        with self._loading:
+            return self._load_once()
+
+    def _load_once(self):
         if self._model is None:
             if Path(self.location).is_dir():
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local copy must not reach for the hub
             started = time.monotonic()
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             import torch
 
             from streamer.runtime.bert import lean_model
 
-            # One intra-op thread: the event loop (Kafka, LLM calls, JSON) needs the other core more
-            # than a batch of short sentences needs two, and the encoder's CPU is then exactly the
-            # CPU of this thread (EncoderStats).
+            # One intra-op thread per call: batches run side by side on the worker threads instead,
+            # and each call's CPU is then exactly its thread's CPU (EncoderStats).
             torch.set_num_threads(1)
             # The lean loader spares the process sentence_transformers + transformers (seconds of
             # CPU and 150+ MB); it answers None for any model it does not reproduce exactly.
             model = lean_model(self.location)
             self._lean = model is not None  # set before _model: other threads read both after a load
             if model is None:
+                self.workers = 1  # sentence-transformers' encode is not known to be safe in two threads
                 from sentence_transformers import SentenceTransformer
 
                 model = SentenceTransformer(self.location, device="cpu")
@@ -84,60 +97,91 @@ class Encoder:
         return self._model
 
     def warm(self) -> None:
-        """Load the model in the encoder's thread now, so the first record does not wait for it."""
-        self._thread.submit(self._load)
+        """Load the model in an encoder thread now, so the first record does not wait for it."""
+        self._threads.submit(self._load)
 
     @property
     def dimension(self) -> int:
         model = self._load()
-        return int(model.dimension if self._lean else model.get_sentence_embedding_dimension())
+        if self._lean:
+            return int(model.dimension)
+        # Renamed in sentence-transformers 6 (the old name still works there, with a warning).
+        get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(get())
 
-    def encode_sync(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
-        """Unit-length float32 vectors, one row per text."""
-        with self._lock:
-            model = self._load()
-            cpu = time.thread_time()
-            vectors = self._run_model(model, texts, batch_size or self.batch_size)
-            self.stats.add(len(texts), time.thread_time() - cpu)
+    def encode_sync(self, texts: list[str], batch_size: int | None = None, fast: bool = False) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text (`fast`: see `encode`)."""
+        model = self._load()
+        cpu = time.thread_time()
+        vectors = self._run_model(model, texts, batch_size or self.batch_size, fast)
+        self.stats.add(len(texts), time.thread_time() - cpu)
         return np.asarray(vectors, dtype=np.float32)
 
-    def _run_model(self, model, texts: list[str], batch_size: int) -> np.ndarray:
+    def _run_model(self, model, texts: list[str], batch_size: int, fast: bool) -> np.ndarray:
         """Either loader's encode; the lean one always returns unit-length rows."""
         if self._lean:
-            return model.encode(texts, batch_size=batch_size)
+            return model.encode(texts, batch_size=batch_size, fast=fast)
         return model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                             convert_to_numpy=True, show_progress_bar=False)
 
-    async def encode(self, texts: list[str]) -> np.ndarray:
-        """Vectors for `texts`, encoded together with whatever else is waiting in the process."""
+    async def encode(self, texts: list[str], *, fast: bool = False) -> np.ndarray:
+        """Vectors for `texts`, encoded together with whatever else is waiting in the process.
+        `fast`: for choosing, not for keeping (nearest examples): the layers run in bfloat16 where
+        the CPU does that about twice as fast; the vectors differ slightly from the exact ones."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._waiting.append((list(texts), future))
+        self._waiting.append(_Request(list(texts), fast, future))
         if self._scheduler is None or self._scheduler.done() or self._scheduler.get_loop() is not loop:
             self._scheduler = loop.create_task(self._run_batches())
         return await future
 
     async def _run_batches(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._waiting:
-            taken: list[tuple[list[str], asyncio.Future[np.ndarray]]] = []
-            size = 0
-            while self._waiting and (not taken or size + len(self._waiting[0][0]) <= self.gather_limit):
-                taken.append(self._waiting.pop(0))
-                size += len(taken[-1][0])
-            texts = [text for batch, _ in taken for text in batch]
-            try:
-                vectors = await loop.run_in_executor(self._thread, self.encode_sync, texts)
-            except Exception as exc:  # noqa: BLE001 - every waiter of this batch learns of it
-                for _, future in taken:
-                    if not future.done():
-                        future.set_exception(exc)
+        running: set[asyncio.Future[None]] = set()
+        while self._waiting or running:
+            while self._waiting and len(running) < self.workers:
+                running.add(asyncio.ensure_future(self._run_batch(self._take())))
+            _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+
+    def _take(self) -> list[_Request]:
+        """Exact requests first, else fast ones, oldest first, up to `gather_limit` texts; the rest
+        stay for the next call. Exact vectors are kept (embed, for dedup): a record waits for them.
+        Fast ones only choose (situation's examples), ahead of the record's LLM call (Stage.prepare),
+        so they can wait a little."""
+        fast = all(request.fast for request in self._waiting)
+        taken: list[_Request] = []
+        size = 0
+        for request in list(self._waiting):
+            if request.fast != fast:
                 continue
-            start = 0
-            for batch, future in taken:
-                if not future.done():
-                    future.set_result(vectors[start:start + len(batch)])
-                start += len(batch)
+            if taken and size + len(request.texts) > self.gather_limit:
+                break
+            self._waiting.remove(request)
+            taken.append(request)
+            size += len(request.texts)
+        return taken
+
+    async def _run_batch(self, taken: list[_Request]) -> None:
+        texts = [text for request in taken for text in request.texts]
+        loop = asyncio.get_running_loop()
+        try:
+            vectors = await loop.run_in_executor(self._threads, self.encode_sync, texts, None, taken[0].fast)
+        except Exception as exc:  # noqa: BLE001 - every waiter of this batch learns of it
+            for request in taken:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            return
+        start = 0
+        for request in taken:
+            if not request.future.done():
+                request.future.set_result(vectors[start:start + len(request.texts)])
+            start += len(request.texts)
+
+
+@dataclass
+class _Request:
+    texts: list[str]
+    fast: bool
+    future: asyncio.Future[np.ndarray]
 
 
 class EncoderStats:
@@ -147,11 +191,13 @@ class EncoderStats:
         self.texts = 0
         self.calls = 0
         self.cpu_seconds = 0.0
+        self._lock = threading.Lock()
 
     def add(self, texts: int, cpu_seconds: float) -> None:
-        self.texts += texts
-        self.calls += 1
-        self.cpu_seconds += cpu_seconds
+        with self._lock:  # from the encoder's threads
+            self.texts += texts
+            self.calls += 1
+            self.cpu_seconds += cpu_seconds
 
 
 _ENCODERS: dict[str, Encoder] = {}

@@ -57,6 +57,9 @@ class RecordProcessor:
         self.retry_backoff = retry_backoff
         self.tables = tables or {}
         self.resources = resources  # called per attempt: a stateful stage's state can be rebuilt meanwhile
+        # With `prepare`, more records are in flight than `concurrency`; this keeps the processing
+        # itself (the LLM calls) at `concurrency`.
+        self.processing = asyncio.Semaphore(bound.settings.concurrency) if self.stage.prepare else None
 
     async def process(self, value: bytes | None, source: Source) -> list[Output]:
         envelope: Envelope | None = None
@@ -89,7 +92,7 @@ class RecordProcessor:
                                output_id=functools.partial(derived_id, envelope.id, self.stage.name,
                                                            self.bound.identity))
             try:
-                emits = await self.stage.process(payload, ctx)
+                emits = await self._run(payload, ctx)
                 return [self._wrap(envelope, emit, ctx) for emit in emits]
             except asyncio.CancelledError:
                 raise
@@ -105,6 +108,13 @@ class RecordProcessor:
                     await asyncio.sleep(jittered_backoff(attempt - 1, base=self.retry_backoff))
         assert last is not None
         raise _DeadLetter(str(last) or repr(last), type(last).__name__, attempts)
+
+    async def _run(self, payload: Any, ctx: StageContext) -> list[Emit]:
+        if self.stage.prepare is None or self.processing is None:
+            return await self.stage.process(payload, ctx)
+        ctx.prepared = await self.stage.prepare(payload, ctx)
+        async with self.processing:
+            return await self.stage.process(payload, ctx)
 
     def _wrap(self, parent: Envelope, emit: Emit, ctx: StageContext) -> Output:
         target = emit.topic or self.stage.output_topics[0]

@@ -56,6 +56,7 @@ class StageRunner(GroupMember):
         self.stop_event = stop
         self.tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self.processed_partitions: dict[int, int] = {}
+        self.max_in_flight = stage.max_in_flight(self.bound.settings.concurrency)
         self._slot_freed = asyncio.Event()  # set when a record finishes: wakes a full loop at once
         self._slot_freed_at: float | None = None
 
@@ -67,26 +68,27 @@ class StageRunner(GroupMember):
     async def run(self) -> None:
         if self.state is not None:
             self.state.lock()  # before joining: a second writer must not disturb the first one's group
+        # Setup first: it may start slow work in the background (the encoder loads in its thread).
+        if self.stage.setup is not None:
+            self.resources = await self.stage.setup(self.bound.settings, self.bound.options)
         # Joining takes a while (a broker may hold a join for a second or more): it goes on in the
-        # background while tables and resources load. No record is taken before both are ready.
+        # background while tables load. No record is taken before both are ready.
         await self.start()
         for table in self.tables.values():
             await table.start()
-        if self.stage.setup is not None:
-            self.resources = await self.stage.setup(self.bound.settings, self.bound.options)
         log.info("stage %s %s: %s -> %s, concurrency %d, attempts %d", self.stage.name, self.bound.identity,
                  self.stage.input_topic, ", ".join(self.stage.output_topics), self.bound.settings.concurrency,
                  self.bound.settings.attempts)
         try:
             while not self.stop_event.is_set() and self.fatal is None:
-                free = self.bound.settings.concurrency - self.in_flight
+                free = self.max_in_flight - self.in_flight
                 if free <= 0:
                     # Full: a finished record wakes the loop at once, and the next records are
                     # already in the consumer's buffer. Only when no slot frees for a long while
                     # are the partitions paused and polled, as the group wants a poll now and then
                     # (a paused poll drops the buffer, so it is not done on every wake).
                     await self._wait_for_slot(timeout=FULL_POLL_INTERVAL)
-                    free = self.bound.settings.concurrency - self.in_flight
+                    free = self.max_in_flight - self.in_flight
                 self.set_paused(free <= 0)
                 batch = await self.poll(max(1, free), timeout_ms=0 if free <= 0 else 200)
                 for tp, records in self.take_ready(batch).items():
@@ -126,7 +128,7 @@ class StageRunner(GroupMember):
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        if self.in_flight >= self.bound.settings.concurrency and self._slot_freed_at is None:
+        if self.in_flight >= self.max_in_flight and self._slot_freed_at is None:
             self._slot_freed_at = time.monotonic()
         self.tasks.pop(task, None)
         self._slot_freed.set()

@@ -153,6 +153,14 @@ class Stage:
     # Outputs (and LLM calls) its options imply for a number of handled inputs.
     expect: Callable[[Any, int], Expected] = one_each
     description: str = ""
+    # CPU-side work done ahead of `process` (e.g. choosing examples with the encoder); its result is
+    # `ctx.prepared`. Up to `concurrency` more records prepare while `concurrency` are processed, so
+    # that work overlaps the LLM calls instead of holding their slots.
+    prepare: StageFn | None = None
+
+    def max_in_flight(self, concurrency: int) -> int:
+        """Records in flight for a stage run at `concurrency`: twice that when it prepares ahead."""
+        return concurrency * 2 if self.prepare is not None else concurrency
 
     def bind(self, settings: Settings) -> BoundStage:
         """This stage under `settings`: its options validated, prompt, version and ids resolved once."""
@@ -236,3 +244,4 @@ class StageContext:
     tables: dict[str, Any] = field(default_factory=dict)  # name -> streamer.state.table.TopicTable
     resources: Any = None
     output_id: Callable[..., str] | None = None  # id the runtime will give output `variant`
+    prepared: Any = None  # what the stage's `prepare` returned for this record

@@ -61,24 +61,31 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
 
-    async def _run(self) -> None:
-        if self.stages:
-            preload_sdk()  # imported in a thread while the broker is reached and groups are joined
+    async def _connect(self) -> BrokerWatch | None:
+        """The broker reached and every topic in place (None: stopped before that)."""
         topic = TopicNames(self.settings.kafka.topic_prefix)
         broker = BrokerWatch(self.settings, [topic(t) for t in TOPICS])
         if await broker.connect(self.stop) is None:
-            return  # stopped before the broker answered
+            return None  # stopped before the broker answered
         if is_tansu(broker.cluster_id):
             use_fast_group_timing(self.settings.kafka)  # else joins wait seconds (clients.py)
         await ensure_topics(self.settings)
         incarnations = await broker.connect(self.stop)  # now that every topic exists
         if incarnations is None:
-            return
+            return None
         seen = SeenIncarnations(self.settings.storage.data_dir)
         if replaced := seen.replaced(incarnations):
             log.warning("%s", replaced_line(self.settings.kafka.bootstrap_servers, replaced,
                                             self.settings.kafka.topic_prefix))
         seen.note(incarnations)
+        return broker
+
+    async def _run(self) -> None:
+        if self.stages:
+            preload_sdk()  # imported in a thread while the broker is reached and groups are joined
+        broker = await self._connect()
+        if broker is None:
+            return
         producer = make_producer(self.settings.kafka)
         await producer.start()
         cache = ResponseCache(self.settings.storage.cache_path) if self.stages else None

@@ -150,16 +150,13 @@ class _Simulator:
         return web.json_response(list(self.recent))
 
     async def chat_completions(self, request: web.Request) -> web.Response:
-        stats = self.stats
-        stats.requests += 1
-        stats.first_request_at = stats.first_request_at or time.time()
-        stats.in_flight += 1
-        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+        self.stats.requests += 1
+        started = time.time()
+        self.stats.started(started)
         try:
             return await self._answer(request)
         finally:
-            stats.in_flight -= 1
-            stats.last_completion_at = time.time()
+            self.stats.ended(time.time(), started)
 
     async def _answer(self, request: web.Request) -> web.Response:
         if (wait := self.faults.rate_limit_wait()) > 0:

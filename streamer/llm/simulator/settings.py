@@ -38,6 +38,17 @@ class SimulatorStats:
     peak_in_flight: int = 0
     first_request_at: float | None = None
     last_completion_at: float | None = None
+    request_seconds: float = 0.0  # summed over requests: ÷ the busy span = mean concurrency
+
+    def started(self, now: float) -> None:
+        self.first_request_at = self.first_request_at or now
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def ended(self, now: float, started: float) -> None:
+        self.in_flight -= 1
+        self.last_completion_at = now
+        self.request_seconds += now - started
 
     def as_dict(self) -> dict[str, int | float | None]:
         return asdict(self)
