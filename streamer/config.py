@@ -103,7 +103,7 @@ class RuntimeSettings(_Section):
     commit_interval: float = Field(1.0, gt=0)
     retry_backoff: float = Field(0.5, ge=0, description="base delay between a stage's attempts")
     max_poll_records: int = Field(500, ge=1)
-    idle_grace: float = Field(0.3, ge=0, description="seconds every input must stay consumed, with nothing in "
+    idle_grace: float = Field(0.2, ge=0, description="seconds every input must stay consumed, with nothing in "
                               "flight, before `run --until-idle` ends (longer when other processes still feed it)")
     rebalance_wait: float = Field(10.0, ge=0, description="seconds to let revoked partitions finish")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from pydantic import BaseModel, ConfigDict
@@ -99,6 +100,18 @@ def test_config_show_masks_secrets(tmp_path, monkeypatch, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["llm"]["api_key"] == "**** (set)"
     assert shown["stages"]["judge"]["llm"]["api_key"] == "**** (set)"
+
+
+def test_config_show_says_what_a_default_means_and_stays_valid_toml(tmp_path, monkeypatch, capsys):
+    import tomllib
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    # The rate-limit default is stated where it is shown, in the main [llm] table and every stage's.
+    assert re.search(r"^requests_per_minute = 0  # .*0 = none", out, flags=re.MULTILINE)
+    assert out.count("requests_per_minute = 0  # ") == 1 + out.count(".llm]")
+    assert tomllib.loads(out)["llm"]["requests_per_minute"] == 0
 
 
 def test_cli_reports_config_error_with_exit_code_2(tmp_path, monkeypatch, capsys):

@@ -42,7 +42,33 @@ def to_toml(tree: dict[str, Any]) -> str:
     """`tree` as a TOML document; an unset key as a comment (`# key = (unset)`), empty tables left out."""
     import tomli_w
 
-    return _UNSET_LINE.sub(r"# \1 = (unset)", tomli_w.dumps(_writable(tree))).rstrip("\n")
+    return _described(_UNSET_LINE.sub(r"# \1 = (unset)", tomli_w.dumps(_writable(tree))).rstrip("\n"))
+
+
+_KEY_LINE = re.compile(r"^(?:# )?(\w+) = ")
+
+
+def _described(text: str) -> str:
+    """Each setting that has a description in streamer.config gets it as a trailing comment, so
+    defaults whose meaning is not obvious (`requests_per_minute = 0`) say what they mean."""
+    from pydantic import BaseModel
+
+    from streamer.config import LLMSettings, Settings
+
+    sections = {name: field.annotation for name, field in Settings.model_fields.items()
+                if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
+    section: type[BaseModel] | None = None
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("["):
+            header = line.strip("[]")
+            section = sections.get(header) or (LLMSettings if header.endswith(".llm") else None)
+        elif section is not None and (key := _KEY_LINE.match(line)):
+            field = section.model_fields.get(key.group(1))
+            if field is not None and field.description:
+                line = f"{line}  # {field.description}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _writable(value: Any) -> Any:

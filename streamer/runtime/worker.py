@@ -36,7 +36,7 @@ from streamer.storage.sink import ParquetSink
 log = logging.getLogger(__name__)
 
 LAG_EVERY = 1.0  # seconds between lag refreshes (broker requests per member) for progress
-IDLE_EVERY = 0.1  # seconds between idle checks with until_idle (local, no broker requests)
+IDLE_EVERY = 0.05  # seconds between idle checks with until_idle (local, no broker requests)
 
 
 class Worker:
