@@ -18,8 +18,8 @@ from streamer.runtime.stage import Emit, Stage, StageContext
 class EmbedOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(DEFAULT_MODEL, description="sentence-transformers model (bundled copy used when installed)")
-    gather: int = Field(32, ge=1, description="most texts per encoder call (of every caller in the process): "
-                        "larger calls waste less on padding, smaller ones keep waiting records waiting less")
+    gather: int = Field(1024, ge=1, description="most texts per encoder call (of every caller in the process): "
+                        "a backlog is encoded in large calls, sorted by length so little goes to padding")
     batch_size: int = Field(16, ge=1, description="encoder batch size within a call (memory for activations grows with it)")
 
 

@@ -47,7 +47,7 @@ class Encoder:
     examples) need not wait behind a large one (a thousand instructions for dedup).
     """
 
-    def __init__(self, name: str = DEFAULT_MODEL, gather_limit: int = 32, batch_size: int = 16,
+    def __init__(self, name: str = DEFAULT_MODEL, gather_limit: int = 1024, batch_size: int = 16,
                  workers: int | None = None) -> None:
         self.name = name
         self.location = model_location(name)
@@ -148,12 +148,16 @@ class Encoder:
         Fast ones only choose (situation's examples), ahead of the record's LLM call (Stage.prepare),
         so they can wait a little."""
         fast = all(request.fast for request in self._waiting)
+        # Choosing requests come in floods (every record prepared ahead at once) and each waits for
+        # its own vector: small calls serve them sooner. Exact ones gather up to the limit, which a
+        # steady stream never reaches (a call's texts arrive while the previous call runs).
+        limit = min(FAST_GATHER, self.gather_limit) if fast else self.gather_limit
         taken: list[_Request] = []
         size = 0
         for request in list(self._waiting):
             if request.fast != fast:
                 continue
-            if taken and size + len(request.texts) > self.gather_limit:
+            if taken and size + len(request.texts) > limit:
                 break
             self._waiting.remove(request)
             taken.append(request)
@@ -199,6 +203,8 @@ class EncoderStats:
             self.calls += 1
             self.cpu_seconds += cpu_seconds
 
+
+FAST_GATHER = 32  # most texts per call of `fast` (choosing) requests
 
 _ENCODERS: dict[str, Encoder] = {}
 
