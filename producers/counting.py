@@ -1,7 +1,7 @@
 """How many items a finite feed input holds, when that is cheap to learn: a total for the
 feed's progress (ETA). Lines of plain JSONL are counted by scanning bytes (up to a budget),
-Parquet row counts come from the file footer, a text/HTML file is one item. stdin and gzip
-files have no cheap count, so their feed shows a rate without an ETA."""
+Parquet row counts come from the file footer, a text/HTML file is one item. stdin, gzip files
+and web archives have no cheap count, so their feed shows a rate without an ETA."""
 
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ def _count_path(path: str, budget: list[int], cancelled: threading.Event) -> int
 
 def _count_file(path: str, budget: list[int], cancelled: threading.Event) -> int:
     kind = file_kind(path)
+    if kind == "warc":  # records are only known by reading the archive through
+        raise _NotCheap
     try:
         if kind == "parquet":
             return pq.ParquetFile(path).metadata.num_rows

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import sys
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Literal
 
@@ -24,6 +25,7 @@ import orjson
 
 from consumers.payloads import Discipline
 from producers.counting import count_items
+from producers.items import Item, Skipped
 from producers.readers import BadInput, FeedItem, ReadOptions, follow_paths, read_paths
 from producers.taxonomy import Taxonomy, discipline_record
 from streamer.config import Settings
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 FeedKind = Literal["docs", "seeds"]
 MAX_LISTED_BAD = 50
+MAX_LISTED_REASONS = 6  # skip reasons named in the summary line; the --report JSON has them all
 
 
 @dataclass
@@ -47,15 +50,24 @@ class FeedReport:
     duplicates: int = 0
     finished: int = 0  # already ended in the store: not sent again
     bad: list[BadInput] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> inputs that are not documents
+    extraction: Counter[str] = field(default_factory=Counter)  # HTML pages: "main" or "fallback" -> count
     ids: list[str] = field(default_factory=list)
 
     @property
     def read(self) -> int:
-        return self.sent + self.duplicates + self.finished + len(self.bad)
+        return self.sent + self.duplicates + self.finished + len(self.bad) + self.skipped.total()
 
     def summary(self) -> str:
         text = (f"fed {self.sent} records to {self.topic}; {self.duplicates} exact duplicates collapsed; "
                 f"{len(self.bad)} bad inputs skipped")
+        if self.skipped:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in self.skipped.most_common(MAX_LISTED_REASONS))
+            more = ", ..." if len(self.skipped) > MAX_LISTED_REASONS else ""
+            text += f"; {self.skipped.total()} non-document records skipped ({reasons}{more})"
+        if self.extraction:
+            text += (f"; {self.extraction.total()} HTML pages extracted, {self.extraction['fallback']} of them "
+                     f"by the fallback extractor")
         if self.finished:
             text += f"; {self.finished} already finished in the store not sent again (--no-resume sends them)"
         return text
@@ -63,14 +75,22 @@ class FeedReport:
     def to_json(self) -> bytes:
         return orjson.dumps({"topic": self.topic, "sent": self.sent, "duplicates": self.duplicates,
                              "finished": self.finished,
-                             "bad": [{"location": b.location, "reason": b.reason} for b in self.bad]},
+                             "bad": [{"location": b.location, "reason": b.reason} for b in self.bad],
+                             "skipped": dict(self.skipped.most_common()),
+                             "extraction": {"main": self.extraction["main"],
+                                            "fallback": self.extraction["fallback"]}},
                             option=orjson.OPT_INDENT_2)
 
 
 def to_record(kind: FeedKind, item: FeedItem) -> Envelope:
     data: RecordData
     if kind == "docs":
-        data = Document(text=item.text, source=item.location, meta=dict(item.meta))
+        # A page (an HTML file, a web-archive record) is known by its URL; a JSONL/Parquet row by
+        # its file and line, which `tap --where data.source=...` and bad-input reports use (its own
+        # `url` field, if any, stays in meta).
+        url = item.meta.get("url") if item.extraction is not None else None
+        data = Document(text=item.text, source=url if isinstance(url, str) and url else item.location,
+                        meta=dict(item.meta))
     else:
         meta = dict(item.meta)
         document = meta.pop("document", None)
@@ -80,7 +100,7 @@ def to_record(kind: FeedKind, item: FeedItem) -> Envelope:
 
 
 async def _items(paths: list[str], opts: ReadOptions, follow: bool, stop: asyncio.Event
-                 ) -> AsyncIterator[FeedItem | BadInput]:
+                 ) -> AsyncIterator[Item]:
     if follow:
         async for item in follow_paths(paths, opts, stop=stop):
             yield item
@@ -138,11 +158,16 @@ async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_fie
     shown = _feed_progress(report, kind, None if follow else paths) if progress else contextlib.nullcontext()
     async with RecordSender(settings, report.topic) as sender, shown:
         async for item in _items(paths, opts, follow, stop):
+            if isinstance(item, Skipped):
+                report.skipped[item.reason] += 1
+                continue
             if isinstance(item, BadInput):
                 report.bad.append(item)
                 if len(report.bad) <= MAX_LISTED_BAD:
                     print(f"skipped {item.location}: {item.reason}", file=out, flush=True)
                 continue
+            if item.extraction:
+                report.extraction[item.extraction] += 1
             record = to_record(kind, item)
             key = bytes.fromhex(record.id)
             if key in seen:
@@ -189,7 +214,8 @@ async def _feed_progress(report: FeedReport, kind: str, finite_paths: list[str] 
 
     def snapshot() -> list[Snapshot]:
         left = max(0, total - report.read) if total is not None else None
-        note = f"{report.sent} sent, {report.duplicates} duplicates, {report.finished} finished before, {len(report.bad)} bad"
+        note = (f"{report.sent} sent, {report.duplicates} duplicates, {report.finished} finished before, "
+                f"{len(report.bad)} bad, {report.skipped.total()} not documents")
         return [Snapshot(f"feed {kind}", report.read, left=left, note=note)]
 
     done = asyncio.Event()

@@ -1,15 +1,16 @@
 """The formats the feeder reads and how each is parsed into items: JSON lines (plain or gzip,
-from a file or any binary stream, whole or as it grows), Parquet rows, and .txt/.md/.html
-documents.
+from a file or any binary stream, whole or as it grows), Parquet rows, .txt/.md/.html documents
+(an HTML page's main content: producers.extract), and web archives (WARC/WET/ARC: producers.warc).
 
 Everything streams: JSONL line by line (an over-long line is skipped in chunks, never held),
-Parquet by record batches, a document bounded by its size limit. Read and format errors end an
-input with one BadInput (`guarded`) instead of an exception.
+Parquet by record batches, web archives record by record, a document bounded by its size limit.
+Read and format errors end an input with one BadInput (`guarded`) instead of an exception.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import itertools
 import json
 import os
@@ -22,32 +23,36 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from producers.html_text import extract_main_text
 from producers.items import (
+    LINE_FACTOR,
+    RAW_SLACK,
     BadInput,
     FeedItem,
     Item,
     ReadOptions,
     Rejected,
     attempt,
+    decode_utf8,
     describe_error,
+    html_limit,
+    item_from_page,
     item_from_row,
     item_from_text,
 )
+from producers.warc import MAGIC as WARC_MAGIC
+from producers.warc import read_warc, read_warc_file
 
-Kind = Literal["jsonl", "parquet", "text", "html"]
+Kind = Literal["jsonl", "parquet", "text", "html", "warc"]
 
 _BOM = b"\xef\xbb\xbf"
+_GZIP_MAGIC = b"\x1f\x8b"
 _SUFFIX_KINDS: dict[str, Kind] = {
     ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet",
     ".txt": "text", ".md": "text", ".html": "html", ".htm": "html",
+    ".warc": "warc", ".arc": "warc", ".wet": "warc",  # crawl.warc.wet.gz is a WET file
 }
-# Raw inputs are allowed to be bigger than the text they carry (JSON escapes such as \uXXXX
-# triple non-ASCII text, rows have other fields, HTML has markup); beyond these multiples of
-# max_bytes they are rejected before being parsed at all.
-_RAW_SLACK = 65_536
-_LINE_FACTOR = 4
-_HTML_FACTOR = 16
+_COMPRESSED_KINDS = frozenset({"jsonl", "warc"})  # the kinds also read gzip-compressed
+_SNIFF_BYTES = 4096  # of a gzip stream: enough to decompress the first few bytes of its first member
 _SKIP_CHUNK = 1 << 20  # over-long lines are skipped in chunks of this size, never held whole
 _PARQUET_BATCH_ROWS = 256
 READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, pa.ArrowException)
@@ -56,16 +61,10 @@ READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, p
 def file_kind(path: str) -> Kind | None:
     """The format of a file by its name, or None if it is not one the feeder reads."""
     name = os.path.basename(path).lower()
-    if name.endswith(".gz"):  # only JSONL is read compressed
-        return "jsonl" if _SUFFIX_KINDS.get(os.path.splitext(name[:-3])[1]) == "jsonl" else None
+    if name.endswith(".gz"):
+        kind = _SUFFIX_KINDS.get(os.path.splitext(name[:-3])[1])
+        return kind if kind in _COMPRESSED_KINDS else None
     return _SUFFIX_KINDS.get(os.path.splitext(name)[1])
-
-
-def _decode(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise Rejected(f"not valid UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start})") from None
 
 
 def _load_json(line: str) -> Any:
@@ -84,7 +83,7 @@ def _load_json(line: str) -> Any:
 
 
 def _from_json_line(line: bytes, location: str, opts: ReadOptions) -> FeedItem:
-    row = _load_json(_decode(line))
+    row = _load_json(decode_utf8(line))
     if not isinstance(row, dict):
         raise Rejected("JSON value is not an object")
     return item_from_row(row, location, opts)
@@ -92,7 +91,7 @@ def _from_json_line(line: bytes, location: str, opts: ReadOptions) -> FeedItem:
 
 # JSON lines ----------------------------------------------------------------------------------------
 def _line_limit(opts: ReadOptions) -> int:
-    return _LINE_FACTOR * opts.max_bytes + _RAW_SLACK
+    return LINE_FACTOR * opts.max_bytes + RAW_SLACK
 
 
 @dataclass
@@ -176,29 +175,26 @@ def _read_parquet(path: str, opts: ReadOptions) -> Iterator[Item]:
 
 
 def _file_limit(kind: Kind, opts: ReadOptions) -> int:
-    return (_HTML_FACTOR if kind == "html" else _LINE_FACTOR) * opts.max_bytes + _RAW_SLACK
+    return html_limit(opts) if kind == "html" else _line_limit(opts)
 
 
 def _read_document(path: str, kind: Kind, opts: ReadOptions) -> FeedItem:
-    """A .txt/.md file is one text; an .html/.htm file is its page's main text."""
+    """A .txt/.md file is one text; an .html/.htm file is its page's main content, decoded as
+    the page declares (not necessarily UTF-8)."""
     limit = _file_limit(kind, opts)
     with open(path, "rb") as f:
         data = f.read(limit + 1)  # bounded: the file may be huge, or still growing
         if len(data) > limit:
             size = os.fstat(f.fileno()).st_size
             raise Rejected(f"document too large: file of {size} bytes > file limit {limit}")
-    text = _decode(data.removeprefix(_BOM))
+    if kind == "html":
+        if b"\x00" in data:
+            raise Rejected("binary file (contains NUL bytes)")
+        return item_from_page(data, path, opts)
+    text = decode_utf8(data.removeprefix(_BOM))
     if "\x00" in text:
         raise Rejected("binary file (contains NUL bytes)")
-    meta: dict[str, Any] = {}
-    if kind == "html":
-        try:
-            text, title = extract_main_text(text)
-        except AssertionError as error:  # html.parser's way of giving up on malformed markup
-            raise Rejected(f"cannot parse HTML: {error}") from None
-        if title:
-            meta["title"] = title
-    return item_from_text(text, path, meta, opts)
+    return item_from_text(text, path, {}, opts)
 
 
 # One file, whatever its format ----------------------------------------------------------------------
@@ -208,6 +204,8 @@ def read_file(path: str, kind: Kind, opts: ReadOptions) -> Iterator[Item]:
         items = _read_jsonl_file(path, opts)
     elif kind == "parquet":
         items = _read_parquet(path, opts)
+    elif kind == "warc":
+        items = read_warc_file(path, opts)
     else:
         items = _document_items(path, kind, opts)
     yield from guarded(path, items)
@@ -215,6 +213,50 @@ def read_file(path: str, kind: Kind, opts: ReadOptions) -> Iterator[Item]:
 
 def _document_items(path: str, kind: Kind, opts: ReadOptions) -> Iterator[Item]:
     yield attempt(path, _read_document, path, kind, opts)
+
+
+# A stream of unknown format (stdin) --------------------------------------------------------------------
+class _Replayed(io.RawIOBase):
+    """The bytes already read to sniff a stream's format, then the rest of the stream."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self.head = head
+        self.rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        data = self.rest.read1(len(buffer)) if hasattr(self.rest, "read1") else self.rest.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def _is_web_archive(head: bytes) -> bool:
+    if head.startswith(_GZIP_MAGIC):  # a gzip WARC/ARC: look at the start of its first member
+        head = zlib.decompressobj(wbits=31).decompress(head, 16)
+    return head.startswith(WARC_MAGIC)
+
+
+def read_stream(f: BinaryIO, name: str, opts: ReadOptions) -> Iterator[Item]:
+    """Items of a stream that has ended, by its first bytes: a web archive (WARC/ARC, plain or
+    gzip) or else JSON lines. A JSONL stream is decided on its first two bytes, so a live
+    producer's lines are not held back."""
+    head = f.read(2)
+    if head.startswith(_GZIP_MAGIC):
+        head += f.read(_SNIFF_BYTES)
+    elif any(magic.startswith(head) for magic in WARC_MAGIC) and head:
+        head += f.read(max(len(magic) for magic in WARC_MAGIC) - len(head))
+    stream = io.BufferedReader(_Replayed(head, f))
+    try:
+        is_archive = _is_web_archive(head)
+    except zlib.error:
+        is_archive = False
+    yield from (read_warc(stream, name, opts) if is_archive else read_jsonl(stream, name, opts))
 
 
 def guarded(location: str, items: Iterator[Item]) -> Iterator[Item]:

@@ -1,4 +1,8 @@
-"""Main text of an HTML page, with the standard library only.
+"""Main text of an HTML page, with the standard library only: the FALLBACK of producers.extract.
+
+Pages go through trafilatura (producers.extract); this plain-text extractor is used only for the
+pages trafilatura returns nothing for (very short pages, markup it rejects), and the feed counts
+them ("by the fallback extractor" in its summary).
 
 The page is parsed into a small tree (html.parser is lenient and never needs a network or a
 compiled dependency), boilerplate elements are dropped, and if the page marks its content with

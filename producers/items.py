@@ -1,28 +1,52 @@
 """What the feed's readers yield, and the one way a text becomes an item.
 
-Every input (a JSONL line, a Parquet row, a file) becomes a `FeedItem` or a `BadInput` naming
-its location and reason. The checks raise `Rejected` with that reason and `attempt` turns it
-into the BadInput, so no bad input makes a reader raise.
+Every input (a JSONL line, a Parquet row, a file, a web-archive record) becomes a `FeedItem`, a
+`BadInput` naming its location and reason, or a `Skipped` (an input that is fine but is not a
+document: a WARC request record, a 404 page, an image). The checks raise `Rejected` with the
+reason and `attempt` turns it into the BadInput, so no bad input makes a reader raise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from producers.extract import extract
 from streamer.text import normalise_text
+
+# Raw inputs are allowed to be bigger than the text they carry (JSON escapes such as \uXXXX
+# triple non-ASCII text, rows have other fields, HTML has markup); beyond these multiples of
+# max_bytes they are rejected before being parsed at all.
+RAW_SLACK = 65_536
+LINE_FACTOR = 4
+HTML_FACTOR = 16
+
+
+Extraction = Literal["main", "fallback"]  # how an HTML page's text was found (producers.extract)
 
 
 @dataclass(frozen=True)
 class FeedItem:
     text: str
-    location: str  # "path:line" for JSONL/stdin ("<stdin>:line"), "path:row" for parquet, "path" for a file
-    meta: dict[str, Any]  # other fields of the row, plus {"title": ...} from an HTML <title>
+    # "path:line" for JSONL/stdin ("<stdin>:line"), "path:row" for parquet, "path" for a file,
+    # "path@offset" for a web-archive record
+    location: str
+    meta: dict[str, Any]  # other fields of the row; for a page: title, url, date, language
+    extraction: Extraction | None = None  # None: not HTML
 
 
 @dataclass(frozen=True)
 class BadInput:
+    location: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An input that is not a document and is counted, not reported: the reason is a short,
+    stable phrase ("request record", "status 404", "not HTML (image/png)") to count by."""
+
     location: str
     reason: str
 
@@ -34,7 +58,7 @@ class ReadOptions:
     encoding_errors: str = "strict"  # only strict is used; undecodable -> BadInput
 
 
-Item = FeedItem | BadInput
+Item = FeedItem | BadInput | Skipped
 
 
 class Rejected(Exception):
@@ -56,6 +80,18 @@ def describe_error(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def html_limit(opts: ReadOptions) -> int:
+    """Bytes of HTML read at most for one page; a bigger page is rejected unparsed."""
+    return HTML_FACTOR * opts.max_bytes + RAW_SLACK
+
+
+def decode_utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise Rejected(f"not valid UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start})") from None
+
+
 def _too_large(size: int, opts: ReadOptions) -> Rejected:
     return Rejected(f"document too large: {size} bytes > limit {opts.max_bytes}")
 
@@ -64,18 +100,20 @@ def _utf8_size(text: str) -> int:
     return len(text.encode("utf-8"))
 
 
-def item_from_text(text: str, location: str, meta: dict[str, Any], opts: ReadOptions) -> FeedItem:
-    """The one place a text becomes an item: size limit, normalisation, emptiness."""
+def item_from_text(text: str, location: str, meta: dict[str, Any], opts: ReadOptions,
+                   extraction: Extraction | None = None) -> FeedItem:
+    """The one place a text becomes an item: size limit, normalisation, emptiness. Indentation
+    is kept (code blocks); record ids do not depend on it (streamer.records.content_id)."""
     size = _utf8_size(text)
     if size > opts.max_bytes:  # before normalising, so a huge text is not run through NFKC
         raise _too_large(size, opts)
-    text = normalise_text(text)
+    text = normalise_text(text, keep_indent=True)
     if not text:
         raise Rejected("empty document")
     size = _utf8_size(text)
     if size > opts.max_bytes:  # NFKC expands a few characters (ligatures, fractions, ...)
         raise _too_large(size, opts)
-    return FeedItem(text=text, location=location, meta=meta)
+    return FeedItem(text=text, location=location, meta=meta, extraction=extraction)
 
 
 def item_from_row(row: dict[str, Any], location: str, opts: ReadOptions) -> FeedItem:
@@ -86,3 +124,19 @@ def item_from_row(row: dict[str, Any], location: str, opts: ReadOptions) -> Feed
         raise Rejected("text field is not a string")
     meta = {key: value for key, value in row.items() if key != opts.text_field}
     return item_from_text(text, location, meta, opts)
+
+
+def item_from_page(html: str | bytes, location: str, opts: ReadOptions, url: str | None = None,
+                   fetched: str | None = None) -> FeedItem:
+    """An HTML page's main content as an item; meta: the page's title, url (`url` if given),
+    date and language. `fetched` (a crawl's WARC-Date) becomes the date, and a date the page
+    declares itself is kept as `published`."""
+    page = extract(html, url)
+    if page is None:
+        raise Rejected("empty document")
+    meta: dict[str, Any] = page.meta()
+    if fetched:
+        if "date" in meta:
+            meta["published"] = meta["date"]
+        meta["date"] = fetched
+    return item_from_text(page.text, location, meta, opts, extraction="fallback" if page.fallback else "main")

@@ -1,5 +1,5 @@
 """The inputs the feeder is given, read once: files, directories (walked for the files it
-reads) and "-" for JSON lines on stdin. `read_paths` yields their items in order."""
+reads) and "-" for stdin (JSON lines, or a WARC/ARC stream). `read_paths` yields their items in order."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from producers.formats import Kind, file_kind, guarded, read_file, read_jsonl
-from producers.items import BadInput, FeedItem, Item, ReadOptions
+from producers.formats import Kind, file_kind, guarded, read_file, read_stream
+from producers.items import BadInput, Item, ReadOptions
 
 STDIN = "-"  # the path that means standard input
 STDIN_LOCATION = "<stdin>"
@@ -33,7 +33,7 @@ def _stdin() -> BinaryIO:
 
 
 def _read_stdin(opts: ReadOptions) -> Iterator[Item]:
-    yield from read_jsonl(_stdin(), STDIN_LOCATION, opts)
+    yield from read_stream(_stdin(), STDIN_LOCATION, opts)
 
 
 def read_path(path: str, opts: ReadOptions) -> Iterator[Item]:
@@ -51,7 +51,8 @@ def read_path(path: str, opts: ReadOptions) -> Iterator[Item]:
         yield from read_file(path, kind, opts)
 
 
-def read_paths(paths: list[str], opts: ReadOptions) -> Iterator[FeedItem | BadInput]:
-    """Every item of every path, in order, streaming; problems are yielded as BadInput."""
+def read_paths(paths: list[str], opts: ReadOptions) -> Iterator[Item]:
+    """Every item of every path, in order, streaming; problems are yielded as BadInput, inputs
+    that are not documents (web-archive requests, 404s, images) as Skipped."""
     for path in paths:
         yield from read_path(path, opts)

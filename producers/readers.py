@@ -1,12 +1,15 @@
-"""Input readers of the feeder: JSONL, Parquet, text/HTML directories and stdin.
+"""Input readers of the feeder: JSONL, Parquet, text/HTML pages, WARC/ARC/WET archives, directories, stdin.
 
 Everything streams: JSONL line by line, Parquet by record batches, files one at a time, so a
 corpus never has to fit in memory. Every problem with one input becomes a `BadInput` naming its
 location (path:line, path:row or path) and the reading goes on; no input makes the readers raise.
 
 This module is their public face; the work is split by job:
-- `producers.items`: FeedItem, BadInput, ReadOptions and the checks every text goes through;
-- `producers.formats`: parsing each format (JSON lines, gzip, Parquet, .txt/.md/.html);
+- `producers.items`: FeedItem, BadInput, Skipped (an archive record that is no document, with
+  why), ReadOptions and the checks every text goes through;
+- `producers.formats`: parsing each format (JSON lines, gzip, Parquet, .txt/.md/.html, archives);
+- `producers.extract`: a page's main content (trafilatura; `html_text` as the counted fallback);
+- `producers.warc`: web-archive records, streamed (warcio);
 - `producers.paths`: the inputs given (files, directories, stdin), read once: `read_paths`;
 - `producers.follow`: the same inputs followed as they grow: `follow_paths`.
 """

@@ -6,22 +6,29 @@ import re
 import unicodedata
 
 _SPACES = re.compile(r"[ \t]+")
+_INNER_SPACES = re.compile(r"(?<=\S)[ \t]+")  # every run but a line's indentation
+_BLANK_LINE = re.compile(r"^[ \t]+$", re.MULTILINE)
 _BLANK_RUNS = re.compile(r"\n{3,}")
 
 
-def normalise_text(text: str) -> str:
+def normalise_text(text: str, *, keep_indent: bool = False) -> str:
     """NFKC, unified newlines, single spaces, at most one blank line in a row, stripped ends.
 
-    Idempotent; used both as the text sent on and for ids, so exact duplicates collapse."""
+    Idempotent; used both as the text sent on and for ids, so exact duplicates collapse.
+    `keep_indent` keeps the spaces and tabs a line starts with (code blocks, nested lists); the
+    default form of such a text is the same as of the original, so ids do not depend on it."""
     text = unicodedata.normalize("NFKC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     # The `in` checks are fast scans that spare most texts the (much slower) regex passes.
     if "\t" in text or "  " in text:
-        text = _SPACES.sub(" ", text)
+        if keep_indent:
+            text = _BLANK_LINE.sub("", _INNER_SPACES.sub(" ", text))
+        else:
+            text = _SPACES.sub(" ", text)
     text = text.replace(" \n", "\n")  # after collapsing, a trailing run is a single space
     if "\n\n\n" in text:
         text = _BLANK_RUNS.sub("\n\n", text)
-    return text.strip()
+    return text.strip("\n").rstrip() if keep_indent else text.strip()
 
 
 def name_key(name: str) -> str:

@@ -18,8 +18,9 @@ def register(sub: Subparsers) -> None:
     f = sub.add_parser("feed", help="put documents, seed instructions or taxonomy disciplines on their topic")
     f.add_argument("kind", choices=["docs", "seeds", "taxonomy"])
     f.add_argument("paths", nargs="*", metavar="PATH",
-                   help="docs/seeds: JSONL/Parquet file, directory, or - for stdin; taxonomy: one YAML file "
-                        "(default: the shipped taxonomy)")
+                   help="docs/seeds: JSONL/Parquet file, directory, or - for stdin; docs also .txt/.md/.html "
+                        "pages and WARC/ARC/WET web archives (.warc[.gz], .arc[.gz], .warc.wet[.gz]); "
+                        "taxonomy: one YAML file (default: the shipped taxonomy)")
     f.add_argument("--only", nargs="+", metavar="NAME",
                    help="taxonomy: only these disciplines (a field or sub-field name selects all under it)")
     f.add_argument("--again", action="store_true",

@@ -1,0 +1,193 @@
+"""The main content of a web page as Markdown-ish text, with its title, URL, date and language.
+
+trafilatura finds the main content and writes it as Markdown: headings as `#`, tables as `| a | b |`
+rows, lists, inline code; links as their text only. Around it this module does three things:
+
+- Before: ARIA landmarks that are never content (navigation, search, banner, contentinfo,
+  complementary) and <nav> are removed, and so are permalink anchors ("¶" after headings). On index
+  pages trafilatura otherwise falls back to its whole-page extraction and keeps the sidebars.
+- Code: trafilatura re-flows <pre> text (blank lines go, and a <pre> without highlighting becomes a
+  quote). Each <pre> is swapped for a marker plus its text before extraction and put back verbatim
+  afterwards, fenced with ``` and the language the page names (class "highlight-python",
+  "language-python", ...).
+- Fallback: a page trafilatura returns nothing for (very short, or markup it rejects) goes through the
+  hand-written `producers.html_text`, and the result says so (`fallback`), for the feed to count.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from copy import deepcopy
+from dataclasses import dataclass
+from typing import Any
+
+import trafilatura
+from lxml import etree
+from lxml.html import HtmlElement
+from trafilatura.metadata import extract_metadata
+from trafilatura.utils import decode_file, load_html
+
+from producers.html_text import extract_main_text
+
+__all__ = ["Extracted", "extract"]
+
+# trafilatura logs every page it gives up on (as WARNING/ERROR); the feed counts those itself.
+logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
+
+_NOT_CONTENT = etree.XPath(
+    "//nav | //*[@role='navigation' or @role='search' or @role='banner' or @role='contentinfo'"
+    " or @role='complementary']")
+_PERMALINKS = etree.XPath(
+    "//a[contains(concat(' ', normalize-space(@class), ' '), ' headerlink ')"
+    " or (starts-with(@href, '#') and (normalize-space(.) = '¶' or normalize-space(.) = '§'))]")
+_DECLARED_LANGUAGE = etree.XPath(
+    "string((/html/@lang | /html/@xml:lang"
+    " | //head/meta[translate(@http-equiv, 'CONTENT-LANGUAGE', 'content-language')='content-language']/@content"
+    " | //head/meta[@property='og:locale']/@content)[1])")
+# Classes naming a code block's language: Sphinx (highlight-python), highlight.js/Prism
+# (language-python, lang-python), pandoc (sourceCode python).
+_LANGUAGE_CLASS = re.compile(r"^(?:highlight|language|lang)-([\w+#.-]+)$")
+_NO_LANGUAGE = frozenset({"default", "none", "nohighlight", "plain", "plaintext"})
+_DATES = {"extensive_search": False, "original_date": True}  # declared dates only: guessing is slow and wrong
+_MARKER = "SYNTHSTREAMPRE{}END"
+_FENCED_MARKER = re.compile(r"^(`{3,}|~{3,})[^\n]*\nSYNTHSTREAMPRE(\d+)END\n.*?^\1[ \t]*$", re.DOTALL | re.MULTILINE)
+_LOOSE_MARKER = re.compile(r"SYNTHSTREAMPRE(\d+)END\n?")
+_BACKTICKS = re.compile(r"`{3,}")
+# trafilatura backslash-escapes Markdown syntax in prose (root\_path, \[1\]); the text is for
+# reading, not for rendering, so those escapes are undone outside code spans.
+_CODE_SPAN = re.compile(r"((?<![\\`])(`+)(?!`).+?(?<!`)\2(?!`))", re.DOTALL)
+_MARKDOWN_ESCAPE = re.compile(r"\\([\\*_`~\[\]<>#+.()-])")
+
+
+@dataclass(frozen=True)
+class Extracted:
+    text: str
+    title: str | None = None
+    url: str | None = None
+    date: str | None = None  # as the page declares it (ISO), never guessed from its text
+    language: str | None = None  # as the page declares it (<html lang>, Content-Language)
+    fallback: bool = False  # trafilatura found nothing: this is html_text's plain text
+
+    def meta(self) -> dict[str, str]:
+        """title, url, date and language, those that are known."""
+        fields = {"title": self.title, "url": self.url, "date": self.date, "language": self.language}
+        return {key: value for key, value in fields.items() if value}
+
+
+@dataclass(frozen=True)
+class _CodeBlock:
+    code: str
+    language: str | None
+
+
+def extract(html: str | bytes, url: str | None = None) -> Extracted | None:
+    """The page's main content and metadata; None if it has no text at all.
+
+    Bytes are decoded as the page says (or as UTF-8, or as guessed)."""
+    page = decode_file(html) if isinstance(html, bytes) else html
+    tree = load_html(page)
+    if tree is None:
+        return _fallback(page, url, None)
+    language = _declared_language(tree)
+    for element in [*_NOT_CONTENT(tree), *_PERMALINKS(tree)]:
+        if element.getparent() is not None:
+            element.drop_tree()
+    metadata = extract_metadata(_without_code(tree), url, _DATES)
+    blocks = _mark_code_blocks(tree)
+    # favor_precision: for training data a missed aside costs less than kept boilerplate, and the
+    # balanced mode answers short pages with its whole-page "baseline" (menus included).
+    document = trafilatura.bare_extraction(
+        tree, url=url, favor_precision=True, include_formatting=True, include_tables=True, include_links=False,
+        include_comments=False, include_images=False)
+    text = _restore_code_blocks(document.text, blocks).strip() if document is not None and document.text else ""
+    if not text:
+        return _fallback(page, url, language)
+    return Extracted(text=text, title=_clean(metadata.title), url=url or _clean(metadata.url),
+                     date=_clean(metadata.date), language=language)
+
+
+def _fallback(page: str, url: str | None, language: str | None) -> Extracted | None:
+    try:
+        text, title = extract_main_text(page)
+    except AssertionError:  # html.parser's way of giving up on malformed markup
+        return None
+    return Extracted(text=text, title=title, url=url, language=language, fallback=True) if text else None
+
+
+def _without_code(tree: HtmlElement) -> HtmlElement:
+    """A copy without <pre>: metadata from the page, not from timestamps in its code samples."""
+    copy = deepcopy(tree)
+    for pre in list(copy.iter("pre")):
+        if pre.getparent() is not None:
+            pre.drop_tree()
+    return copy
+
+
+def _declared_language(tree: HtmlElement) -> str | None:
+    language = str(_DECLARED_LANGUAGE(tree)).strip().replace("_", "-")
+    return language.split(",")[0].strip() or None
+
+
+def _clean(value: Any) -> str | None:
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
+# Code blocks ---------------------------------------------------------------------------------------
+def _mark_code_blocks(tree: HtmlElement) -> list[_CodeBlock]:
+    """Replaces each outermost <pre>'s content with a marker line plus its text (so that
+    trafilatura still weighs the text and keeps it as code); returns the verbatim blocks."""
+    blocks: list[_CodeBlock] = []
+    for pre in list(tree.iter("pre")):
+        if any(ancestor.tag == "pre" for ancestor in pre.iterancestors()):
+            continue
+        code = pre.text_content().strip("\n")
+        language = _code_language(pre)
+        for child in list(pre):
+            pre.remove(child)
+        # A <pre> holding one <span> is what trafilatura reliably takes for code.
+        span = etree.SubElement(pre, "span")
+        pre.text, span.text = None, f"{_MARKER.format(len(blocks))}\n{code}"
+        blocks.append(_CodeBlock(code, language))
+    return blocks
+
+
+def _code_language(pre: HtmlElement) -> str | None:
+    """The language named by the classes of the <pre>, its <code> child or two ancestors."""
+    code = pre.find("code")
+    elements = [pre, *([code] if code is not None else []), *list(pre.iterancestors())[:2]]
+    for element in elements:
+        classes = (element.get("class") or "").split()
+        for index, name in enumerate(classes):
+            match = _LANGUAGE_CLASS.match(name)
+            language = match.group(1) if match else None
+            if name == "sourceCode" and index + 1 < len(classes):
+                language = classes[index + 1]
+            if language and language.lower() not in _NO_LANGUAGE:
+                return language.lower()
+    return None
+
+
+def _fence(block: _CodeBlock) -> str:
+    longest = max((len(run) for run in _BACKTICKS.findall(block.code)), default=2)
+    fence = "`" * max(3, longest + 1)
+    return f"\n{fence}{block.language or ''}\n{block.code}\n{fence}\n"
+
+
+def _restore_code_blocks(text: str, blocks: list[_CodeBlock]) -> str:
+    """Each fenced marker becomes its verbatim block; a marker trafilatura left outside a fence
+    (inside a table cell, say) is only removed, keeping trafilatura's text of the block. Prose
+    between the blocks loses its Markdown escapes."""
+    pieces: list[str] = []
+    end = 0
+    for match in _FENCED_MARKER.finditer(text):
+        pieces += [_unescape(text[end:match.start()]), _fence(blocks[int(match.group(2))])]
+        end = match.end()
+    pieces.append(_unescape(text[end:]))
+    return _LOOSE_MARKER.sub("", "".join(pieces))
+
+
+def _unescape(prose: str) -> str:
+    parts = _CODE_SPAN.split(prose)  # [prose, span, its backticks, prose, span, its backticks, ...]
+    return "".join(_MARKDOWN_ESCAPE.sub(r"\1", part) if index % 3 == 0 else part
+                   for index, part in enumerate(parts) if index % 3 != 2)
