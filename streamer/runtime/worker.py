@@ -185,6 +185,8 @@ class Worker:
                 quiet_since = quiet_since or loop.time()
                 if loop.time() - quiet_since >= self.settings.runtime.idle_grace:
                     log.info("all inputs consumed and nothing in flight: stopping")
+                    for member in self.members:
+                        member.last_lag = 0  # caught up: the last progress line must not show a stale lag
                     self.stop.set()
                 continue
             if quiet_since is not None or log.isEnabledFor(logging.DEBUG):
