@@ -23,8 +23,9 @@ from typing import AsyncIterator, Literal
 
 import orjson
 
-from consumers.payloads import Discipline
+from consumers.payloads import Discipline, Rejection
 from producers.counting import count_items
+from producers.filters import DocumentFilters, Verdict, split_text
 from producers.items import Item, Skipped
 from producers.readers import BadInput, FeedItem, ReadOptions, follow_paths, read_paths
 from producers.taxonomy import Taxonomy, discipline_record
@@ -32,7 +33,7 @@ from streamer.config import Settings
 from streamer.kafka.clients import TOPICS, TopicNames, ensure_topics, make_producer
 from streamer.kafka.incarnation import SeenIncarnations, incarnations, replaced_line
 from streamer.runtime.progress import Progress, Snapshot
-from streamer.records import Document, Envelope, RecordData, Seed, new_root
+from streamer.records import Document, Envelope, RecordData, Seed, StageStamp, derived_id, new_root
 from streamer.storage.resume import finished_roots
 from streamer.kafka.reader import read_changelog
 
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 FeedKind = Literal["docs", "seeds"]
 MAX_LISTED_BAD = 50
 MAX_LISTED_REASONS = 6  # skip reasons named in the summary line; the --report JSON has them all
+FEED_STAGE = "feed"  # `stage` of the rejections the feed's filters make
+FILTERS_VERSION = "1"  # part of a rejection's id: a changed rule set rejects under new ids
 
 
 @dataclass
@@ -52,11 +55,15 @@ class FeedReport:
     bad: list[BadInput] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> inputs that are not documents
     extraction: Counter[str] = field(default_factory=Counter)  # HTML pages: "main" or "fallback" -> count
+    rejected: Counter[str] = field(default_factory=Counter)  # filter name -> documents sent to `rejected`
+    split: int = 0  # long documents sent as several parts (each part counts in `sent`)
+    truncated: int = 0  # long documents sent as their first part only
     ids: list[str] = field(default_factory=list)
 
     @property
     def read(self) -> int:
-        return self.sent + self.duplicates + self.finished + len(self.bad) + self.skipped.total()
+        return (self.sent + self.duplicates + self.finished + len(self.bad) + self.skipped.total()
+                + self.rejected.total())
 
     def summary(self) -> str:
         text = (f"fed {self.sent} records to {self.topic}; {self.duplicates} exact duplicates collapsed; "
@@ -68,6 +75,11 @@ class FeedReport:
         if self.extraction:
             text += (f"; {self.extraction.total()} HTML pages extracted, {self.extraction['fallback']} of them "
                      f"by the fallback extractor")
+        if self.rejected:
+            filters = ", ".join(f"{name}: {n}" for name, n in self.rejected.most_common())
+            text += f"; {self.rejected.total()} documents rejected by the filters ({filters})"
+        if self.split or self.truncated:
+            text += f"; {self.split} long documents split into parts, {self.truncated} truncated"
         if self.finished:
             text += f"; {self.finished} already finished in the store not sent again (--no-resume sends them)"
         return text
@@ -78,7 +90,9 @@ class FeedReport:
                              "bad": [{"location": b.location, "reason": b.reason} for b in self.bad],
                              "skipped": dict(self.skipped.most_common()),
                              "extraction": {"main": self.extraction["main"],
-                                            "fallback": self.extraction["fallback"]}},
+                                            "fallback": self.extraction["fallback"]},
+                             "rejected": dict(self.rejected.most_common()),
+                             "split": self.split, "truncated": self.truncated},
                             option=orjson.OPT_INDENT_2)
 
 
@@ -97,6 +111,39 @@ def to_record(kind: FeedKind, item: FeedItem) -> Envelope:
         data = Seed(instruction=item.text, document=document if isinstance(document, str) else None,
                     source=item.location, meta=meta)
     return new_root(data)
+
+
+def rejection_record(document: Envelope, verdict: Verdict) -> Envelope:
+    """What a stage emits on `rejected`, made by the feed: the document (text, source, meta) with the
+    filter, its measured value and threshold. Its root and lineage are the document's, so the sink
+    stores it and a later feed counts the document as finished (streamer.storage.resume)."""
+    score = verdict.value if isinstance(verdict.value, int | float) else None
+    rejection = Rejection(stage=FEED_STAGE, reason=verdict.reason, score=score, record=document.data)
+    lineage = document.lineage.model_copy(deep=True)
+    lineage.stages.append(StageStamp(stage=FEED_STAGE, version=FILTERS_VERSION))
+    lineage.details.update({"filter": verdict.filter, "value": verdict.value, "threshold": verdict.threshold})
+    return Envelope(id=derived_id(document.id, FEED_STAGE, FILTERS_VERSION, "rejected"), kind=Rejection.kind,
+                    root_id=document.root_id, parent_id=document.id, lineage=lineage,
+                    data=rejection.model_dump(mode="json"))
+
+
+def part_records(document: Envelope, limit: int, truncate: bool) -> list[Envelope]:
+    """A document longer than `limit` characters as parts of at most `limit` (or its first part only).
+    A part's id hashes the whole document's id and the part's number, so it is the same on every feed;
+    `meta.document_id` names the whole document."""
+    payload = Document.model_validate(document.data)
+    if not limit or len(payload.text) <= limit:
+        return [document]
+    parts = split_text(payload.text, limit)
+    if truncate:
+        meta = {**payload.meta, "truncated": True, "original_chars": len(payload.text),
+                "document_id": document.id}
+        return [new_root(Document(text=parts[0], source=payload.source, meta=meta),
+                         identity=f"{document.id} truncated to {limit}")]
+    return [new_root(Document(text=part, source=payload.source,
+                              meta={**payload.meta, "part": i, "parts": len(parts), "document_id": document.id}),
+                     identity=f"{document.id} part {i} of {len(parts)}")
+            for i, part in enumerate(parts, 1)]
 
 
 async def _items(paths: list[str], opts: ReadOptions, follow: bool, stop: asyncio.Event
@@ -132,8 +179,10 @@ class RecordSender:
         finally:
             await self.producer.stop()
 
-    async def send(self, record: Envelope) -> None:
-        self.pending.append(await self.producer.send(self.topic, record.to_bytes(), key=record.root_id.encode()))
+    async def send(self, record: Envelope, topic: str | None = None) -> None:
+
+        self.pending.append(await self.producer.send(topic or self.topic, record.to_bytes(),
+                                                     key=record.root_id.encode()))
         if len(self.pending) >= 1000:
             await self.flush()
 
@@ -155,6 +204,8 @@ async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_fie
     finished: set[bytes] = (await asyncio.to_thread(finished_roots, settings.storage.store_dir,
                                                     settings.kafka.topic_prefix, kind)) if resume else set()
     seen: set[bytes] = set()
+    # Filters and the split apply to documents only (a seed is a user's instruction, short by nature).
+    filters = DocumentFilters(settings.feed.filters) if kind == "docs" and settings.feed.filters.enabled else None
     shown = _feed_progress(report, kind, None if follow else paths) if progress else contextlib.nullcontext()
     async with RecordSender(settings, report.topic) as sender, shown:
         async for item in _items(paths, opts, follow, stop):
@@ -177,13 +228,35 @@ async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_fie
             if key in finished:
                 report.finished += 1
                 continue
-            await sender.send(record)
-            report.sent += 1
-            if keep_ids:
-                report.ids.append(record.id)
+            sending = [record]
+            if filters is not None:
+                sending = await _filtered(record, filters, sender, report, finished, topics("rejected"))
+            for record in sending:
+                await sender.send(record)
+                report.sent += 1
+                if keep_ids:
+                    report.ids.append(record.id)
     if len(report.bad) > MAX_LISTED_BAD:
         print(f"... and {len(report.bad) - MAX_LISTED_BAD} more bad inputs", file=out, flush=True)
     return report
+
+
+async def _filtered(document: Envelope, filters: DocumentFilters, sender: RecordSender, report: FeedReport,
+                    finished: set[bytes], rejected_topic: str) -> list[Envelope]:
+    """The records to send for one document: none if a filter rejects it (its rejection goes to
+    `rejected_topic` instead), its parts if it is long, else itself."""
+    verdict = filters.check(document.data["text"], document.data["meta"])
+    if verdict is not None:
+        await sender.send(rejection_record(document, verdict), rejected_topic)
+        report.rejected[verdict.filter] += 1
+        return []
+    parts = part_records(document, filters.settings.max_chars, filters.settings.long_documents == "truncate")
+    if parts[0] is not document:
+        report.split += len(parts) > 1
+        report.truncated += filters.settings.long_documents == "truncate"
+    unfinished = [part for part in parts if bytes.fromhex(part.id) not in finished]
+    report.finished += len(parts) - len(unfinished)
+    return unfinished
 
 
 async def note_incarnations(settings: Settings, out=sys.stderr) -> list[str]:
@@ -215,7 +288,7 @@ async def _feed_progress(report: FeedReport, kind: str, finite_paths: list[str] 
     def snapshot() -> list[Snapshot]:
         left = max(0, total - report.read) if total is not None else None
         note = (f"{report.sent} sent, {report.duplicates} duplicates, {report.finished} finished before, "
-                f"{len(report.bad)} bad, {report.skipped.total()} not documents")
+                f"{len(report.bad)} bad, {report.skipped.total()} not documents, {report.rejected.total()} rejected")
         return [Snapshot(f"feed {kind}", report.read, left=left, note=note)]
 
     done = asyncio.Event()

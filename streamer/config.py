@@ -113,10 +113,41 @@ class RuntimeSettings(_Section):
         return max(0.5, self.drain_timeout - min(2.0, self.drain_timeout / 4))
 
 
+class FiltersSettings(_Section):
+    """Document filters `feed docs` applies before any LLM call (producers/filters.py). A rejected
+    document goes to the `rejected` topic with the filter, the measured value and the threshold."""
+
+    enabled: bool = Field(True, description="false: feed every document as it is (no filters, no split)")
+    min_chars: int = Field(200, ge=0, description="fewer characters: rejected (error pages, empty stubs)")
+    min_words: int = Field(50, ge=0, description="fewer words (tokens with a letter or digit): rejected; too little "
+                           "to ground an instruction on (search, 404 and module-index pages)")
+    max_chars: int = Field(6000, ge=0, description="longer documents are split or truncated (long_documents); "
+                           "6000 characters ≈ 1500 tokens, the document's least share of the situation stage's "
+                           "prompt (token_budget 3000 × min_document_share 0.5); 0 = no limit")
+    long_documents: Literal["split", "truncate"] = Field(
+        "split", description="split: parts at paragraph boundaries, each its own document (meta.part, meta.parts); "
+                             "truncate: the first part only (meta.truncated)")
+    languages: list[str] = Field(default_factory=list, description="ISO 639-1 codes of the languages to keep "
+                                 "(detected with lingua, recorded in meta.language); empty: keep all, detect none")
+    max_symbol_word_ratio: float = Field(0.1, ge=0, description="most '#' and ellipses per prose word (Gopher)")
+    min_terminal_punctuation_lines: float = Field(0.12, ge=0, le=1, description="least share of prose lines "
+                                                  "ending in . ! ? or a closing quote (FineWeb): link lists end none")
+    max_duplicate_lines: float = Field(0.3, ge=0, le=1, description="most share of prose lines repeating an earlier "
+                                       "one (Gopher)")
+    max_top_2gram_chars: float = Field(0.2, ge=0, le=1, description="most share of prose characters in the most "
+                                       "frequent word pair (Gopher)")
+    max_bullet_lines: float = Field(0.9, ge=0, le=1, description="most share of prose lines that are list items "
+                                    "(Gopher): navigation-only pages")
+    min_alpha_words: float = Field(0.8, ge=0, le=1, description="least share of prose words with a letter (Gopher)")
+    min_mean_word_length: float = Field(3.0, ge=0, description="shortest mean word length (Gopher)")
+    max_mean_word_length: float = Field(10.0, ge=0, description="longest mean word length (Gopher)")
+
+
 class FeedSettings(_Section):
     text_field: str = Field("text", description="field holding a document's text in JSONL/Parquet")
     seed_text_field: str = Field("instruction", description="field holding a seed's instruction")
     max_doc_bytes: int = Field(1_000_000, ge=1)
+    filters: FiltersSettings = Field(default_factory=FiltersSettings)
 
 
 class StorageSettings(_Section):

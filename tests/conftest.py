@@ -118,6 +118,9 @@ def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Pipeline]:
         # Simulated instructions for look-alike test documents are look-alikes too: only exact
         # duplicates are dropped, unless a test (test_dedup) sets the threshold itself.
         "SYNTHSTREAM_STAGES__DEDUP__THRESHOLD": "1.0",
+        # The test documents are short look-alikes the feed's filters would reject; tests/test_filters.py
+        # turns them on for its own pipeline.
+        "SYNTHSTREAM_FEED__FILTERS__ENABLED": "false",
         "PYTHONUNBUFFERED": "1",
     })
     p = Pipeline(prefix, data_dir, env, tmp_path)

@@ -62,13 +62,26 @@ def _described(text: str) -> str:
     for line in text.splitlines():
         if line.startswith("["):
             header = line.strip("[]")
-            section = sections.get(header) or (LLMSettings if header.endswith(".llm") else None)
+            section = _nested_section(sections, header) or (LLMSettings if header.endswith(".llm") else None)
         elif section is not None and (key := _KEY_LINE.match(line)):
             field = section.model_fields.get(key.group(1))
             if field is not None and field.description:
                 line = f"{line}  # {field.description}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _nested_section(sections: dict[str, Any], header: str) -> Any:
+    """The settings model of a table header, nested ones (`feed.filters`) included."""
+    from pydantic import BaseModel
+
+    first, *rest = header.split(".")
+    model = sections.get(first)
+    for name in rest:
+        field = model.model_fields.get(name) if model is not None else None
+        annotation = field.annotation if field is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
 
 
 def _writable(value: Any) -> Any:

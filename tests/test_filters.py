@@ -1,0 +1,194 @@
+"""The feed's document filters: each rule on documents made to fail and to pass it, the split of long
+documents, the real crawl pages, and `feed docs` through the CLI onto a real broker."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+from helpers import read_topic, write_jsonl
+
+from producers.feed import part_records, rejection_record, to_record
+from producers.filters import DocumentFilters, split_text
+from producers.readers import FeedItem, ReadOptions, read_paths
+from streamer.config import FiltersSettings
+from streamer.records import Document, new_root
+
+CRAWL = Path(__file__).parent / "data" / "crawl"
+NOT_CONTENT = {"genindex.html", "search.html", "py-modindex.html", "404.html"}
+
+SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank today."
+GOOD = "\n\n".join(f"Paragraph {i}. " + " ".join(SENTENCE.replace("fox", f"fox{i}") for _ in range(3))
+                   for i in range(4))
+
+# filter -> a document that fails it (and passes every rule tried before it)
+FAILING = {
+    "min_chars": "Too short.",
+    "min_words": "Supercalifragilisticexpialidocious-antidisestablishmentarianism " * 4 + "end.",
+    "max_symbol_word_ratio": GOOD + "\n\n" + " ".join(["#tag"] * 40) + ".",
+    "min_terminal_punctuation_lines": "\n".join(f"Menu entry number {i} for the site" for i in range(60)),
+    "max_duplicate_lines": "\n".join([SENTENCE] * 20 + [f"Unique sentence number {i} here." for i in range(10)]),
+    "max_top_2gram_chars": " ".join(["buy now"] * 60) + ".",
+    "max_bullet_lines": "\n".join(f"- item number {i} of the list ends here." for i in range(40)),
+    "min_alpha_words": SENTENCE + "\n" + " ".join(str(1000 + i) for i in range(200)) + ".",
+    "mean_word_length": "\n".join(" ".join(chr(97 + (i * j) % 26) + chr(97 + (i + j) % 26) for j in range(10)) + "."
+                                   for i in range(20)),
+}
+
+
+@pytest.fixture(scope="module")
+def filters() -> DocumentFilters:
+    return DocumentFilters(FiltersSettings())
+
+
+@pytest.mark.parametrize("name", sorted(FAILING))
+def test_a_document_made_to_fail_a_rule_is_rejected_by_that_rule_with_its_value(filters, name):
+    verdict = filters.check(FAILING[name], {})
+    assert verdict is not None and verdict.filter == name, verdict
+    assert isinstance(verdict.value, int | float) and name in verdict.reason and str(verdict.value) in verdict.reason
+
+
+@pytest.mark.parametrize("name, rule, threshold", DocumentFilters(FiltersSettings()).rules)
+def test_each_rule_passes_a_good_document_and_fails_its_bad_one(name, rule, threshold):
+    from producers.filters import TextStats
+
+    assert rule(TextStats(GOOD), threshold)[0], name
+    passed, value = rule(TextStats(FAILING[name]), threshold)
+    assert not passed and isinstance(value, int | float)
+
+
+def test_a_good_document_passes_every_filter(filters):
+    assert filters.check(GOOD, {}) is None
+
+
+def test_language_filter_keeps_listed_languages_and_records_the_detected_one():
+    only_english = DocumentFilters(FiltersSettings(languages=["en"]))
+    meta: dict = {}
+    assert only_english.check(GOOD, meta) is None and meta["language"] == "en"
+    german = "\n\n".join(f"Absatz {i}: Der schnelle braune Fuchs springt über den faulen Hund am ruhigen Flussufer. "
+                          "Heute scheint die Sonne und die Kinder spielen im Garten hinter dem Haus." for i in range(4))
+    verdict = only_english.check(german, meta)
+    assert verdict is not None and verdict.filter == "language" and verdict.value == "de" and meta["language"] == "de"
+
+
+def test_unknown_language_codes_are_a_config_error():
+    from streamer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="xx"):
+        DocumentFilters(FiltersSettings(languages=["xx"]))
+
+
+def test_disabled_filters_keep_everything():
+    assert DocumentFilters(FiltersSettings(enabled=False)).check("x", {}) is None
+
+
+# --- long documents ---------------------------------------------------------------------------------
+
+
+def _squeezed(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def test_split_cuts_at_paragraph_boundaries_within_the_limit_and_loses_nothing():
+    paragraphs = [f"Paragraph {i}. " + SENTENCE * (1 + i % 5) for i in range(40)]
+    text = "\n\n".join(paragraphs)
+    parts = split_text(text, 1000)
+    assert len(parts) > 1 and all(len(part) <= 1000 for part in parts)
+    assert all(part.split("\n\n")[0] in paragraphs for part in parts)  # each starts a paragraph
+    assert _squeezed("".join(parts)) == _squeezed(text)
+
+
+def test_a_paragraph_longer_than_the_limit_is_cut_at_sentences_then_words():
+    long_paragraph = " ".join(f"Sentence {i} is here." for i in range(200))
+    parts = split_text(long_paragraph, 300)
+    assert all(len(p) <= 300 and p.endswith(".") for p in parts)
+    assert _squeezed("".join(parts)) == _squeezed(long_paragraph)
+    words = " ".join(["word"] * 500)
+    assert all(len(p) <= 300 and p.split() == ["word"] * len(p.split()) for p in split_text(words, 300))
+
+
+def test_split_does_not_cut_inside_a_code_block_when_it_can_avoid_it():
+    code = "```python\n" + "\n\n".join(f"x{i} = {i}" for i in range(30)) + "\n```"
+    text = "Intro text here.\n\n" + code + "\n\nAfter the code."
+    parts = split_text(text, len(code) + 5)
+    assert code in parts
+
+
+def test_long_document_parts_have_deterministic_ids_and_part_numbers():
+    text = "\n\n".join(f"Paragraph {i}. " + SENTENCE * 5 for i in range(30))
+    document = to_record("docs", FeedItem(text, "docs.jsonl:1", {"title": "T"}))
+    parts = part_records(document, 1000, truncate=False)
+    again = part_records(to_record("docs", FeedItem(text, "docs.jsonl:1", {"title": "T"})), 1000, truncate=False)
+    assert [p.id for p in parts] == [p.id for p in again] and len({p.id for p in parts}) == len(parts) > 1
+    assert [p.data["meta"]["part"] for p in parts] == list(range(1, len(parts) + 1))
+    assert {p.data["meta"]["parts"] for p in parts} == {len(parts)}
+    assert all(p.root_id == p.id and p.data["meta"]["document_id"] == document.id for p in parts)
+    assert _squeezed("".join(p.data["text"] for p in parts)) == _squeezed(text)
+    [first] = part_records(document, 1000, truncate=True)
+    assert first.data["text"] == parts[0].data["text"] and first.data["meta"]["truncated"] is True
+    assert part_records(document, 0, truncate=False) == [document]
+
+
+def test_a_rejection_looks_like_a_stage_rejection_and_ends_the_document_for_resume():
+    from streamer.storage.resume import _of_kind
+
+    document = new_root(Document(text="Too short.", source="x.jsonl:1", meta={"title": "T"}))
+    verdict = DocumentFilters(FiltersSettings()).check("Too short.", {})
+    rejection = rejection_record(document, verdict)
+    assert rejection.kind == "rejection" and rejection.root_id == document.id and rejection.parent_id == document.id
+    assert rejection.data["stage"] == "feed" and rejection.data["reason"].startswith("min_chars: 10")
+    assert rejection.data["score"] == 10 and rejection.data["record"]["source"] == "x.jsonl:1"
+    assert rejection.lineage.details == {"filter": "min_chars", "value": 10, "threshold": 200}
+    assert _of_kind(rejection.model_dump(mode="json"), "docs")
+
+
+# --- the real crawl pages -----------------------------------------------------------------------------
+
+
+def test_index_search_and_404_pages_are_rejected_and_manual_pages_kept(filters):
+    pages = sorted(CRAWL.rglob("*.html"))
+    items = [item for item in read_paths([str(p) for p in pages], ReadOptions()) if isinstance(item, FeedItem)]
+    verdicts = {Path(item.location): filters.check(item.text, {}) for item in items}
+    rejected = {path for path, verdict in verdicts.items() if verdict is not None}
+    assert {path for path in verdicts if path.name in NOT_CONTENT} <= rejected, verdicts
+    manual = [path for path in verdicts if path.name not in NOT_CONTENT]
+    assert len([p for p in manual if p not in rejected]) >= 0.8 * len(manual) > 30
+
+
+def test_the_demo_documents_all_pass():
+    docs = Path(__file__).parent.parent / "examples" / "docs"
+    items = list(read_paths([str(docs)], ReadOptions()))
+    filters = DocumentFilters(FiltersSettings())
+    assert len(items) == 30 and all(filters.check(item.text, {}) is None for item in items)
+    assert all(len(item.text) <= FiltersSettings().max_chars for item in items)  # none split
+
+
+# --- end to end -------------------------------------------------------------------------------------
+
+
+def test_feed_docs_sends_good_documents_to_docs_and_bad_ones_to_rejected(pipeline, broker, tmp_path):
+    pipeline.env.pop("SYNTHSTREAM_FEED__FILTERS__ENABLED")
+    good = [GOOD.replace("Paragraph", f"Document {i} paragraph") for i in range(3)]
+    bad = [FAILING["min_chars"], FAILING["max_bullet_lines"]]
+    path = write_jsonl(tmp_path / "mixed.jsonl", good + bad)
+    result = pipeline.cli("feed", "docs", str(path), "--report", str(tmp_path / "report.json"))
+    log = result.stderr.decode()
+    assert f"fed 3 records to {pipeline.prefix}docs" in log
+    assert "2 documents rejected by the filters (" in log and "min_chars: 1" in log and "max_bullet_lines: 1" in log
+    assert orjson.loads((tmp_path / "report.json").read_bytes())["rejected"] == {"min_chars": 1,
+                                                                                  "max_bullet_lines": 1}
+    docs = read_topic(broker.bootstrap_servers, pipeline.prefix + "docs")
+    assert sorted(d["data"]["text"] for d in docs) == sorted(good)
+    tapped = pipeline.cli("tap", "rejected", "--from-beginning", "--json").stdout.decode().splitlines()
+    rejections = [orjson.loads(line) for line in tapped if line.strip()]
+    assert {r["data"]["stage"] for r in rejections} == {"feed"}
+    by_filter = {r["lineage"]["details"]["filter"]: r for r in rejections}
+    assert set(by_filter) == {"min_chars", "max_bullet_lines"}
+    assert by_filter["min_chars"]["lineage"]["details"]["value"] == len(FAILING["min_chars"])
+    assert by_filter["min_chars"]["data"]["record"]["source"] == f"{path}:4"
+    # the sink stores the rejections; a second feed of the same file counts them as finished
+    pipeline.cli("run", "--stage", "sink", "--until-idle", timeout=180)
+    again = pipeline.cli("feed", "docs", str(path)).stderr.decode()
+    assert "2 already finished in the store not sent again" in again and "rejected by the filters" not in again
