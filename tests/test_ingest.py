@@ -320,3 +320,8 @@ def test_feed_docs_from_a_warc_puts_clean_documents_with_url_and_title_on_the_do
     factory = next(d for d in data if d["meta"]["url"].endswith("tutorial/factory.html"))
     for block in code_blocks(factory["text"], "python"):
         ast.parse(block)  # indentation survives the feed's normalisation too
+    # `tap docs` names each page by its title and URL before its text.
+    lines = pipeline.cli("tap", "docs").stdout.decode().splitlines()
+    assert len(lines) == len(data)
+    for d in data:
+        assert any(f"{d['meta']['title']} | {d['meta']['url']}: " in line for line in lines), d["meta"]

@@ -77,6 +77,11 @@ def _same(found: Any, wanted: str) -> bool:
 def short_text(envelope: dict[str, Any], width: int = 100) -> str:
     """What a record is about, on one line: e.g. the instruction, or a dead letter's stage and error."""
     data = envelope.get("data") if isinstance(envelope.get("data"), dict) else {}
+    if envelope.get("kind") == "document":  # a page: its title and where it came from, then its text
+        meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+        head = " | ".join(v for v in (meta.get("title"), data.get("source")) if isinstance(v, str) and v.strip())
+        line = re.sub(r"\s+", " ", f"{head}: {data.get('text') or ''}" if head else str(data.get("text") or "")).strip()
+        return line if len(line) <= width else line[: width - 1] + "…"
     context = [str(data[f]) for f in CONTEXT_FIELDS if isinstance(data.get(f), str)]
     text = next((data[f] for f in TEXT_FIELDS if isinstance(data.get(f), str) and data[f].strip()), None)
     if text is None:
