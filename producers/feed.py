@@ -5,6 +5,9 @@ duplicates collapse (within a run they are not even sent again; across runs the 
 export keep one row per id). Bad items are counted and reported with their location; the
 feed never stops on one.
 
+Documents also pass the filters of `[feed.filters]` (producers/filters.py) and the near-duplicate
+index (producers/near_duplicates.py); a rejected one goes to `rejected` with why.
+
 Resuming (the default): an item whose record already ended in the store (streamer.storage.resume)
 is not sent again, so after losing the broker — the embedded one keeps nothing — feeding the same
 inputs again sends exactly the unfinished work.
@@ -27,6 +30,7 @@ from consumers.payloads import Discipline, Rejection
 from producers.counting import count_items
 from producers.filters import DocumentFilters, Verdict, split_text
 from producers.items import Item, Skipped
+from producers.near_duplicates import NearDuplicates
 from producers.readers import BadInput, FeedItem, ReadOptions, follow_paths, read_paths
 from producers.taxonomy import Taxonomy, discipline_record
 from streamer.config import Settings
@@ -203,60 +207,103 @@ async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_fie
     report = FeedReport(topic=topics(kind))
     finished: set[bytes] = (await asyncio.to_thread(finished_roots, settings.storage.store_dir,
                                                     settings.kafka.topic_prefix, kind)) if resume else set()
-    seen: set[bytes] = set()
     # Filters and the split apply to documents only (a seed is a user's instruction, short by nature).
     filters = DocumentFilters(settings.feed.filters) if kind == "docs" and settings.feed.filters.enabled else None
+    near = _near_duplicates(settings, topics(kind)) if filters is not None else None
     shown = _feed_progress(report, kind, None if follow else paths) if progress else contextlib.nullcontext()
-    async with RecordSender(settings, report.topic) as sender, shown:
-        async for item in _items(paths, opts, follow, stop):
-            if isinstance(item, Skipped):
-                report.skipped[item.reason] += 1
-                continue
-            if isinstance(item, BadInput):
-                report.bad.append(item)
-                if len(report.bad) <= MAX_LISTED_BAD:
-                    print(f"skipped {item.location}: {item.reason}", file=out, flush=True)
-                continue
-            if item.extraction:
-                report.extraction[item.extraction] += 1
-            record = to_record(kind, item)
-            key = bytes.fromhex(record.id)
-            if key in seen:
-                report.duplicates += 1
-                continue
-            seen.add(key)
-            if key in finished:
-                report.finished += 1
-                continue
-            sending = [record]
-            if filters is not None:
-                sending = await _filtered(record, filters, sender, report, finished, topics("rejected"))
-            for record in sending:
-                await sender.send(record)
-                report.sent += 1
-                if keep_ids:
-                    report.ids.append(record.id)
+    try:
+        async with RecordSender(settings, report.topic) as sender, shown:
+            checks = _Checks(filters, near, sender, report, finished, topics("rejected"))
+            async for item in _items(paths, opts, follow, stop):
+                for record in checks.records_of(kind, item, out):
+                    for sent in await checks.passed(record):
+                        await sender.send(sent)
+                        report.sent += 1
+                        if keep_ids:
+                            report.ids.append(sent.id)
+    finally:
+        if near is not None:
+            near.close()
     if len(report.bad) > MAX_LISTED_BAD:
         print(f"... and {len(report.bad) - MAX_LISTED_BAD} more bad inputs", file=out, flush=True)
     return report
 
 
-async def _filtered(document: Envelope, filters: DocumentFilters, sender: RecordSender, report: FeedReport,
-                    finished: set[bytes], rejected_topic: str) -> list[Envelope]:
-    """The records to send for one document: none if a filter rejects it (its rejection goes to
-    `rejected_topic` instead), its parts if it is long, else itself."""
-    verdict = filters.check(document.data["text"], document.data["meta"])
-    if verdict is not None:
-        await sender.send(rejection_record(document, verdict), rejected_topic)
-        report.rejected[verdict.filter] += 1
-        return []
-    parts = part_records(document, filters.settings.max_chars, filters.settings.long_documents == "truncate")
-    if parts[0] is not document:
-        report.split += len(parts) > 1
-        report.truncated += filters.settings.long_documents == "truncate"
-    unfinished = [part for part in parts if bytes.fromhex(part.id) not in finished]
-    report.finished += len(parts) - len(unfinished)
-    return unfinished
+def _near_duplicates(settings: Settings, topic: str) -> NearDuplicates | None:
+    if not settings.feed.filters.near_duplicates:
+        return None
+    directory = settings.storage.data_dir / "state" / "feed.near-duplicates"
+    return NearDuplicates(directory, topic, settings.feed.filters.near_duplicate_threshold).open()
+
+
+@dataclass
+class _Checks:
+    """What an item goes through between reading and sending: skipped and bad inputs counted,
+    exact duplicates and finished inputs left out, then (documents) the filters, near duplicates
+    and the split; rejections go to the rejected topic."""
+
+    filters: DocumentFilters | None
+    near: NearDuplicates | None
+    sender: RecordSender
+    report: FeedReport
+    finished: set[bytes]
+    rejected_topic: str
+    seen: set[bytes] = field(default_factory=set)
+
+    def records_of(self, kind: FeedKind, item: Item, out) -> list[Envelope]:
+        report = self.report
+        if isinstance(item, Skipped):
+            report.skipped[item.reason] += 1
+            return []
+        if isinstance(item, BadInput):
+            report.bad.append(item)
+            if len(report.bad) <= MAX_LISTED_BAD:
+                print(f"skipped {item.location}: {item.reason}", file=out, flush=True)
+            return []
+        if item.extraction:
+            report.extraction[item.extraction] += 1
+        record = to_record(kind, item)
+        key = bytes.fromhex(record.id)
+        if key in self.seen:
+            report.duplicates += 1
+            return []
+        self.seen.add(key)
+        if key in self.finished:
+            report.finished += 1
+            return []
+        return [record]
+
+    async def passed(self, document: Envelope) -> list[Envelope]:
+        """The records to send for one document: none if a filter rejects it or it nearly copies
+        one fed before (its rejection goes to the rejected topic instead), its parts if it is
+        long, else itself."""
+        if self.filters is None:
+            return [document]
+        verdict = self.filters.check(document.data["text"], document.data["meta"])
+        if verdict is None and self.near is not None:
+            verdict = self._near_duplicate(document)
+        if verdict is not None:
+            await self.sender.send(rejection_record(document, verdict), self.rejected_topic)
+            self.report.rejected[verdict.filter] += 1
+            return []
+        settings = self.filters.settings
+        parts = part_records(document, settings.max_chars, settings.long_documents == "truncate")
+        if parts[0] is not document:
+            self.report.split += len(parts) > 1
+            self.report.truncated += settings.long_documents == "truncate"
+        unfinished = [part for part in parts if bytes.fromhex(part.id) not in self.finished]
+        self.report.finished += len(parts) - len(unfinished)
+        return unfinished
+
+    def _near_duplicate(self, document: Envelope) -> Verdict | None:
+        assert self.near is not None
+        hit = self.near.nearest(document.id, document.data["text"])
+        if hit is None:
+            self.near.add(document.id, document.data["text"])
+            return None
+        copied, similarity = hit
+        document.data["meta"]["near_duplicate_of"] = copied  # kept in the rejection's record
+        return Verdict("near_duplicate", similarity, self.near.threshold)
 
 
 async def note_incarnations(settings: Settings, out=sys.stderr) -> list[str]:

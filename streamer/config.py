@@ -140,6 +140,11 @@ class FiltersSettings(_Section):
                                     "(Gopher): navigation-only pages")
     min_alpha_words: float = Field(0.8, ge=0, le=1, description="least share of prose words with a letter (Gopher)")
     min_mean_word_length: float = Field(3.0, ge=0, description="shortest mean word length (Gopher)")
+    near_duplicates: bool = Field(True, description="reject a document whose 5-word shingles nearly match one fed "
+                                  "before (MinHash-LSH; the index persists under data_dir/state)")
+    near_duplicate_threshold: float = Field(0.7, gt=0, le=1, description="estimated Jaccard similarity at which a "
+                                            "document counts as a copy (a page with another date line and footer: "
+                                            "0.85 and up on the test crawl; different pages: under 0.05)")
     max_mean_word_length: float = Field(10.0, ge=0, description="longest mean word length (Gopher)")
 
 

@@ -170,6 +170,7 @@ def test_the_demo_documents_all_pass():
 
 def test_feed_docs_sends_good_documents_to_docs_and_bad_ones_to_rejected(pipeline, broker, tmp_path):
     pipeline.env.pop("SYNTHSTREAM_FEED__FILTERS__ENABLED")
+    pipeline.env["SYNTHSTREAM_FEED__FILTERS__NEAR_DUPLICATES"] = "false"  # the good ones are alike on purpose
     good = [GOOD.replace("Paragraph", f"Document {i} paragraph") for i in range(3)]
     bad = [FAILING["min_chars"], FAILING["max_bullet_lines"]]
     path = write_jsonl(tmp_path / "mixed.jsonl", good + bad)
@@ -192,3 +193,62 @@ def test_feed_docs_sends_good_documents_to_docs_and_bad_ones_to_rejected(pipelin
     pipeline.cli("run", "--stage", "sink", "--until-idle", timeout=180)
     again = pipeline.cli("feed", "docs", str(path)).stderr.decode()
     assert "2 already finished in the store not sent again" in again and "rejected by the filters" not in again
+
+
+# --- near-duplicate documents ---------------------------------------------------------------------
+
+def crawl_texts() -> list[str]:
+    """The test crawl's pages that pass the filters, as the feeder extracts them."""
+    filters = DocumentFilters(FiltersSettings())
+    return [item.text for item in read_paths(sorted(str(p) for p in CRAWL.rglob("*.html")), ReadOptions())
+            if isinstance(item, FeedItem) and filters.check(item.text, dict(item.meta)) is None]
+
+
+def edited(text: str, day: int, footer: str) -> str:
+    """A light copy, as mirrors make them: another date line on top, another footer below."""
+    return f"Last updated on 2024-03-{day:02d}.\n\n{text}\n\n{footer}"
+
+
+def test_near_copies_of_real_pages_are_fed_once_and_the_index_survives_a_restart(pipeline, broker, tmp_path):
+    pipeline.env.pop("SYNTHSTREAM_FEED__FILTERS__ENABLED")
+    pages = crawl_texts()
+    assert len(pages) >= 40
+    copies = [edited(text, i % 28 + 1, "Mirrored by docs.example.net. All rights reserved.") for i, text in enumerate(pages)]
+    first = write_jsonl(tmp_path / "pages-and-copies.jsonl", pages + copies)
+    log = pipeline.cli("feed", "docs", str(first)).stderr.decode()
+    assert f"near_duplicate: {len(pages)}" in log, log
+    docs = read_topic(broker.bootstrap_servers, pipeline.prefix + "docs")
+    # Every page fed once (long ones as parts of one document), no copy at all.
+    fed = {d["data"]["meta"].get("document_id", d["id"]) for d in docs}  # a long page's parts name it
+    assert len(fed) == len(pages)
+    assert not any(d["data"]["text"].startswith("Last updated on") for d in docs)
+    rejections = [orjson.loads(line) for line in
+                  pipeline.cli("tap", "rejected", "--from-beginning", "--json").stdout.decode().splitlines()]
+    assert len(rejections) == len(pages)
+    for rejection in rejections:
+        details = rejection["lineage"]["details"]
+        assert details["filter"] == "near_duplicate" and details["value"] >= details["threshold"] == 0.7
+        assert rejection["data"]["record"]["meta"]["near_duplicate_of"] in fed
+    # A new feeder process (the index is on disk): other copies of the same pages go nowhere either.
+    more = write_jsonl(tmp_path / "more-copies.jsonl",
+                       [edited(text, 1, "Another mirror, another footer line.") for text in pages])
+    again = pipeline.cli("feed", "docs", str(more)).stderr.decode()
+    assert f"fed 0 records to {pipeline.prefix}docs" in again and f"near_duplicate: {len(pages)}" in again, again
+
+
+def test_the_near_duplicate_index_has_one_writer_and_survives_a_torn_last_record(tmp_path):
+    from producers.near_duplicates import NearDuplicates, NearDuplicatesBusyError
+
+    text = crawl_texts()[0]
+    index = NearDuplicates(tmp_path, "t.docs", 0.7).open()
+    index.add("00112233445566aa", text)
+    with pytest.raises(NearDuplicatesBusyError, match="another feed"):
+        NearDuplicates(tmp_path, "t.docs", 0.7).open()
+    index.close()
+    with open(tmp_path / "t.docs.minhash", "ab") as signatures:
+        signatures.write(b"half a record")  # a crash in the middle of a write
+    reopened = NearDuplicates(tmp_path, "t.docs", 0.7).open()
+    assert reopened.loaded == 1
+    assert reopened.nearest("ffeeddccbbaa9988", edited(text, 5, "Other footer.")) is not None
+    assert reopened.nearest("00112233445566aa", text) is None  # the same document fed again is no copy
+    reopened.close()

@@ -53,7 +53,8 @@ FAILURES: tuple[Failure, ...] = (
             "Kafka unavailable: {exc}"),
     Failure(("streamer.kafka.health:BROKER_VERDICTS",), 1),
     Failure(("streamer.state.manager:StateLockedError", "streamer.metrics.endpoint:MetricsServerError",
-             "streamer.storage.sink:StoreConflictError", "streamer.kafka.clients:TopicPartitionsError"), 1),
+             "streamer.storage.sink:StoreConflictError", "streamer.kafka.clients:TopicPartitionsError",
+             "producers.near_duplicates:NearDuplicatesBusyError"), 1),
     Failure(("streamer.llm.client:LLMError",), 1, "LLM endpoint failed: {exc}"),
 )
 
