@@ -13,12 +13,13 @@ from that file at start (signatures only: a few hundred bytes per document, no t
 
 from __future__ import annotations
 
-import fcntl
 import re
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from streamer.locks import try_lock, unlock
 
 NUM_PERM = 128
 SHINGLE_WORDS = 5
@@ -47,12 +48,9 @@ class NearDuplicates:
     def open(self) -> NearDuplicates:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+b")  # noqa: SIM115 - held until close()
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
+        if not try_lock(handle):
             raise NearDuplicatesBusyError(f"another feed is writing the near-duplicate index {self.path}; "
-                                          f"feed one input at a time per topic") from None
+                                          f"feed one input at a time per topic")
         self._file = handle
         self._load()
         return self
@@ -72,8 +70,7 @@ class NearDuplicates:
     def close(self) -> None:
         if self._file is not None:
             self._file.flush()
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
+            unlock(self._file)
             self._file = None
 
     def nearest(self, doc_id: str, text: str) -> tuple[str, float] | None:

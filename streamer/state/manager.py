@@ -20,7 +20,6 @@ the stage's single-partition input gives the partition, and so the writing, to o
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from streamer.config import Settings, StageSettings
 from streamer.kafka.incarnation import incarnations, short
 from streamer.records import Envelope, RecordData
 from streamer.kafka.reader import end_offsets, read_changelog
+from streamer.locks import try_lock, unlock
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,9 @@ class StateManager:
     def lock(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         handle = open(self.directory / "writer.lock", "a+")  # noqa: SIM115 - held for the process life
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
+        if not try_lock(handle):
             raise StateLockedError(f"another process is the writer of {self.directory}; "
-                                   f"this stage allows a single writer") from None
+                                   f"this stage allows a single writer")
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -96,8 +93,7 @@ class StateManager:
 
     def unlock(self) -> None:
         if self._lock_file is not None:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
+            unlock(self._lock_file)
             self._lock_file = None
 
     async def restore(self) -> None:
