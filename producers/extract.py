@@ -101,6 +101,7 @@ def extract(html: str | bytes, url: str | None = None) -> Extracted | None:
         tree, url=url, favor_precision=True, include_formatting=True, include_tables=True, include_links=False,
         include_comments=False, include_images=False)
     text = _restore_code_blocks(document.text, blocks).strip() if document is not None and document.text else ""
+    text = _with_table_headers(text)
     if not text:
         return _fallback(page, url, language)
     return Extracted(text=text, title=_clean(metadata.title), url=url or _clean(metadata.url),
@@ -191,3 +192,23 @@ def _unescape(prose: str) -> str:
     parts = _CODE_SPAN.split(prose)  # [prose, span, its backticks, prose, span, its backticks, ...]
     return "".join(_MARKDOWN_ESCAPE.sub(r"\1", part) if index % 3 == 0 else part
                    for index, part in enumerate(parts) if index % 3 != 2)
+
+
+_TABLE_SEPARATOR = re.compile(r"^\|(\s*:?-+:?\s*\|)+\s*$")
+
+
+def _with_table_headers(text: str) -> str:
+    """Markdown tables need a separator row (`| --- |`) after their first row, which trafilatura
+    leaves out: without it the rows are not a table to a Markdown reader. Code blocks are left
+    as they are."""
+    lines, out, fenced = text.split("\n"), [], False
+    for i, line in enumerate(lines):
+        out.append(line)
+        if line.startswith("```"):
+            fenced = not fenced
+        starts_table = (not fenced and line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|")))
+        if starts_table and i + 1 < len(lines) and lines[i + 1].startswith("|") and not _TABLE_SEPARATOR.match(lines[i + 1]):
+            cells = max(1, line.strip().strip("|").count("|") + 1)
+            out.append("|" + " --- |" * cells)
+    return "\n".join(out)
+

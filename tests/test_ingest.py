@@ -113,6 +113,11 @@ def test_shell_code_blocks_pass_bash_syntax_check(crawl_items):
 def test_tables_become_markdown_rows_and_headings_markdown_headings(crawl_items):
     text = crawl_items[FLASK / "views.html"].text
     assert "| `/users/<id>` | `PATCH` | Update a user |" in TABLE_ROW.findall(text)
+    # A Markdown table: its first row is followed by a separator row, once.
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    assert re.fullmatch(r"\|( --- \|)+", lines[first + 1]) and lines[first + 1].count("---") == lines[first].count("|") - 1
+    assert sum(bool(re.fullmatch(r"\|( --- \|)+", line)) for line in lines[first:first + 20]) == 1
     assert text.startswith("# Class-based Views\n")
     assert "\n## Basic Reusable View\n" in text
     assert "Navigation" not in text and "](" not in text  # link text stays, targets go
