@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import re
-from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +78,7 @@ class Extracted:
 class _CodeBlock:
     code: str
     language: str | None
+    span: HtmlElement  # where the block's marker (and, for trafilatura, its text) is in the tree
 
 
 def extract(html: str | bytes, url: str | None = None) -> Extracted | None:
@@ -93,8 +93,12 @@ def extract(html: str | bytes, url: str | None = None) -> Extracted | None:
     for element in [*_NOT_CONTENT(tree), *_PERMALINKS(tree)]:
         if element.getparent() is not None:
             element.drop_tree()
-    metadata = extract_metadata(_without_code(tree), url, _DATES)
+    # Code blocks are taken out first (a marker stays in each): the metadata is read from the page
+    # without them, so a timestamp in a code sample is not the page's date; then they go back in.
     blocks = _mark_code_blocks(tree)
+    metadata = extract_metadata(tree, url, _DATES)
+    for block in blocks:
+        block.span.text += f"\n{block.code}"
     # favor_precision: for training data a missed aside costs less than kept boilerplate, and the
     # balanced mode answers short pages with its whole-page "baseline" (menus included).
     document = trafilatura.bare_extraction(
@@ -116,15 +120,6 @@ def _fallback(page: str, url: str | None, language: str | None) -> Extracted | N
     return Extracted(text=text, title=title, url=url, language=language, fallback=True) if text else None
 
 
-def _without_code(tree: HtmlElement) -> HtmlElement:
-    """A copy without <pre>: metadata from the page, not from timestamps in its code samples."""
-    copy = deepcopy(tree)
-    for pre in list(copy.iter("pre")):
-        if pre.getparent() is not None:
-            pre.drop_tree()
-    return copy
-
-
 def _declared_language(tree: HtmlElement) -> str | None:
     language = str(_DECLARED_LANGUAGE(tree)).strip().replace("_", "-")
     return language.split(",")[0].strip() or None
@@ -136,8 +131,9 @@ def _clean(value: Any) -> str | None:
 
 # Code blocks ---------------------------------------------------------------------------------------
 def _mark_code_blocks(tree: HtmlElement) -> list[_CodeBlock]:
-    """Replaces each outermost <pre>'s content with a marker line plus its text (so that
-    trafilatura still weighs the text and keeps it as code); returns the verbatim blocks."""
+    """Replaces each outermost <pre>'s content with a marker line (its text is added back after
+    the metadata is read, so that trafilatura still weighs it and keeps it as code); returns the
+    verbatim blocks."""
     blocks: list[_CodeBlock] = []
     for pre in list(tree.iter("pre")):
         if any(ancestor.tag == "pre" for ancestor in pre.iterancestors()):
@@ -148,8 +144,8 @@ def _mark_code_blocks(tree: HtmlElement) -> list[_CodeBlock]:
             pre.remove(child)
         # A <pre> holding one <span> is what trafilatura reliably takes for code.
         span = etree.SubElement(pre, "span")
-        pre.text, span.text = None, f"{_MARKER.format(len(blocks))}\n{code}"
-        blocks.append(_CodeBlock(code, language))
+        pre.text, span.text = None, _MARKER.format(len(blocks))
+        blocks.append(_CodeBlock(code, language, span))
     return blocks
 
 

@@ -63,11 +63,8 @@ class FeedReport:
     split: int = 0  # long documents sent as several parts (each part counts in `sent`)
     truncated: int = 0  # long documents sent as their first part only
     ids: list[str] = field(default_factory=list)
+    read: int = 0  # inputs read (a split document's parts count once here, each in `sent`)
 
-    @property
-    def read(self) -> int:
-        return (self.sent + self.duplicates + self.finished + len(self.bad) + self.skipped.total()
-                + self.rejected.total())
 
     def summary(self) -> str:
         text = (f"fed {self.sent} records to {self.topic}; {self.duplicates} exact duplicates collapsed; "
@@ -103,12 +100,7 @@ class FeedReport:
 def to_record(kind: FeedKind, item: FeedItem) -> Envelope:
     data: RecordData
     if kind == "docs":
-        # A page (an HTML file, a web-archive record) is known by its URL; a JSONL/Parquet row by
-        # its file and line, which `tap --where data.source=...` and bad-input reports use (its own
-        # `url` field, if any, stays in meta).
-        url = item.meta.get("url") if item.extraction is not None else None
-        data = Document(text=item.text, source=url if isinstance(url, str) and url else item.location,
-                        meta=dict(item.meta))
+        data = Document(text=item.text, source=item.source, meta=dict(item.meta))
     else:
         meta = dict(item.meta)
         document = meta.pop("document", None)
@@ -184,7 +176,6 @@ class RecordSender:
             await self.producer.stop()
 
     async def send(self, record: Envelope, topic: str | None = None) -> None:
-
         self.pending.append(await self.producer.send(topic or self.topic, record.to_bytes(),
                                                      key=record.root_id.encode()))
         if len(self.pending) >= 1000:
@@ -252,6 +243,7 @@ class _Checks:
 
     def records_of(self, kind: FeedKind, item: Item, out) -> list[Envelope]:
         report = self.report
+        report.read += 1
         if isinstance(item, Skipped):
             report.skipped[item.reason] += 1
             return []

@@ -34,6 +34,13 @@ class FeedItem:
     location: str
     meta: dict[str, Any]  # other fields of the row; for a page: title, url, date, language
     extraction: Extraction | None = None  # None: not HTML
+    # What the record names as its source when that is not the location: a page's (or a web-archive
+    # record's) URL. A row keeps its file and line, and its own `url` field stays in meta.
+    url: str | None = None
+
+    @property
+    def source(self) -> str:
+        return self.url or self.location
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,7 @@ def _utf8_size(text: str) -> int:
 
 
 def item_from_text(text: str, location: str, meta: dict[str, Any], opts: ReadOptions,
-                   extraction: Extraction | None = None) -> FeedItem:
+                   extraction: Extraction | None = None, url: str | None = None) -> FeedItem:
     """The one place a text becomes an item: size limit, normalisation, emptiness. Indentation
     is kept (code blocks); record ids do not depend on it (streamer.records.content_id)."""
     size = _utf8_size(text)
@@ -113,7 +120,7 @@ def item_from_text(text: str, location: str, meta: dict[str, Any], opts: ReadOpt
     size = _utf8_size(text)
     if size > opts.max_bytes:  # NFKC expands a few characters (ligatures, fractions, ...)
         raise _too_large(size, opts)
-    return FeedItem(text=text, location=location, meta=meta, extraction=extraction)
+    return FeedItem(text=text, location=location, meta=meta, extraction=extraction, url=url)
 
 
 def item_from_row(row: dict[str, Any], location: str, opts: ReadOptions) -> FeedItem:
@@ -139,4 +146,5 @@ def item_from_page(html: str | bytes, location: str, opts: ReadOptions, url: str
         if "date" in meta:
             meta["published"] = meta["date"]
         meta["date"] = fetched
-    return item_from_text(page.text, location, meta, opts, extraction="fallback" if page.fallback else "main")
+    return item_from_text(page.text, location, meta, opts, extraction="fallback" if page.fallback else "main",
+                          url=meta.get("url"))

@@ -172,8 +172,9 @@ def _page(record: ArcWarcRecord, location: str, opts: ReadOptions) -> FeedItem:
 def _converted_text(record: ArcWarcRecord, location: str, opts: ReadOptions) -> FeedItem:
     """A WET conversion record: text already extracted by the crawler (UTF-8)."""
     text = decode_utf8(_payload(record, opts.max_bytes))
-    meta = {key: value for key, value in (("url", _target_uri(record)), ("date", _fetched(record))) if value}
-    return item_from_text(text, location, meta, opts)
+    url = _target_uri(record)
+    meta = {key: value for key, value in (("url", url), ("date", _fetched(record))) if value}
+    return item_from_text(text, location, meta, opts, url=url)
 
 
 def _target_uri(record: ArcWarcRecord) -> str | None:

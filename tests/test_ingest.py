@@ -254,7 +254,9 @@ def test_wet_conversion_records_are_read_as_text(tmp_path):
     path.write_bytes(out.getvalue())
     items = read(path)
     assert items[0] == Skipped(f"{path}@0", "warcinfo record")
-    assert items[1] == FeedItem(text, items[1].location, {"url": "https://a.example/page", "date": WARC_DATE})
+    assert items[1] == FeedItem(text, items[1].location, {"url": "https://a.example/page", "date": WARC_DATE},
+                                url="https://a.example/page")
+    assert items[1].source == "https://a.example/page"  # a WET record is known by its URL too
 
 
 def test_arc_files_are_read_too(tmp_path):
@@ -294,7 +296,8 @@ def test_a_page_is_known_by_its_url_and_a_row_by_its_line_with_its_url_kept():
     row = FeedItem("text", "rows.jsonl:3", {"url": "https://a.example/x", "title": "X"})
     record = to_record("docs", row).data
     assert record["source"] == "rows.jsonl:3" and record["meta"]["url"] == "https://a.example/x"
-    page = FeedItem("text", "crawl.warc.gz@1234", {"url": "https://a.example/y"}, extraction="main")
+    page = FeedItem("text", "crawl.warc.gz@1234", {"url": "https://a.example/y"}, extraction="main",
+                    url="https://a.example/y")
     assert to_record("docs", page).data["source"] == "https://a.example/y"
     assert to_record("docs", FeedItem("text", "page.html", {}, extraction="main")).data["source"] == "page.html"
 

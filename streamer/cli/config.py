@@ -53,16 +53,15 @@ def _described(text: str) -> str:
     defaults whose meaning is not obvious (`requests_per_minute = 0`) say what they mean."""
     from pydantic import BaseModel
 
-    from streamer.config import LLMSettings, Settings
+    from streamer.config import LLMSettings
 
-    sections = {name: field.annotation for name, field in Settings.model_fields.items()
-                if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
     section: type[BaseModel] | None = None
     lines = []
     for line in text.splitlines():
         if line.startswith("["):
             header = line.strip("[]")
-            section = _nested_section(sections, header) or (LLMSettings if header.endswith(".llm") else None)
+            # [stages.X.llm] sits under a dict of stages, not a model: it is an [llm] table.
+            section = _section_model(header) or (LLMSettings if header.endswith(".llm") else None)
         elif section is not None and (key := _KEY_LINE.match(line)):
             field = section.model_fields.get(key.group(1))
             if field is not None and field.description:
@@ -71,16 +70,19 @@ def _described(text: str) -> str:
     return "\n".join(lines)
 
 
-def _nested_section(sections: dict[str, Any], header: str) -> Any:
-    """The settings model of a table header, nested ones (`feed.filters`) included."""
+def _section_model(header: str) -> Any:
+    """The settings model of a table header (`llm`, `feed.filters`), or None."""
     from pydantic import BaseModel
 
-    first, *rest = header.split(".")
-    model = sections.get(first)
-    for name in rest:
-        field = model.model_fields.get(name) if model is not None else None
+    from streamer.config import Settings
+
+    model: Any = Settings
+    for name in header.split("."):
+        field = model.model_fields.get(name)
         annotation = field.annotation if field is not None else None
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
     return model
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import concurrent.futures
 import logging
 import os
@@ -60,7 +61,8 @@ class Encoder:
         # Dedicated threads: each new calling thread would get its own OpenMP team, and idle
         # teams spin against the working one (measured: ~10% slower through a thread pool).
         self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="encoder")
-        self._waiting: list[_Request] = []
+        # Waiting requests by kind: exact (kept vectors) and fast (vectors that only choose).
+        self._waiting: dict[bool, collections.deque[_Request]] = {False: collections.deque(), True: collections.deque()}
         self._scheduler: asyncio.Task[None] | None = None
         self.stats = EncoderStats()
 
@@ -130,15 +132,15 @@ class Encoder:
         the CPU does that about twice as fast; the vectors differ slightly from the exact ones."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._waiting.append(_Request(list(texts), fast, future))
+        self._waiting[fast].append(_Request(list(texts), fast, future))
         if self._scheduler is None or self._scheduler.done() or self._scheduler.get_loop() is not loop:
             self._scheduler = loop.create_task(self._run_batches())
         return await future
 
     async def _run_batches(self) -> None:
         running: set[asyncio.Future[None]] = set()
-        while self._waiting or running:
-            while self._waiting and len(running) < self.workers:
+        while self._any_waiting or running:
+            while self._any_waiting and len(running) < self.workers:
                 running.add(asyncio.ensure_future(self._run_batch(self._take())))
             _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
 
@@ -147,22 +149,22 @@ class Encoder:
         stay for the next call. Exact vectors are kept (embed, for dedup): a record waits for them.
         Fast ones only choose (situation's examples), ahead of the record's LLM call (Stage.prepare),
         so they can wait a little."""
-        fast = all(request.fast for request in self._waiting)
+        fast = not self._waiting[False]
+        queue = self._waiting[fast]
         # Choosing requests come in floods (every record prepared ahead at once) and each waits for
         # its own vector: small calls serve them sooner. Exact ones gather up to the limit, which a
         # steady stream never reaches (a call's texts arrive while the previous call runs).
         limit = min(FAST_GATHER, self.gather_limit) if fast else self.gather_limit
-        taken: list[_Request] = []
-        size = 0
-        for request in list(self._waiting):
-            if request.fast != fast:
-                continue
-            if taken and size + len(request.texts) > limit:
-                break
-            self._waiting.remove(request)
-            taken.append(request)
-            size += len(request.texts)
+        taken = [queue.popleft()]
+        size = len(taken[0].texts)
+        while queue and size + len(queue[0].texts) <= limit:
+            taken.append(queue.popleft())
+            size += len(taken[-1].texts)
         return taken
+
+    @property
+    def _any_waiting(self) -> bool:
+        return bool(self._waiting[False] or self._waiting[True])
 
     async def _run_batch(self, taken: list[_Request]) -> None:
         texts = [text for request in taken for text in request.texts]

@@ -110,7 +110,7 @@ class RecordProcessor:
         raise _DeadLetter(str(last) or repr(last), type(last).__name__, attempts)
 
     async def _run(self, payload: Any, ctx: StageContext) -> list[Emit]:
-        if self.stage.prepare is None or self.processing is None:
+        if self.processing is None:  # no `prepare`
             return await self.stage.process(payload, ctx)
         ctx.prepared = await self.stage.prepare(payload, ctx)
         async with self.processing:
