@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from contextlib import asynccontextmanager
 
 import pytest
@@ -214,3 +215,31 @@ async def test_api_key_never_appears_in_logs_or_errors(caplog):
         await pool.close()
     assert "sk-test-secret-abcdef" not in caplog.text
     assert "sk-test-secret-abcdef" not in str(info.value)
+
+
+def _open_cache(path: str, barrier, results) -> None:
+    barrier.wait()  # every process opens the new file at the same moment, as workers started together do
+    try:
+        ResponseCache(Path(path)).close()
+        results.put("ok")
+    except Exception as error:  # noqa: BLE001 - reported to the test
+        results.put(repr(error))
+
+
+def test_workers_opening_a_new_cache_at_once_all_get_it(tmp_path):
+    # Seen in a suite run: two workers started together, one died with "database is locked" from
+    # SQLite's switch to WAL (which does not wait out the busy timeout). 30 rounds of 4 processes.
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    outcomes = []
+    for round_ in range(30):
+        barrier, results = context.Barrier(4), context.Queue()
+        path = str(tmp_path / str(round_) / "cache.sqlite")
+        processes = [context.Process(target=_open_cache, args=(path, barrier, results)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        outcomes += [results.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join(timeout=60)
+    assert outcomes == ["ok"] * 120, [o for o in outcomes if o != "ok"][:3]

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ class ResponseCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._use_wal()
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
         self._unwritten: dict[str, bytes] = {}
@@ -39,6 +40,21 @@ class ResponseCache:
         self._writer: asyncio.Task[None] | None = None
 
     WRITE_DELAY = 0.1  # seconds puts gather before they are written in one transaction
+    OPEN_TIMEOUT = 30.0  # seconds to wait for other processes opening the same cache
+
+    def _use_wal(self) -> None:
+        """Switch to WAL. SQLite answers "database is locked" at once, without waiting out the busy
+        timeout, when another process is switching the same new file at that moment (workers started
+        together do): wait and ask again."""
+        deadline = time.monotonic() + self.OPEN_TIMEOUT
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def get(self, key: str) -> dict[str, Any] | None:
         if (unwritten := self._unwritten.get(key) or self._writing.get(key)) is not None:

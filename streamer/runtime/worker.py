@@ -86,10 +86,11 @@ class Worker:
         broker = await self._connect()
         if broker is None:
             return
-        producer = make_producer(self.settings.kafka)
-        await producer.start()
+        # The cache before the producer: a cache that cannot be opened must not leave a started producer.
         cache = ResponseCache(self.settings.storage.cache_path) if self.stages else None
         pool = LLMPool(cache)
+        producer = make_producer(self.settings.kafka)
+        await producer.start()
         self.members = [StageRunner(s, self.settings, producer, pool, self.stop, broker) for s in self.stages]
         if self.with_sink:
             self.members.append(ParquetSink(self.settings, self.stop, broker=broker))
