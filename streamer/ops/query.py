@@ -80,8 +80,12 @@ def short_text(envelope: dict[str, Any], width: int = 100) -> str:
     if envelope.get("kind") == "document":  # a page: its title and where it came from, then its text
         meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
         head = " | ".join(v for v in (meta.get("title"), data.get("source")) if isinstance(v, str) and v.strip())
-        line = re.sub(r"\s+", " ", f"{head}: {data.get('text') or ''}" if head else str(data.get("text") or "")).strip()
-        return line if len(line) <= width else line[: width - 1] + "…"
+        text = re.sub(r"\s+", " ", str(data.get("text") or "")).strip()
+        if not head:
+            return text if len(text) <= width else text[: width - 1] + "…"
+        # The title and URL are what tell pages apart, so a long URL shortens the text, not itself.
+        room = max(width - len(head) - 2, 40)
+        return f"{head}: {text if len(text) <= room else text[: room - 1] + '…'}"
     context = [str(data[f]) for f in CONTEXT_FIELDS if isinstance(data.get(f), str)]
     text = next((data[f] for f in TEXT_FIELDS if isinstance(data.get(f), str) and data[f].strip()), None)
     if text is None:
