@@ -14,6 +14,7 @@ import io
 import itertools
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ _SUFFIX_KINDS: dict[str, Kind] = {
     ".txt": "text", ".md": "text", ".html": "html", ".htm": "html",
     ".warc": "warc", ".arc": "warc", ".wet": "warc",  # crawl.warc.wet.gz is a WET file
 }
+# A Markdown file's title: its first level-1 heading, if one starts its text (after front matter at most).
+_MARKDOWN_TITLE = re.compile(r"\A(?:---\n.*?\n---\n)?\s*# +([^\n]+)", re.DOTALL)
 _COMPRESSED_KINDS = frozenset({"jsonl", "warc"})  # the kinds also read gzip-compressed
 _SNIFF_BYTES = 4096  # of a gzip stream: enough to decompress the first few bytes of its first member
 _SKIP_CHUNK = 1 << 20  # over-long lines are skipped in chunks of this size, never held whole
@@ -194,7 +197,8 @@ def _read_document(path: str, kind: Kind, opts: ReadOptions) -> FeedItem:
     text = decode_utf8(data.removeprefix(_BOM))
     if "\x00" in text:
         raise Rejected("binary file (contains NUL bytes)")
-    return item_from_text(text, path, {}, opts)
+    heading = _MARKDOWN_TITLE.search(text[:2000]) if path.endswith(".md") else None
+    return item_from_text(text, path, {"title": heading.group(1).strip()} if heading else {}, opts)
 
 
 # One file, whatever its format ----------------------------------------------------------------------

@@ -191,7 +191,7 @@ def test_directory_of_text_markdown_html_and_data_files(tmp_path: Path) -> None:
     items = read(tmp_path)
     assert items == [
         FeedItem("Plain text\n\nfile.", str(tmp_path / "a.txt"), {}),
-        FeedItem("# Heading\n\nMarkdown body.", str(tmp_path / "b.md"), {}),
+        FeedItem("# Heading\n\nMarkdown body.", str(tmp_path / "b.md"), {"title": "Heading"}),
         BadInput(str(tmp_path / "binary.txt"), "not valid UTF-8 (byte 0x89 at offset 0)"),
         BadInput(str(tmp_path / "empty.md"), "empty document"),
         BadInput(str(tmp_path / "nul.txt"), "binary file (contains NUL bytes)"),
@@ -325,3 +325,12 @@ async def test_follow_keeps_the_event_loop_responsive(tmp_path: Path) -> None:
         task.cancel()
     assert count == 20_000
     assert ticks > 20  # the reading ran in worker threads, batch by batch
+
+
+def test_a_markdown_file_is_titled_by_its_first_heading_and_a_text_file_is_not(tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("---\nauthor: x\n---\n\n# The Printing Press\n\nBody text.\n\n# Later heading\n")
+    (tmp_path / "b.md").write_text("Intro before any heading.\n\n# Not the title\n")
+    (tmp_path / "c.txt").write_text("# Looks like a heading\n\nBut this is plain text.\n")
+    items = {Path(item.location).name: item for item in read_paths([str(tmp_path)], ReadOptions())}
+    assert items["a.md"].meta == {"title": "The Printing Press"}
+    assert items["b.md"].meta == {} and items["c.txt"].meta == {}
