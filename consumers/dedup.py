@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumers.payloads import EmbeddedInstruction, Rejection
+from consumers.payloads import DedupOutcome, EmbeddedInstruction, Rejection
 from streamer.runtime.batching import MicroBatcher
 from streamer.runtime.embedding import unpack_vector
 from streamer.records import Envelope, stable_hash
@@ -55,6 +55,14 @@ class Decision:
     nearest_id: str | None = None
     similarity: float = 0.0
     exact: bool = False
+    redelivered: bool = False  # kept before under this input id: its first neighbour is not known here
+
+    def lineage(self) -> dict:
+        """The decision as the record's lineage carries it to the sample (or the rejection)."""
+        decision = "kept" if self.kept else "exact_duplicate" if self.exact else "near_duplicate"
+        known = self.nearest_id is not None and not self.redelivered
+        return DedupOutcome(decision=decision, nearest_id=self.nearest_id if known else None,
+                            similarity=round(self.similarity, 4) if known else None).model_dump()
 
 
 def text_key(text: str) -> str:
@@ -131,7 +139,8 @@ class DedupIndex:
         decisions = []
         for row, (input_id, output_id, item) in enumerate(batch):
             if input_id in self.by_input:  # redelivered: decided (and kept) before
-                decisions.append(Decision(kept=True, nearest_id=self.by_input[input_id], similarity=1.0))
+                decisions.append(Decision(kept=True, nearest_id=self.by_input[input_id], similarity=1.0,
+                                          redelivered=True))
                 continue
             if input_id in self.rejected:
                 decisions.append(self.rejected[input_id])
@@ -217,11 +226,12 @@ def new_state(settings, options: DedupOptions) -> DedupIndex:
 async def dedup(item: EmbeddedInstruction, ctx: StageContext) -> list[Emit]:
     decision = await ctx.resources.decide(ctx.record.id, ctx.output_id(), item)
     if decision.kept:
-        return [Emit(item)]
+        return [Emit(item, details={"dedup": decision.lineage()})]
     kind = "exact duplicate" if decision.exact else f"near-duplicate (cosine {decision.similarity:.3f})"
     rejection = Rejection(stage=ctx.stage, reason=f"{kind} of {decision.nearest_id}", score=decision.similarity,
                           record=item.model_dump(exclude={"embedding"}))
-    details = {"duplicate_of": decision.nearest_id, "similarity": round(decision.similarity, 4)}
+    details = {"duplicate_of": decision.nearest_id, "similarity": round(decision.similarity, 4),
+               "dedup": decision.lineage()}
     return [Emit(rejection, topic="rejected", details=details)]
 
 

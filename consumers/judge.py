@@ -36,7 +36,8 @@ async def judge(item: Instruction, ctx: StageContext) -> list[Emit]:
     messages = ctx.prompt.messages(instruction=ctx.prompt.delimit(item.instruction, "instruction"), rubric=RUBRIC_TEXT)
     scores: RubricScores = await ctx.llm.structured(messages, RubricScores)
     judgement = scores.judgement()
-    details = {"judge_score": judgement.total}
+    # The scores per criterion travel on to the sample (and the rejection), so both show them.
+    details = {"judge_score": judgement.total, "judge": judgement.model_dump()}
     if judgement.total < ctx.options.threshold:
         reason = f"judge score {judgement.total} below threshold {ctx.options.threshold}"
         record = {**item.model_dump(), "judgement": judgement.model_dump()}

@@ -5,7 +5,7 @@ The runtime's own records (Document, Seed, Sample, DeadLetter) live in streamer.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -58,6 +58,31 @@ class Instruction(RecordData):
 class ScoredInstruction(Instruction):
     kind: ClassVar[str] = "scored_instruction"
     judgement: Judgement
+
+
+# What a stage carries forward in lineage.details for the sample's chain (streamer.storage.samples
+# reads it back; the intermediate topics are not stored) ---------------------------------------
+class DocumentRef(BaseModel):
+    """details.document, from the situation stage."""
+
+    title: str | None = None
+    url: str | None = None
+    source: str
+
+
+class SeedRef(BaseModel):
+    """An item of details.seeds: an example seed shown to the situation stage."""
+
+    id: str = Field(description="root id of the seed instruction (as in lineage.seed_ids)")
+    instruction: str = Field(description="its text, cut to a length the records carry")
+
+
+class DedupOutcome(BaseModel):
+    """details.dedup, from the dedup stage."""
+
+    decision: Literal["kept", "exact_duplicate", "near_duplicate"]
+    nearest_id: str | None = Field(None, description="the nearest kept instruction (an instructions.unique id)")
+    similarity: float | None = Field(None, description="its cosine similarity")
 
 
 class Rejection(RecordData):

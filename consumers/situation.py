@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumers.payloads import AttributedSeed, Situation
+from consumers.payloads import AttributedSeed, DocumentRef, SeedRef, Situation
 from streamer.runtime.embedding import DEFAULT_MODEL, Encoder, shared_encoder
 from streamer.records import Document
 from streamer.runtime.stage import Emit, Prompt, Stage, StageContext
@@ -42,6 +42,10 @@ PROMPT = Prompt(
     ),
     tags=("example", "document"),
 )
+
+# Characters of an example seed's text carried to the sample (its whole text is stored on seeds.attributed):
+# every record downstream carries it, and one long seed must not swell them all.
+SEED_TEXT_CARRIED = 1000
 
 EXAMPLE = "<example>\nmessage: {instruction}\nuser: {user}\nmotivation: {motivation}\nscene: {scene}\n</example>"
 
@@ -152,6 +156,21 @@ async def choose_examples(doc: Document, ctx: StageContext) -> list[str]:
                                  seed=ctx.record.id)
 
 
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def document_reference(doc: Document) -> DocumentRef:
+    """Title, URL and source of a document, as its sample shows them (the feed keeps a page's
+    title and URL, or a JSONL row's own fields, in meta)."""
+    def text(key: str) -> str | None:
+        value = doc.meta.get(key)
+        return value if isinstance(value, str) and value.strip() else None
+
+    url = text("url") or (doc.source if doc.source.startswith(("http://", "https://")) else None)
+    return DocumentRef(title=text("title"), url=url, source=doc.source)
+
+
 async def make_situation(doc: Document, ctx: StageContext) -> list[Emit]:
     opts: SituationOptions = ctx.options
     table: TopicTable = ctx.tables[SEEDS_TABLE]
@@ -164,7 +183,13 @@ async def make_situation(doc: Document, ctx: StageContext) -> list[Emit]:
     situation = Situation(document=document, **out.model_dump())
     used = [table.rows[i][0] for i in seed_ids]
     details = {"demo_selection": opts.demo_selection, "document_source": doc.source,
-               "example_seed_versions": sorted({s.version for env in used for s in env.lineage.stages[-1:]})}
+               "example_seed_versions": sorted({s.version for env in used for s in env.lineage.stages[-1:]}),
+               # Carried to the sample, so it shows its whole chain without the unstored topics.
+               "document": document_reference(doc).model_dump(),
+               "seeds": [SeedRef(id=env.root_id, instruction=shorten(table.rows[i][1].instruction,
+                                                                     SEED_TEXT_CARRIED)).model_dump()
+                         for env, i in zip(used, seed_ids)],
+               "situation": out.model_dump()}
     # Root ids: the real seed instructions, stable whichever attribution version described them.
     return [Emit(situation, seed_ids=[env.root_id for env in used], method="synthquestions", details=details)]
 

@@ -40,18 +40,27 @@ def start_simulator(tmp_path: Path) -> Iterator[Callable[..., Simulator]]:
     procs: list[subprocess.Popen] = []
 
     def start(*args: str) -> Simulator:
-        port = free_port()
-        log = open(tmp_path / f"simulator-{port}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([*CLI, "simulate-llm", "--port", str(port), *args], stdout=log, stderr=log,
-                                cwd=tmp_path)
-        procs.append(proc)
-        wait_for(lambda: port_open("127.0.0.1", port) or proc.poll() is not None, 20, what="simulator")
-        assert proc.poll() is None, (tmp_path / f"simulator-{port}.log").read_text()
-        return Simulator(f"http://127.0.0.1:{port}/v1", proc)
+        sim = launch_simulator(tmp_path, *args)
+        procs.append(sim.proc)
+        return sim
 
     yield start
     for proc in procs:
         stop_process(proc)
+
+
+def launch_simulator(workdir: Path, *args: str) -> Simulator:
+    """A simulator process on a free port (its log in `workdir`); the caller stops it."""
+    port = free_port()
+    log = open(workdir / f"simulator-{port}.log", "wb")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen([*CLI, "simulate-llm", "--port", str(port), *args], stdout=log, stderr=log, cwd=workdir)
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port) or proc.poll() is not None, 20, what="simulator")
+        assert proc.poll() is None, (workdir / f"simulator-{port}.log").read_text()
+    except AssertionError:
+        stop_process(proc)
+        raise
+    return Simulator(f"http://127.0.0.1:{port}/v1", proc)
 
 
 @dataclass
@@ -98,6 +107,14 @@ class Pipeline:
 
 @pytest.fixture
 def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Pipeline]:
+    p = new_pipeline(broker, tmp_path)
+    yield p
+    for proc in p.procs:
+        stop_process(proc, signal.SIGKILL)
+
+
+def new_pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Pipeline:
+    """An isolated pipeline in `tmp_path` (also for module-scoped fixtures; they stop its processes)."""
     prefix = f"t{uuid.uuid4().hex[:10]}."
     data_dir = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNTHSTREAM_", "OPENAI_"))}
@@ -123,7 +140,4 @@ def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Pipeline]:
         "SYNTHSTREAM_FEED__FILTERS__ENABLED": "false",
         "PYTHONUNBUFFERED": "1",
     })
-    p = Pipeline(prefix, data_dir, env, tmp_path)
-    yield p
-    for proc in p.procs:
-        stop_process(proc, signal.SIGKILL)
+    return Pipeline(prefix, data_dir, env, tmp_path)

@@ -32,19 +32,19 @@ def test_demo_ends_with_one_row_per_sample_document(tmp_path):
     rows = [orjson.loads(line) for line in (tmp_path / dataset).read_bytes().splitlines()]
     n_docs = len(list(EXAMPLES.iterdir()))
     assert n_docs == 30
-    assert len(rows) == n_docs and len({r["document_id"] for r in rows}) == n_docs
+    assert len(rows) == n_docs and len({r["document"]["id"] for r in rows}) == n_docs
     assert all(r["simulated"] and r["messages"][0]["role"] == "user" for r in rows)
     assert f"({n_docs} rows from {n_docs} documents" in err
 
     seed_ids = {content_id(orjson.loads(line)["instruction"]) for line in SEEDS.read_bytes().splitlines()}
     for row in rows:
         assert row["method"] == "synthquestions"
-        assert row["document_id"] == row["root_id"]
-        assert len(row["seed_ids"]) == 3 and set(row["seed_ids"]) <= seed_ids
-        stamps = {s["stage"]: s for s in orjson.loads(row["stage_versions"])}
+        assert row["document"]["id"] == row["root_id"]
+        assert len(row["seeds"]) == 3 and {s["id"] for s in row["seeds"]} <= seed_ids
+        stamps = {s["stage"]: s for s in row["lineage"]["stages"]}
         for stage in LLM_STAGES:
             assert stamps[stage]["model"] == "synthstream-simulator"
             assert re.fullmatch(r"\d+-[0-9a-f]{8}", stamps[stage]["version"]), stamps[stage]
-        lineage = orjson.loads(row["lineage"])
+        lineage = row["lineage"]
         assert lineage["details"]["demo_selection"] == "nearest"
         assert lineage["details"]["example_seed_versions"]

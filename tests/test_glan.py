@@ -209,12 +209,12 @@ def test_glan_demo_checks_its_counts_and_exports_taxonomy_paths_and_sampling(tmp
     rows = [orjson.loads(line) for line in (tmp_path / result.stdout.decode().split()[-1]).read_bytes().splitlines()]
     assert rows and all(r["method"] == "glan" and r["simulated"] for r in rows)
     for row in rows:
-        details = orjson.loads(row["lineage"])["details"]
+        details = row["lineage"]["details"]
         _field, _sub_field, discipline, subject = details["taxonomy_path"]
         assert discipline in {"Statistics", "Contract law", "Culinary arts"} and subject
         assert details["sampling"]["mode"] in {"basic", "integrative"}
         assert details["sampling"]["sessions"] and details["sampling"]["concepts"]
-        assert [s["stage"] for s in orjson.loads(row["stage_versions"])][:3] == ["subjects", "syllabus", "questions"]
+        assert [s["stage"] for s in row["lineage"]["stages"]][:3] == ["subjects", "syllabus", "questions"]
 
 
 def test_propose_taxonomy_writes_a_file_the_loader_accepts(start_simulator, tmp_path):

@@ -149,7 +149,7 @@ async def test_json_schema_answer_validates_and_quotes_the_prompt(simulator: Sta
         )
     assert resp.id.startswith("chatcmpl-sim-")
     assert resp.object == "chat.completion"
-    assert resp.model == "my-model"
+    assert resp.model == "synthstream-simulator/my-model"  # answers as itself, never as the model asked for
     assert resp.system_fingerprint == SIMULATOR_FINGERPRINT
     choice = resp.choices[0]
     assert choice.index == 0 and choice.message.role == "assistant" and choice.finish_reason == "stop"

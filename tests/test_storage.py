@@ -1,15 +1,13 @@
-"""Store files and export: one row per id, chat format, loadable by pandas and datasets."""
+"""Store files: one file per batch, named by topic incarnation, never replaced by other records
+(the export's tests are in tests/test_export.py)."""
 
 from __future__ import annotations
-
-import json
 
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 from streamer.records import Envelope, Lineage, Sample, StageStamp, derived_id
-from streamer.storage.export import export_samples
 from streamer.storage.sink import ROW_SCHEMA, StoreConflictError, file_name, write_new_or_same
 
 TOPIC = "synth.samples"
@@ -36,17 +34,6 @@ def store_batch(store, partition: int, first_offset: int, envelopes: list[Envelo
                 incarnation: str = "incarnation-a") -> None:
     path = store / TOPIC / file_name(TOPIC, incarnation, partition, first_offset)
     write_new_or_same(path, batch_table(partition, first_offset, envelopes))
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = tmp_path / "store"
-    envs = [sample_envelope(n) for n in range(6)]
-    store_batch(store, 0, 0, envs[:3])
-    store_batch(store, 0, 3, envs[3:])
-    # The same records produced again upstream (a redelivery) land at later offsets.
-    store_batch(store, 1, 0, envs[1:3])
-    return store
 
 
 def test_redelivered_batch_rewrites_the_same_file(tmp_path):
@@ -83,29 +70,3 @@ def test_a_stored_file_is_never_replaced_by_other_records(tmp_path):
     # A redelivery of the same records, cut shorter or longer, may rewrite it.
     store_batch(store, 0, 0, [sample_envelope(1)])
     assert len(pd.read_parquet(path)) == 1
-
-
-@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
-def test_export_one_row_per_id_in_chat_format_loadable_by_pandas_and_datasets(store, tmp_path, fmt):
-    import datasets
-
-    out = tmp_path / f"dataset.{fmt}"
-    result = export_samples(store, TOPIC, out, fmt)
-    assert (result.rows, result.skipped_duplicates) == (6, 2)
-
-    frame = pd.read_json(out, lines=True) if fmt == "jsonl" else pd.read_parquet(out)
-    assert len(frame) == 6 and frame["id"].is_unique
-    assert set(frame.columns) >= {"messages", "method", "lineage", "model", "simulated"}
-
-    loader = "json" if fmt == "jsonl" else "parquet"
-    ds = datasets.load_dataset(loader, data_files=str(out), split="train")
-    assert ds.num_rows == 6
-    row = ds[0]
-    assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
-    assert row["messages"][0]["content"].startswith("question")
-    assert row["simulated"] is True and row["method"] == "standin" and row["model"] == "m"
-    assert json.loads(row["lineage"])["stages"][0]["stage"] == "standin"
-
-
-def test_export_filters_by_method(store, tmp_path):
-    assert export_samples(store, TOPIC, tmp_path / "x.jsonl", method="glan").rows == 0

@@ -56,6 +56,7 @@ FAILURES: tuple[Failure, ...] = (
              "streamer.storage.sink:StoreConflictError", "streamer.kafka.clients:TopicPartitionsError",
              "producers.near_duplicates:NearDuplicatesBusyError"), 1),
     Failure(("streamer.llm.client:LLMError",), 1, "LLM endpoint failed: {exc}"),
+    Failure(("streamer.storage.export:EmptyExportError",), 1),
 )
 
 

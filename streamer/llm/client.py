@@ -266,7 +266,8 @@ class LLMClient:
         return _Attempt(
             content=message.get("content") or "",
             finish_reason=choice.get("finish_reason"),
-            model=response.get("model") or self.model,
+            # The model that answered, as the endpoint names it (it may differ from the configured one).
+            model=response["model"] if isinstance(response.get("model"), str) and response["model"] else self.model,
             simulated=response.get("system_fingerprint") == SIMULATOR_FINGERPRINT,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,

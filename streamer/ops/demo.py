@@ -22,7 +22,8 @@ from typing import Any, Literal
 from streamer import metrics
 from streamer.config import Settings
 from streamer.kafka.clients import kafka_available
-from streamer.storage.export import export_samples, iter_stored
+from streamer.ops.export import export_dataset
+from streamer.storage.export import iter_stored
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"  # the checkout's examples/
 # Three disciplines from far-apart fields, so the demo shows the taxonomy's breadth.
@@ -147,7 +148,7 @@ async def _run_glan(settings: Settings, inputs: DemoInputs) -> list[Any]:
 
 def _finish(settings: Settings, inputs: DemoInputs, stages: list[Any], out: Path) -> int:
     prefix = settings.kafka.topic_prefix
-    result = export_samples(settings.storage.store_dir, f"{prefix}samples", out)
+    result = export_dataset(settings, out)
     counts = {s.name: StageCount.measure(s) for s in stages}
     per_sample = max(result.rows, 1)
     say("LLM calls by stage (per exported sample): " + ", ".join(

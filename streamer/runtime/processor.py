@@ -122,7 +122,7 @@ class RecordProcessor:
             raise ValueError(f"stage {self.stage.name} emitted to undeclared topic {target!r}")
         lineage = parent.lineage.model_copy(deep=True)
         lineage.stages.append(StageStamp(stage=self.stage.name, version=self.bound.version,
-                                         model=ctx.llm.model if ctx.llm.calls else None))
+                                         model=ctx.llm.answered_model))
         if emit.seed_ids is not None:
             lineage.seed_ids = list(emit.seed_ids)
         lineage.details.update(emit.details)

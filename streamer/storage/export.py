@@ -1,8 +1,16 @@
-"""Reading the store and exporting a training-ready dataset (chat `messages` format)."""
+"""Reading the store and exporting a training-ready dataset (chat `messages` plus each sample's
+chain as nested objects), with its dataset card.
+
+The export makes one pass over the store: each selected sample's row (streamer.storage.samples)
+goes to a scratch file while the rows' Arrow type is inferred; a second pass over the scratch
+file writes JSONL or Parquet with that one schema, so every row has every field (null where a
+sample lacks it) and both formats hold the same thing. Memory stays flat for any dataset size.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -10,20 +18,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-EXPORT_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
-    ("method", pa.string()),
-    ("model", pa.string()),
-    ("simulated", pa.bool_()),
-    ("root_id", pa.string()),
-    ("document_id", pa.string()),
-    ("seed_ids", pa.list_(pa.string())),
-    ("stage_versions", pa.string()),
-    ("lineage", pa.string()),
-    ("meta", pa.string()),
-    ("created_at", pa.float64()),
-])
+from streamer.storage.nested import batch_type, merge, to_table, writable
+from streamer.storage.samples import DECLARED_SCHEMA, EXPORT_SCHEMA_VERSION, row_versions, sample_view
+
+__all__ = ["EXPORT_SCHEMA_VERSION", "EmptyExportError", "ExportFilters", "ExportResult", "export_samples",
+           "iter_envelopes", "iter_stored", "sample_view"]
+
+Format = Literal["jsonl", "parquet"]
 
 
 def iter_stored(store_dir: Path, topic: str) -> Iterator[dict[str, Any]]:
@@ -46,71 +47,165 @@ def iter_envelopes(store_dir: Path, topic: str, *, unique: bool = True) -> Itera
             continue
 
 
-def sample_row(env: dict[str, Any]) -> dict[str, Any]:
-    data, lineage = env["data"], env.get("lineage") or {}
-    stages = lineage.get("stages") or []
-    models = [s.get("model") for s in stages if s.get("model")]
-    return {
-        "id": env["id"],
-        "messages": [{"role": "user", "content": data["instruction"]},
-                     {"role": "assistant", "content": data["response"]}],
-        "method": env.get("method"),
-        "model": models[-1] if models else None,
-        "simulated": bool(env.get("simulated")),
-        "root_id": env.get("root_id"),
-        "document_id": lineage.get("document_id"),
-        "seed_ids": list(lineage.get("seed_ids") or []),
-        "stage_versions": orjson.dumps(stages).decode(),
-        "lineage": orjson.dumps(lineage).decode(),
-        "meta": orjson.dumps(data.get("meta") or {}).decode(),
-        "created_at": env.get("created_at"),
-    }
+@dataclass(frozen=True)
+class ExportFilters:
+    """Which samples to export; every filter given must hold."""
+
+    method: str | None = None
+    min_score: int | None = None  # judge total at least this
+    version: str | None = None  # a stage ran under this version (or this replay version / prompt label)
+    since: float | None = None  # made at or after this time (seconds since the epoch)
+    since_text: str | None = None  # as the user gave it, for the card
+
+    def matches(self, row: dict[str, Any]) -> bool:
+        if self.method is not None and row["method"] != self.method:
+            return False
+        if self.min_score is not None:
+            total = (row["judge"] or {}).get("total")
+            if total is None or total < self.min_score:
+                return False
+        if self.version is not None and self.version not in row_versions(row):
+            return False
+        return self.since is None or (row["created_at"] or 0) >= self.since
+
+    def describe(self) -> dict[str, Any]:
+        """The filters given, as the command line names them."""
+        given = {"--method": self.method, "--min-score": self.min_score, "--version": self.version,
+                 "--since": self.since_text or self.since}
+        return {name: value for name, value in given.items() if value is not None}
+
+
+@dataclass
+class ExportCounts:
+    """What the export holds, for the dataset card and the command's summary."""
+
+    rows: int = 0
+    methods: Counter[str] = field(default_factory=Counter)
+    models: Counter[str] = field(default_factory=Counter)  # the answering model
+    stage_models: Counter[tuple[str, str]] = field(default_factory=Counter)
+    stage_versions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    simulated: int = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows += 1
+        self.methods[row["method"] or "unknown"] += 1
+        self.models[row["model"] or "unknown"] += 1
+        self.simulated += row["simulated"]
+        for stamp in row["lineage"]["stages"]:
+            self.stage_versions[(stamp["stage"], stamp["version"])] += 1
+            if stamp["model"]:
+                self.stage_models[(stamp["stage"], stamp["model"])] += 1
 
 
 @dataclass
 class ExportResult:
     path: Path
-    rows: int
-    skipped_duplicates: int
+    fmt: Format
+    stored: int  # distinct samples in the store, before filters
+    skipped_duplicates: int  # redelivered copies collapsed
+    counts: ExportCounts
+    schema: pa.Schema
+    filters: ExportFilters
+    card: Path | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.counts.rows
 
 
-def export_samples(
-    store_dir: Path, topic: str, out: Path, fmt: Literal["jsonl", "parquet"] = "jsonl", method: str | None = None,
-    batch_rows: int = 1000,
-) -> ExportResult:
-    """One row per sample id; streams, so memory stays flat for any dataset size."""
+class EmptyExportError(Exception):
+    """No sample was selected: says where samples were looked for and what the filters left."""
+
+    def __init__(self, store_dir: Path, topic: str, stored: int, filters: ExportFilters) -> None:
+        self.store_dir, self.topic, self.stored, self.filters = store_dir, topic, stored, filters
+        self.hint = ""
+        super().__init__()
+
+    def __str__(self) -> str:
+        where = self.store_dir / self.topic
+        if not where.is_dir():
+            found = f"no samples stored: {where} does not exist"
+        elif self.stored == 0:
+            found = f"no samples stored in {where}"
+        else:
+            given = " ".join(f"{k} {v}" for k, v in self.filters.describe().items())
+            found = f"none of the {self.stored} samples in {where} passes the filters ({given})"
+        return f"nothing exported: {found} (store {self.store_dir}, topic {self.topic}){self.hint}"
+
+
+def export_samples(store_dir: Path, topic: str, out: Path, fmt: Format = "jsonl",
+                   filters: ExportFilters | None = None, *, method: str | None = None,
+                   card_config: dict[str, Any] | None = None, batch_rows: int = 1000) -> ExportResult:
+    """One row per sample id, the dataset card beside it. Raises EmptyExportError (and writes
+    nothing) when no sample is selected."""
+    from streamer.storage.card import write_card  # the card's writing, apart from the rows'
+
+    filters = filters or ExportFilters(method=method)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
+    scratch = out.with_name(out.name + ".rows.partial")
+    try:
+        stored, duplicates, counts, schema = _select(store_dir, topic, filters, scratch, batch_rows)
+        if counts.rows == 0:
+            raise EmptyExportError(store_dir, topic, stored, filters)
+        partial = out.with_name(out.name + ".partial")
+        _write(scratch, partial, fmt, schema, batch_rows)
+        partial.replace(out)
+    finally:
+        scratch.unlink(missing_ok=True)
+    result = ExportResult(out, fmt, stored, duplicates, counts, schema, filters)
+    result.card = write_card(result, card_config or {})
+    return result
+
+
+def _select(store_dir: Path, topic: str, filters: ExportFilters, scratch: Path, batch_rows: int
+            ) -> tuple[int, int, ExportCounts, pa.Schema]:
+    """Pass one: the selected rows to `scratch` (JSON lines as viewed), counted, their type inferred."""
     seen: set[str] = set()
-    rows = duplicates = 0
-    batch: list[dict[str, Any]] = []
-    writer: pq.ParquetWriter | None = None
-    with open(tmp, "wb") as jsonl:
-        if fmt == "parquet":
-            writer = pq.ParquetWriter(jsonl, EXPORT_SCHEMA)
-
-        def flush() -> None:
-            if writer is not None and batch:
-                writer.write_table(pa.Table.from_pylist(batch, schema=EXPORT_SCHEMA))
-            batch.clear()
-
+    duplicates = 0
+    counts = ExportCounts()
+    row_type: pa.DataType = pa.struct(list(DECLARED_SCHEMA))
+    pending: list[dict[str, Any]] = []
+    with open(scratch, "wb") as lines:
         for env in iter_envelopes(store_dir, topic, unique=False):
             if env["id"] in seen:
                 duplicates += 1
                 continue
             seen.add(env["id"])
-            if method and env.get("method") != method:
+            row = sample_view(env)
+            if not filters.matches(row):
                 continue
-            row = sample_row(env)
-            rows += 1
-            if writer is None:
-                jsonl.write(orjson.dumps(row) + b"\n")
+            counts.add(row)
+            lines.write(orjson.dumps(row) + b"\n")
+            pending.append(row)
+            if len(pending) >= batch_rows:
+                row_type = merge(row_type, batch_type(pending))
+                pending.clear()
+        if pending:
+            row_type = merge(row_type, batch_type(pending))
+    return len(seen), duplicates, counts, pa.schema(list(writable(row_type)))
+
+
+def _write(scratch: Path, out: Path, fmt: Format, schema: pa.Schema, batch_rows: int) -> None:
+    """Pass two: every row in the one schema, as JSONL (all fields, nulls included) or Parquet."""
+    with open(out, "wb") as sink:
+        writer = pq.ParquetWriter(sink, schema) if fmt == "parquet" else None
+        for rows in _batches(scratch, batch_rows):
+            table = to_table(rows, schema)
+            if writer is not None:
+                writer.write_table(table)
             else:
-                batch.append(row)
-                if len(batch) >= batch_rows:
-                    flush()
-        flush()
+                sink.write(b"".join(orjson.dumps(row) + b"\n" for row in table.to_pylist()))
         if writer is not None:
             writer.close()
-    tmp.replace(out)
-    return ExportResult(out, rows, duplicates)
+
+
+def _batches(path: Path, size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    with open(path, "rb") as lines:
+        for line in lines:
+            batch.append(orjson.loads(line))
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch

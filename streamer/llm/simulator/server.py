@@ -23,7 +23,7 @@ from aiohttp import web
 from streamer.llm.fingerprint import SIMULATOR_FINGERPRINT
 from streamer.llm.simulator.faults import Faults
 from streamer.llm.simulator.schema_fill import fill_schema
-from streamer.llm.simulator.settings import SIMULATOR_MODEL, SimulatorSettings, SimulatorStats
+from streamer.llm.simulator.settings import SIMULATOR_MODEL, SimulatorSettings, SimulatorStats, answering_model
 from streamer.llm.simulator.words import count_tokens, message_text, paragraph, prompt_words, sentence
 
 STATS_KEY = web.AppKey("simulator_stats", SimulatorStats)
@@ -198,7 +198,7 @@ class _Simulator:
             "id": f"chatcmpl-sim-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": req.model,
+            "model": answering_model(req.model),
             "system_fingerprint": SIMULATOR_FINGERPRINT,
             "choices": [{
                 "index": 0,

@@ -9,6 +9,14 @@ from pydantic import BaseModel, Field
 SIMULATOR_MODEL = "synthstream-simulator"
 
 
+def answering_model(requested: str) -> str:
+    """The model name the simulator answers with: never a real model's name, so a row made with it
+    cannot pass for that model's output; it keeps the requested name to tell configurations apart."""
+    if not requested or requested == SIMULATOR_MODEL:
+        return SIMULATOR_MODEL
+    return f"{SIMULATOR_MODEL}/{requested}"
+
+
 class SimulatorSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
