@@ -70,6 +70,8 @@ class TopicReader:
 
     def assign(self, positions: dict[TopicPartition, int]) -> None:
         """Read these partitions from these offsets; ones assigned before keep their position."""
+        if not positions:
+            return  # aiokafka's assign() resets every partition's position: repeated samples re-read (status)
         kept = {tp: off for tp, off in self.assigned.items() if tp not in positions}
         self.assigned = {**kept, **positions}
         self.consumer.assign(list(self.assigned))

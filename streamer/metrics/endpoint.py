@@ -14,11 +14,15 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
 
 from streamer.config import MetricsSettings, Settings
+
+if TYPE_CHECKING:
+    from streamer.metrics.runs import RunFile
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +37,14 @@ class MetricsEndpoint:
     server: WSGIServer
     thread: threading.Thread
     registration: Path | None = None
+    run: RunFile | None = None  # this process's counters on disk, from its first announcement
 
     def stop(self) -> None:
         from streamer.metrics.registry import unregister
 
         unregister(self)
+        if self.run is not None:
+            self.run.close()  # the last totals, then finished runs folded
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)

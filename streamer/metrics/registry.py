@@ -1,8 +1,9 @@
 """The worker registry: how `status` finds the metrics endpoints of a pipeline's workers.
 
 While a process serves metrics it registers itself in `<data_dir>/workers/<pid>.json`
-({pid, host, url, prefix, stages}); the file goes when the endpoint stops, and `status` ignores
-files of processes that are gone.
+({pid, host, url, prefix, stages, run}); the file goes when the endpoint stops, and `status` ignores
+files of processes that are gone. Every worker process, with an endpoint or not, also keeps its
+run's counters on disk (streamer.metrics.runs), so they outlive it.
 """
 
 from __future__ import annotations
@@ -17,18 +18,24 @@ import orjson
 
 from streamer.config import Settings
 from streamer.metrics.endpoint import MetricsEndpoint, current
+from streamer.metrics.runs import run_of
 
 
 def announce(settings: Settings, stages: list[str]) -> None:
-    """Tell `status` which stages this process runs now (a no-op when it serves no metrics)."""
+    """Tell `status` which stages this process runs now: its run's counters on disk always, its
+    endpoint when it serves metrics."""
+    run = run_of(settings)
+    run.start(list(stages))
     endpoint = current()
     if endpoint is None:
         return
     unregister(endpoint)
+    endpoint.run = run  # closed when the endpoint stops (else at exit)
     path = registry_dir(settings) / f"{os.getpid()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {"pid": os.getpid(), "host": socket.gethostname(), "url": endpoint.url,
-             "prefix": settings.kafka.topic_prefix, "stages": list(stages), "started": time.time()}
+             "prefix": settings.kafka.topic_prefix, "stages": list(stages), "started": time.time(),
+             "run": run.run_id}
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(orjson.dumps(entry))
     os.replace(tmp, path)  # readers never see half a file
@@ -52,6 +59,7 @@ class WorkerEntry:
     url: str
     prefix: str
     stages: list[str]
+    run: str | None = None  # the run file's id (streamer.metrics.runs); None from an older version
 
 
 def registered_workers(settings: Settings) -> list[WorkerEntry]:
@@ -61,7 +69,7 @@ def registered_workers(settings: Settings) -> list[WorkerEntry]:
         try:
             raw = orjson.loads(path.read_bytes())
             entry = WorkerEntry(int(raw["pid"]), str(raw["host"]), str(raw["url"]), str(raw["prefix"]),
-                                [str(s) for s in raw["stages"]])
+                                [str(s) for s in raw["stages"]], raw.get("run"))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # half-written by an older version, or removed meanwhile
         if entry.prefix == settings.kafka.topic_prefix and _alive(entry):

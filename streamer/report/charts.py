@@ -22,6 +22,8 @@ from streamer.report.figures import (
 )
 
 SIMULATED_NOTE = "simulated data (LLM simulator): texts, scores and rates are not meaningful"
+# Outlined bars: adjacent histogram bins (and touching bars) stay distinguishable.
+EDGES = {"edgecolor": "#263238", "linewidth": 0.6}
 
 
 def render_charts(stats: StoreStats, diversity: Diversity, out: Path) -> list[Path]:
@@ -79,7 +81,8 @@ def _chart_judge_scores(fig, stats: StoreStats, _d: Diversity) -> None:
     bottom = np.zeros(len(SCORE_RANGE))
     for outcome, color in zip(SCORE_OUTCOMES, ("#2e7d32", "#c62828", "#ef6c00")):
         heights = np.array([stats.judge_scores[outcome][s] for s in SCORE_RANGE], dtype=float)
-        ax.bar(list(SCORE_RANGE), heights, bottom=bottom, color=color, label=f"{outcome} ({int(heights.sum())})")
+        ax.bar(list(SCORE_RANGE), heights, bottom=bottom, color=color, label=f"{outcome} ({int(heights.sum())})",
+               **EDGES)
         bottom += heights
     ax.set_xticks(list(SCORE_RANGE))
     ax.set_xlabel("judge score (rubric total, 0-7)")
@@ -95,7 +98,8 @@ def _chart_lengths(fig, stats: StoreStats, _d: Diversity) -> None:
     bins = np.histogram_bin_edges([0, longest + 1], bins=min(40, longest + 1))
     for method, lengths in sorted(stats.words.items()):
         values, weights = zip(*sorted(lengths.items()))
-        _, _, bars = ax.hist(values, bins=bins, weights=weights, alpha=0.6, label=f"{method} ({sum(weights)})")
+        _, _, bars = ax.hist(values, bins=bins, weights=weights, alpha=0.6, label=f"{method} ({sum(weights)})",
+                              **EDGES)
         ax.axvline(quantile(lengths, 0.5), linestyle="--", color=bars[0].get_facecolor(), alpha=1, linewidth=1.5)
     ax.set_xlabel("instruction length (words)")
     ax.set_ylabel("samples")
@@ -107,7 +111,7 @@ def _chart_lengths(fig, stats: StoreStats, _d: Diversity) -> None:
 def _chart_diversity(fig, _s: StoreStats, diversity: Diversity) -> None:
     left, right = fig.subplots(1, 2)
     if diversity.pair_similarities.size:
-        left.hist(diversity.pair_similarities, bins=40, color="#1565c0")
+        left.hist(diversity.pair_similarities, bins=40, color="#1565c0", **EDGES)
         mean_sim = 1.0 - (diversity.mean_distance or 0.0)
         left.axvline(mean_sim, color="black", linestyle="--", linewidth=1,
                      label=f"mean similarity {mean_sim:.3f}\n= mean distance {diversity.mean_distance:.3f}")
@@ -116,7 +120,7 @@ def _chart_diversity(fig, _s: StoreStats, diversity: Diversity) -> None:
     left.set_xlabel("cosine similarity (left = more diverse)")
     left.set_ylabel("pairs")
     sizes = [size for size, _ in diversity.clusters]
-    right.bar(range(1, len(sizes) + 1), sizes, color="#00838f", width=1.0 if len(sizes) > 60 else 0.8)
+    right.bar(range(1, len(sizes) + 1), sizes, color="#00838f", width=1.0 if len(sizes) > 60 else 0.8, **EDGES)
     right.set_title(f"{len(sizes)} topic clusters (similarity >= {diversity.topic_similarity} to a centre)")
     right.set_xlabel("cluster, largest first")
     right.set_ylabel("instructions in cluster")
@@ -136,5 +140,5 @@ def _chart_dedup_similarity(fig, stats: StoreStats, _d: Diversity) -> None:
         ax.set_yticks([])
         return
     values, weights = zip(*sorted(stats.dedup_similarity.items()))
-    ax.hist(values, bins=np.arange(min(values) - 0.005, 1.01, 0.01), weights=weights, color="#f9a825")
+    ax.hist(values, bins=np.arange(min(values) - 0.005, 1.01, 0.01), weights=weights, color="#f9a825", **EDGES)
     _counts_axis(ax.yaxis)

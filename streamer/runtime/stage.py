@@ -135,6 +135,15 @@ def one_each(options: Any, handled: int) -> Expected:
     return Expected(handled, handled)
 
 
+# Output topic -> the stages declared in this process that write it, so a worker of one stage can
+# name the stage to start when a topic it waits for is empty (the runtime cannot import consumers).
+_WRITERS: dict[str, list[str]] = {}
+
+
+def writers_of(topic: str) -> list[str]:
+    return list(_WRITERS.get(topic, []))
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -157,6 +166,10 @@ class Stage:
     # `ctx.prepared`. Up to `concurrency` more records prepare while `concurrency` are processed, so
     # that work overlaps the LLM calls instead of holding their slots.
     prepare: StageFn | None = None
+
+    def __post_init__(self) -> None:
+        for topic in self.output_topics:
+            _WRITERS.setdefault(topic, []).append(self.name)
 
     def max_in_flight(self, concurrency: int) -> int:
         """Records in flight for a stage run at `concurrency`: twice that when it prepares ahead."""
@@ -213,6 +226,13 @@ class RecordLLM:
     @property
     def model(self) -> str:
         return self._client.model
+
+    @property
+    def answered_model(self) -> str | None:
+        """The model the endpoint said answered this record's calls (several: joined), None without calls."""
+        if not self.calls:
+            return None
+        return ", ".join(sorted(self.models)) or self.model
 
     def _note(self, result: LLMResult) -> LLMResult:
         self.calls += 1

@@ -105,9 +105,9 @@ class Worker:
         watchers = [asyncio.create_task(self._watch_lag())]
         if self.until_idle:
             watchers.append(asyncio.create_task(self._watch_idle()))
-        observers = []
-        if self.show_progress:
-            observers.append(asyncio.create_task(Progress.of_members(self.members, _done_count).run(members_done)))
+        # Without a display too: it works out what stalled stages wait for, for `status`.
+        progress = Progress.of_members(self.members, _done_count, show=self.show_progress)
+        observers = [asyncio.create_task(progress.run(members_done))]
         try:
             results = await self._members_finished(tasks)
         finally:

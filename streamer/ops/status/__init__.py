@@ -11,7 +11,14 @@ between two samples.
 From the workers: in-flight records and LLM requests, tokens, 429s and the time LLM calls waited on
 the process's own limits (pacing, token budget, in-flight cap) exist only inside worker
 processes, so they are scraped from the metrics endpoints the workers registered
-(streamer.metrics.endpoint); without one they are n/a.
+(streamer.metrics.endpoint); without one they are n/a. The counters (LLM calls, tokens, 429s,
+limiter wait) are totals of the pipeline run: every worker process keeps its counters on disk
+(streamer.metrics.runs), and runs that ended, did not answer or serve no endpoint are added from
+there, so a restarted worker does not reset them. A stalled stage's worker says what it waits for
+(streamer.runtime.progress), shown under the table.
+
+Other modules (the web console) call `sample_status`, or keep a `Sampler` open and build
+`Status.between(...)` from two samples; `Status.to_json()` is what `status --json` prints.
 
 Incarnations: a committed offset beyond its topic's end was committed on an earlier incarnation of
 the topic (its next worker starts the new one from the beginning); topics whose incarnation is not
@@ -68,7 +75,8 @@ class Status:
             "incarnations": {"topics": self.now.incarnations, "not_seen_by_data_dir": self.replaced_topics,
                              "committed_beyond_end": self.beyond_end},
             "workers": [{"pid": w.entry.pid, "host": w.entry.host, "url": w.entry.url, "stages": w.entry.stages,
-                         "reachable": w.samples is not None} for w in self.now.workers],
+                         "reachable": w.samples is not None, "run": w.entry.run} for w in self.now.workers],
+            "counters": {"worker_runs": self.now.past_runs, "live_workers": len(self.now.workers)},
             "stages": [row.to_json() for row in self.rows],
         }
 
@@ -86,14 +94,18 @@ class Status:
         if beyond := self.beyond_end:
             notes.append("committed offsets beyond the topic end (" + "; ".join(beyond) + "): committed on an earlier "
                          "incarnation of the topic; the stage's next worker reads the new one from its beginning")
-        return "\n".join([head, "", *lines, "", self._workers_line(), *notes])
+        waiting = [f"{row.name}: {row.waiting}" for row in self.rows if row.waiting]
+        return "\n".join([head, "", *lines, "", *waiting, self._workers_line(), *notes])
 
     def _workers_line(self) -> str:
+        earlier = (f"; LLM counters include {self.now.past_runs} earlier worker run(s)"
+                   if self.now.past_runs else "")
         if not self.now.workers:
-            return f"in flight, LLM calls, tokens, 429s: {NO_WORKERS}"
+            what = "in flight" if self.now.past else "in flight, LLM calls, tokens, 429s"
+            return f"{what}: {NO_WORKERS}" + earlier
         parts = [f"pid {w.entry.pid} ({', '.join(w.entry.stages)}) "
                  + (w.entry.url if w.samples is not None else "did not answer") for w in self.now.workers]
-        return "workers serving metrics: " + "; ".join(parts)
+        return "workers serving metrics: " + "; ".join(parts) + earlier
 
 
 def _cells(row: Figures) -> tuple[str, ...]:
@@ -129,6 +141,14 @@ def _partition_lags(row: Figures) -> str:
 
     return " ".join(f"{where(p)}={p['lag']}" + ("(beyond end)" if p.get("beyond_end") else "")
                     for p in row.partitions if p["lag"] or p.get("beyond_end"))
+
+
+async def sample_status(settings: Settings, interval: float = 1.0) -> dict[str, Any]:
+    """One status as a dict (what `status --json` prints): two samples `interval` seconds apart."""
+    async with Sampler(settings) as sampler:
+        before = await sampler.sample()
+        await asyncio.sleep(interval)
+        return Status.between(sampler, before, await sampler.sample()).to_json()
 
 
 async def run_status(settings: Settings, *, interval: float, watch: bool, as_json: bool,

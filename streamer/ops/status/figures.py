@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamer.metrics import REQUEST_OUTCOMES
+from streamer.metrics.runs import COUNTERS
 from streamer.ops.status.sample import Sample, Watched
+
 
 @dataclass
 class Figures:
@@ -23,7 +25,8 @@ class Figures:
     dlq: int | None
     rejected: int | None
     in_flight: int | None
-    llm: dict[str, int] | None
+    llm: dict[str, float] | None
+    waiting: str | None = None  # what the stage waits for, when a live worker says it is stalled
 
     @property
     def lag(self) -> int:
@@ -37,6 +40,7 @@ class Figures:
             "out": {"total": self.produced,
                     "per_s": None if self.out_rate is None else round(self.out_rate, 2)},
             "dlq": self.dlq, "rejected": self.rejected, "in_flight": self.in_flight, "llm": self.llm,
+            "waiting": self.waiting,
         }
 
 
@@ -63,28 +67,30 @@ def produced(group: Watched, s: Sample) -> int:
     return sole + sum(s.tallies[t][group.name] for t in group.tallied_outputs if t in s.tallies)
 
 
-def worker_figures(group: Watched, s: Sample) -> tuple[int | None, dict[str, int] | None]:
-    """In-flight records and LLM usage summed over the reachable workers that run the group's stage."""
+def worker_figures(group: Watched, s: Sample) -> tuple[int | None, dict[str, float] | None]:
+    """In-flight records (live workers only) and LLM usage: the counters are totals of the
+    pipeline run (live workers' scrapes + earlier and unreachable runs' files), the gauges live."""
+    if not group.is_stage:
+        return None, None
     serving = [w for w in s.workers if w.samples is not None and group.name in w.entry.stages]
-    if not serving or not group.is_stage:
+    past = s.past.get(group.name)
+    if not serving and past is None:
         return None, None
 
-    def total(name: str, **labels: str) -> int:
-        return int(sum(w.total(name, stage=group.name, **labels) for w in serving))
+    def live(name: str, **labels: str) -> float:
+        return sum(w.total(name, stage=group.name, **labels) for w in serving)
 
-    def seconds(name: str) -> float:
-        return round(sum(w.total(name, stage=group.name) for w in serving), 1)
-
-    llm = {
-        "requests": sum(total("synthstream_llm_requests_total", outcome=o) for o in REQUEST_OUTCOMES),
-        "rate_limited": total("synthstream_llm_requests_total", outcome="rate_limited"),
-        "cache_hits": total("synthstream_llm_requests_total", outcome="cache_hit"),
-        "tokens": total("synthstream_llm_tokens_total"),
-        # Waiting on this process's own limits, not on the server: seconds so far, calls now.
-        "limiter_wait_s": seconds("synthstream_llm_limiter_wait_seconds_total"),
-        "limiter_waiting": total("synthstream_llm_limiter_waiting"),
-    }
-    return total("synthstream_stage_in_flight"), llm
+    counters = dict.fromkeys(COUNTERS, 0.0) if past is None else dict(past)
+    counters["requests"] += sum(live("synthstream_llm_requests_total", outcome=o) for o in REQUEST_OUTCOMES)
+    counters["rate_limited"] += live("synthstream_llm_requests_total", outcome="rate_limited")
+    counters["cache_hits"] += live("synthstream_llm_requests_total", outcome="cache_hit")
+    counters["tokens"] += live("synthstream_llm_tokens_total")
+    # Waiting on this process's own limits, not on the server: seconds so far, calls now.
+    counters["limiter_wait_s"] += live("synthstream_llm_limiter_wait_seconds_total")
+    llm: dict[str, float] = {k: int(v) for k, v in counters.items() if k != "limiter_wait_s"}
+    llm["limiter_wait_s"] = round(counters["limiter_wait_s"], 1)
+    llm["limiter_waiting"] = int(live("synthstream_llm_limiter_waiting"))
+    return (int(live("synthstream_stage_in_flight")) if serving else None), llm
 
 
 def figures(group: Watched, before: Sample, now: Sample) -> Figures:
@@ -99,7 +105,7 @@ def figures(group: Watched, before: Sample, now: Sample) -> Figures:
         in_rate=(consumed(group, now) - consumed(group, before)) / elapsed,
         out_rate=None if made_now is None or made_before is None else (made_now - made_before) / elapsed,
         dlq=_tallied(now, group.dlq, group.name), rejected=_tallied(now, group.rejected, group.name),
-        in_flight=in_flight, llm=llm,
+        in_flight=in_flight, llm=llm, waiting=now.waiting.get(group.name),
     )
 
 

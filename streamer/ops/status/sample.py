@@ -4,7 +4,8 @@ From Kafka, without joining any group: each stage's committed offsets (a consume
 stage's group id that never subscribes can ask the coordinator for them, which moves nothing)
 and the end offsets of its topics; topics several stages write are read (streamer.kafka.reader)
 and each record is counted for the stage that wrote it. From the workers: their metrics
-endpoints (streamer.metrics.registry).
+endpoints (streamer.metrics.registry), and the counters of worker runs that are over or did not
+answer, from their files (streamer.metrics.runs), so LLM counters are totals of the pipeline run.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from streamer.kafka.clients import TOPICS, TopicNames, make_consumer, start_cons
 from streamer.kafka.incarnation import TopicIdentity
 from streamer.kafka.reader import TopicReader
 from streamer.metrics.registry import WorkerEntry, registered_workers
+from streamer.metrics.runs import counted_runs
 from streamer.records import DeadLetter
 
 ALWAYS_TALLIED = ("rejected", "dlq")  # counted per stage whoever writes them
@@ -108,6 +110,10 @@ class Sample:
     tallies: dict[str, Counter[str]]  # full topic name -> writer stage -> records
     workers: list[WorkerMetrics] = field(default_factory=list)
     incarnations: dict[str, str] = field(default_factory=dict)  # full topic name -> incarnation
+    # Worker runs on disk (streamer.metrics.runs): counters of runs not scraped live, per stage.
+    past: dict[str, dict[str, float]] = field(default_factory=dict)
+    past_runs: int = 0  # finished runs those counters include
+    waiting: dict[str, str] = field(default_factory=dict)  # stage -> what it waits for (from live workers)
 
 
 class Tally:
@@ -174,7 +180,10 @@ class Sampler:
         workers = await asyncio.gather(*(scrape(w) for w in registered_workers(self.settings)))
         prefix = TopicNames(self.settings.kafka.topic_prefix)
         incarnations = await self.identity.of([prefix(t) for t in TOPICS], fresh=True)
-        return Sample(at, begins, ends, committed, tallies, list(workers), incarnations)
+        # Read after the scrapes: a run that ends in between is then counted from its last file.
+        scraped = {w.entry.run for w in workers if w.samples is not None and w.entry.run}
+        past, past_runs, waiting = await asyncio.to_thread(counted_runs, self.settings, scraped)
+        return Sample(at, begins, ends, committed, tallies, list(workers), incarnations, past, past_runs, waiting)
 
     async def _committed(self, group: Watched, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         client = self.committed_by[group.group]
