@@ -119,3 +119,23 @@ def test_cli_reports_config_error_with_exit_code_2(tmp_path, monkeypatch, capsys
     write(tmp_path, "[stages.judge]\nconcurency = 4\n")
     assert main(["config", "show"]) == 2
     assert "stages.judge.concurency" in capsys.readouterr().err
+
+
+def test_config_show_prints_stage_options_where_the_loader_takes_them(tmp_path, monkeypatch, capsys):
+    """`config show` output, written as the configuration file, loads back to the same configuration:
+    a stage's options in [stages.NAME] (the loader refuses a [stages.NAME.options] table)."""
+    import tomllib
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SYNTHSTREAM_STAGES__SITUATION__EXAMPLES", "5")
+    assert main(["config", "show"]) == 0
+    shown = capsys.readouterr().out
+    assert ".options]" not in shown
+    assert tomllib.loads(shown)["stages"]["situation"]["examples"] == 5
+    assert re.search(r"^examples = 5  # attributed seeds shown per document$", shown, flags=re.MULTILINE)
+    monkeypatch.delenv("SYNTHSTREAM_STAGES__SITUATION__EXAMPLES")
+    write(tmp_path, shown)
+    assert main(["config", "show"]) == 0
+    assert capsys.readouterr().out == shown
+    assert main(["config", "show", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stages"]["situation"]["examples"] == 5

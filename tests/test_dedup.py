@@ -208,7 +208,31 @@ def test_a_second_dedup_writer_is_refused(topics):
     first = pipeline.start("run", "--stage", "dedup", "--no-progress", name="dedup-a")
     wait_for(lambda: "dedup: assigned partitions" in pipeline.log_of(first), 60, what="first writer joined")
     second = pipeline.cli("run", "--stage", "dedup", "--no-progress", check=False, timeout=60)
-    assert second.returncode == 1
-    assert "another process is the writer" in second.stderr.decode()
+    # Refused before any Kafka client is made: exit 3 (busy), the writer's pid, no unclosed-client noise.
+    assert second.returncode == 3
+    err = second.stderr.decode()
+    assert f"pid {first.pid} is already its writer" in err and "Unclosed" not in err and "Traceback" not in err
+    # A worker that loses the race for the lock (started past that check) fails with the lock's
+    # message and leaves no Kafka client unclosed behind it.
+    assert "another process (pid" in _worker_refused_in_process(pipeline.settings())
     assert first.poll() is None
     assert stop_process(first) == 0
+
+
+def _worker_refused_in_process(settings) -> str:
+    import gc
+    import warnings
+
+    from consumers import STAGES
+    from streamer.runtime.worker import Worker
+    from streamer.state.manager import StateLockedError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(StateLockedError) as refused:
+            asyncio.run(Worker(settings, [STAGES["dedup"]], sink=False, progress=False).run())
+        message = str(refused.value)
+        del refused  # its traceback holds the worker's clients: let them be collected now
+        gc.collect()
+    assert not [w for w in caught if "Unclosed" in str(w.message)], [str(w.message) for w in caught]
+    return message

@@ -28,14 +28,22 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     shown = mask_secrets(settings.model_dump(exclude={"stages"}))
-    shown["stages"] = {
-        name: mask_secrets(stage.bind(settings).settings.model_dump()) for name, stage in STAGES.items()
-    }
+    shown["stages"] = {name: _stage_table(stage.bind(settings).settings.model_dump()) for name, stage in STAGES.items()}
     if args.json:
         print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
     else:
         print(to_toml(shown))
     return 0
+
+
+def _stage_table(effective: dict[str, Any]) -> dict[str, Any]:
+    """A stage's effective settings as `[stages.NAME]` takes them: its options beside the runtime
+    keys (not under an `options` table, which the loader would refuse), its LLM as `[stages.NAME.llm]`."""
+    from streamer.config import mask_secrets
+
+    options = effective.pop("options", None) or {}
+    llm = effective.pop("llm")
+    return mask_secrets({**effective, **options, "llm": llm})
 
 
 def to_toml(tree: dict[str, Any]) -> str:
@@ -49,41 +57,50 @@ _KEY_LINE = re.compile(r"^(?:# )?(\w+) = ")
 
 
 def _described(text: str) -> str:
-    """Each setting that has a description in streamer.config gets it as a trailing comment, so
-    defaults whose meaning is not obvious (`requests_per_minute = 0`) say what they mean."""
-    from pydantic import BaseModel
-
-    from streamer.config import LLMSettings
-
-    section: type[BaseModel] | None = None
+    """Each setting that has a description in streamer.config (or a stage's options model) gets it
+    as a trailing comment, so defaults whose meaning is not obvious (`requests_per_minute = 0`) say
+    what they mean."""
+    fields: dict[str, Any] = {}
     lines = []
     for line in text.splitlines():
         if line.startswith("["):
-            header = line.strip("[]")
-            # [stages.X.llm] sits under a dict of stages, not a model: it is an [llm] table.
-            section = _section_model(header) or (LLMSettings if header.endswith(".llm") else None)
-        elif section is not None and (key := _KEY_LINE.match(line)):
-            field = section.model_fields.get(key.group(1))
+            fields = _fields_of(line.strip("[]"))
+        elif key := _KEY_LINE.match(line):
+            field = fields.get(key.group(1))
             if field is not None and field.description:
                 line = f"{line}  # {field.description}"
         lines.append(line)
     return "\n".join(lines)
 
 
-def _section_model(header: str) -> Any:
-    """The settings model of a table header (`llm`, `feed.filters`), or None."""
+def _fields_of(header: str) -> dict[str, Any]:
+    """The settings fields of a table header (`llm`, `feed.filters`, `stages.judge`, `stages.judge.llm`)."""
+    from consumers import STAGES
+    from streamer.config import LLMSettings, StageSettings
+
+    parts = header.split(".")
+    if parts[0] != "stages":
+        return _section_fields(parts)
+    if parts[-1] == "llm":  # [stages.X.llm] is an [llm] table
+        return dict(LLMSettings.model_fields)
+    stage = STAGES.get(parts[1]) if len(parts) == 2 else None
+    options = stage.options_model.model_fields if stage is not None else {}
+    return {**options, **StageSettings.model_fields}
+
+
+def _section_fields(names: list[str]) -> dict[str, Any]:
     from pydantic import BaseModel
 
     from streamer.config import Settings
 
     model: Any = Settings
-    for name in header.split("."):
+    for name in names:
         field = model.model_fields.get(name)
         annotation = field.annotation if field is not None else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
+            return {}
         model = annotation
-    return model
+    return dict(model.model_fields)
 
 
 def _writable(value: Any) -> Any:

@@ -60,7 +60,9 @@ def _done_line(args: argparse.Namespace, stage: str, start: Any, done: Any) -> s
     return (f"stage {stage} ran under version {args.version} (identity {done.identity}) in group "
             f"{done.group} from {start.describe()} ({done.offsets_text()}): {done.done} input records, "
             f"{done.produced} new records with new ids beside the old ones, {done.dead} dead letters. "
-            f"Downstream stages take them when they run; to keep new input under this version set "
+            f"Running workers of the stages downstream take them now (`synthstream status --until-idle` returns "
+            f"when they are through; with none running, `synthstream run --until-idle`); to keep new input under "
+            f"this version set "
             f"[stages.{stage}] version = \"{args.version}\" (its workers continue in {done.group})")
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from streamer.cli.base import Subparsers, add_metrics_options, check_stages, serve_metrics, settings_from, with_kafka
+from streamer.cli.errors import CommandError
 
 if TYPE_CHECKING:
     from streamer.config import Settings
+    from streamer.runtime.stage import Stage
 
 
 def register(sub: Subparsers) -> None:
@@ -28,7 +31,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     names = args.stage or []
     check_stages(names, [*STAGES, "sink"])
-    stages = [s for s in PIPELINE if not names or s.name in names]
+    stages = _without_running_writers(settings, [s for s in PIPELINE if not names or s.name in names], names)
     sink = not names or "sink" in names
 
     async def body(ready: Settings) -> None:
@@ -37,3 +40,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     with serve_metrics(args, settings):
         with_kafka(settings, "this run", body)
     return 0
+
+
+def _without_running_writers(settings: Settings, stages: list[Stage], named: list[str]) -> list[Stage]:
+    """`stages` less the single-writer ones another process on this machine already writes: a
+    whole-pipeline run leaves them to it (saying so); naming one with --stage is refused."""
+    from streamer.ops.writers import running_writers
+
+    held = running_writers(settings, stages)
+    for name, pid in held.items():
+        writer = f"pid {pid}"
+        if name in named:
+            raise CommandError(f"cannot run {name}: {writer} is already its writer (state in "
+                               f"{settings.storage.data_dir}/state; one writer per data dir); it processes "
+                               f"{name}'s input as it arrives, so nothing is lost. Stop it first to run {name} here",
+                               code=3)
+        print(f"synthstream: {name} not run here: {writer} is already its writer (one per data dir) and "
+              f"processes its input; the other stages run", file=sys.stderr)
+    return [stage for stage in stages if stage.name not in held]

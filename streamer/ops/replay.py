@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from streamer import metrics
 from streamer.config import Settings
 from streamer.kafka.admin import committed_offsets, rewind_group
-from streamer.kafka.clients import TopicNames
+from streamer.kafka.clients import TopicNames, is_tansu, use_fast_group_timing
 from streamer.kafka.positions import StartAt
+from streamer.kafka.topic_ids import BrokerProbe
 from streamer.runtime.stage import Stage
 from streamer.kafka.reader import end_offsets
 
@@ -49,7 +50,7 @@ def _offset(value: int | None) -> str:
 
 async def reset(settings: Settings, stage: Stage, start: StartAt) -> Replayed:
     """Move the stage's group (raises GroupBusyError while it has active members)."""
-    return await _rewind(settings, stage, start)
+    return await _rewind(await _with_broker_timing(settings), stage, start)
 
 
 async def run_version(settings: Settings, stage: Stage, start: StartAt, version: str, *,
@@ -60,7 +61,7 @@ async def run_version(settings: Settings, stage: Stage, start: StartAt, version:
     if stage.state is not None:
         raise ReplayError(f"stage {stage.name} keeps state built from its own output, so a second version "
                           f"cannot run beside the first; replay it without --version")
-    versioned = settings.model_copy(deep=True)
+    versioned = await _with_broker_timing(settings)
     versioned.stages.setdefault(stage.name, {})["version"] = version
     replayed = await _rewind(versioned, stage, start)
     await Worker(versioned, [stage], sink=False, until_idle=True, progress=progress).run()
@@ -69,6 +70,21 @@ async def run_version(settings: Settings, stage: Stage, start: StartAt, version:
     # RECORDS_OUT counts dead letters too (they are outputs on the dlq topic).
     replayed.produced = int(metrics.total(metrics.RECORDS_OUT, stage=stage.name)) - replayed.dead
     return replayed
+
+
+async def _with_broker_timing(settings: Settings) -> Settings:
+    """A copy of `settings` with the group timing workers use on this broker: against tansu, which
+    holds a join for half the session timeout and a departed member until its session ends, the
+    default timing made a versioned replay wait some 18 s between rewinding and running."""
+    adjusted = settings.model_copy(deep=True)
+    probe = BrokerProbe(adjusted.kafka)
+    try:
+        await probe.ask([])
+    finally:
+        probe.close()
+    if is_tansu(probe.cluster_id):
+        use_fast_group_timing(adjusted.kafka)
+    return adjusted
 
 
 async def _rewind(settings: Settings, stage: Stage, start: StartAt) -> Replayed:

@@ -22,12 +22,12 @@ from streamer import metrics
 from streamer.config import Settings
 from streamer.kafka import produced
 from streamer.kafka.clients import TopicNames
-from streamer.kafka.group import GroupMember
+from streamer.kafka.group import GroupMember, abandon
 from streamer.kafka.health import BROKER_VERDICTS, BrokerWatch
 from streamer.llm.client import LLMPool
 from streamer.runtime.processor import Output, RecordProcessor, Source
 from streamer.runtime.stage import Stage
-from streamer.state.manager import StateManager
+from streamer.state.manager import StateLockedError, StateManager
 from streamer.state.table import TopicTable
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,11 @@ class StageRunner(GroupMember):
     # Main loop ------------------------------------------------------------------------------
     async def run(self) -> None:
         if self.state is not None:
-            self.state.lock()  # before joining: a second writer must not disturb the first one's group
+            try:
+                self.state.lock()  # before joining: a second writer must not disturb the first one's group
+            except StateLockedError:
+                abandon(self.consumer)  # never started: nothing to leave, but collected it would say "unclosed"
+                raise
         # Setup first: it may start slow work in the background (the encoder loads in its thread).
         if self.stage.setup is not None:
             self.resources = await self.stage.setup(self.bound.settings, self.bound.options)

@@ -65,6 +65,47 @@ class StateLockedError(RuntimeError):
     pass
 
 
+LOCK_FILE = "writer.lock"
+
+
+def state_directory(settings: Settings, stage: str) -> Path:
+    return settings.storage.data_dir / "state" / f"{settings.kafka.topic_prefix}{stage}"
+
+
+def live_writer(directory: Path) -> int | None:
+    """The pid of the live process holding the state at `directory`, or None.
+
+    The writer writes its pid into the lock file. Only a live pid is confirmed by taking the lock
+    for an instant (the pid may have been reused): probing every time could refuse a writer
+    starting at that very instant, and a dead writer's lock is free anyway."""
+    path = directory / LOCK_FILE
+    pid = _pid_in(path) if path.exists() else 0
+    if not pid or pid == os.getpid() or not _alive(pid):
+        return None
+    handle = open(path, "a+")  # noqa: SIM115 - closed by unlock, or by try_lock when held elsewhere
+    if try_lock(handle):
+        unlock(handle)
+        return None
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _pid_in(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 class StateManager:
     def __init__(self, spec: StateSpec, settings: Settings, stage: str, stage_settings: StageSettings,
                  options: Any) -> None:
@@ -72,7 +113,7 @@ class StateManager:
         self.settings = settings
         self.stage_settings = stage_settings
         self.options = options
-        self.directory = settings.storage.data_dir / "state" / f"{settings.kafka.topic_prefix}{stage}"
+        self.directory = state_directory(settings, stage)
         self.snapshot_dir = self.directory / "snapshot"
         self.state: StageState = spec.factory(stage_settings, options)
         self._lock_file: Any = None
@@ -81,10 +122,10 @@ class StateManager:
 
     def lock(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        handle = open(self.directory / "writer.lock", "a+")  # noqa: SIM115 - held for the process life
+        handle = open(self.directory / LOCK_FILE, "a+")  # noqa: SIM115 - held for the process life
         if not try_lock(handle):
-            raise StateLockedError(f"another process is the writer of {self.directory}; "
-                                   f"this stage allows a single writer")
+            raise StateLockedError(f"another process (pid {_pid_in(self.directory / LOCK_FILE) or '?'}) is the "
+                                   f"writer of {self.directory}; this stage allows a single writer")
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
