@@ -67,3 +67,14 @@ def test_loading_the_stages_leaves_the_heavy_libraries_to_the_processes_that_use
             "print(sorted(m for m in ('openai', 'faiss', 'torch', 'sentence_transformers') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert loaded.stdout.strip() == "[]", loaded.stdout
+
+
+def test_the_console_keeps_to_its_arrows_and_only_the_cli_imports_it():
+    allowed = ("streamer.ui", "streamer.ops", "streamer.report", "streamer.storage", "streamer.kafka",
+               "streamer.metrics", "streamer.config", "streamer.records", "streamer.text", "consumers")
+    console = {m: found for m, found in IMPORTS.items() if m.startswith("streamer.ui")}
+    assert console, "streamer/ui/ not found"
+    offenders = {m: sorted(i for i in found if i.startswith(("streamer", "consumers", "producers"))
+                           and not i.startswith(allowed)) for m, found in console.items()}
+    assert not {m: i for m, i in offenders.items() if i}
+    assert importers("streamer.ui") - set(console) <= {m for m in IMPORTS if m.startswith("streamer.cli")}
