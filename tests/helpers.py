@@ -135,3 +135,21 @@ def simulator_requests(url: str) -> list[dict]:
 
     with urllib.request.urlopen(url.replace("/v1", "/requests"), timeout=10) as resp:
         return json.load(resp)
+
+
+# The stages up to instruction, and an instruction endpoint that always fails once (dead letters).
+UPSTREAM = ["--stage", "attribution", "--stage", "situation", "--stage", "instruction"]
+
+
+def dead_letters_at_instruction(pipeline, start_simulator, tmp_path: Path, documents: int) -> list[str]:
+    """Feed `documents` documents through the upstream stages with a broken instruction endpoint
+    (one attempt, no retries), so each ends as an instruction dead letter; returns the texts."""
+    healthy, broken = start_simulator(), start_simulator("--error-rate", "1")
+    pipeline.env.update({"SYNTHSTREAM_LLM__BASE_URL": healthy.url,
+                         "SYNTHSTREAM_STAGES__INSTRUCTION__LLM__BASE_URL": broken.url,
+                         "SYNTHSTREAM_STAGES__INSTRUCTION__LLM__MAX_RETRIES": "0",
+                         "SYNTHSTREAM_STAGES__INSTRUCTION__ATTEMPTS": "1"})
+    texts = make_texts(documents)
+    pipeline.feed(tmp_path, texts, seeds=3)
+    pipeline.cli("run", *UPSTREAM, "--stage", "sink", "--until-idle", "--no-progress", timeout=180)
+    return texts

@@ -12,6 +12,8 @@ from datetime import datetime
 import orjson
 import pytest
 from helpers import (
+    UPSTREAM,
+    dead_letters_at_instruction,
     expected_ids,
     make_texts,
     read_topic,
@@ -27,7 +29,6 @@ from streamer.kafka.reader import positions_on
 
 pytestmark = pytest.mark.slow
 
-UPSTREAM = ["--stage", "attribution", "--stage", "situation", "--stage", "instruction"]
 
 
 def committed(pipeline, group: str, topic: str) -> dict[int, int]:
@@ -202,14 +203,7 @@ def test_replay_under_a_new_version_regenerates_beside_the_old_while_workers_run
 
 
 def test_dead_letters_are_redriven_once_after_the_fault_is_fixed(pipeline, start_simulator, tmp_path):
-    healthy, broken = start_simulator(), start_simulator("--error-rate", "1")
-    pipeline.env.update({"SYNTHSTREAM_LLM__BASE_URL": healthy.url,
-                         "SYNTHSTREAM_STAGES__INSTRUCTION__LLM__BASE_URL": broken.url,
-                         "SYNTHSTREAM_STAGES__INSTRUCTION__LLM__MAX_RETRIES": "0",
-                         "SYNTHSTREAM_STAGES__INSTRUCTION__ATTEMPTS": "1"})
-    texts = make_texts(4)
-    pipeline.feed(tmp_path, texts, seeds=3)
-    pipeline.cli("run", *UPSTREAM, "--stage", "sink", "--until-idle", "--no-progress", timeout=180)
+    texts = dead_letters_at_instruction(pipeline, start_simulator, tmp_path, documents=4)
 
     listed = pipeline.cli("dlq", "list", "--stage", "instruction")
     lines = listed.stdout.decode().splitlines()[1:]
@@ -225,7 +219,7 @@ def test_dead_letters_are_redriven_once_after_the_fault_is_fixed(pipeline, start
                                        pipeline.prefix + "situations"))
 
     # The fault is fixed: the stage gets the healthy endpoint, and the dead letters go back.
-    pipeline.env["SYNTHSTREAM_STAGES__INSTRUCTION__LLM__BASE_URL"] = healthy.url
+    pipeline.env["SYNTHSTREAM_STAGES__INSTRUCTION__LLM__BASE_URL"] = pipeline.env["SYNTHSTREAM_LLM__BASE_URL"]
     redriven = pipeline.cli("dlq", "redrive", "--stage", "instruction")
     sent = redriven.stdout.decode().splitlines()
     assert len(sent) == 4 and all(f"-> {pipeline.prefix}situations[" in line for line in sent), sent

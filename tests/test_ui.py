@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 from helpers import (
+    dead_letters_at_instruction,
     make_texts,
     stop_process,
     stored_rows,
@@ -35,7 +36,6 @@ pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("SYNTHSTREAM_UI_SCREENSHOTS") or Path(__file__).parent / "artifacts" / "ui")
 CHAIN_PARTS = ("document", "seeds", "situation", "instruction", "judge", "dedup", "answer")
-UPSTREAM = ["--stage", "attribution", "--stage", "situation", "--stage", "instruction"]
 
 
 def browser_or_skip():
@@ -174,14 +174,7 @@ def check_chain(page, sample: dict, attributed: list[dict]) -> None:
 
 # Dead letters --------------------------------------------------------------------------------------
 def test_a_dead_letter_is_redriven_from_the_page_and_then_stored_once(pipeline, start_simulator, page, tmp_path):
-    healthy, broken = start_simulator(), start_simulator("--error-rate", "1")
-    pipeline.env.update({"SYNTHSTREAM_LLM__BASE_URL": healthy.url,
-                         "SYNTHSTREAM_STAGES__INSTRUCTION__LLM__BASE_URL": broken.url,
-                         "SYNTHSTREAM_STAGES__INSTRUCTION__LLM__MAX_RETRIES": "0",
-                         "SYNTHSTREAM_STAGES__INSTRUCTION__ATTEMPTS": "1"})
-    texts = make_texts(2)
-    pipeline.feed(tmp_path, texts, seeds=3)
-    pipeline.cli("run", *UPSTREAM, "--stage", "sink", "--until-idle", "--no-progress", timeout=180)
+    dead_letters_at_instruction(pipeline, start_simulator, tmp_path, documents=2)
     _, url = start_ui(pipeline)
 
     page.goto(url + "#/dlq")
@@ -203,7 +196,7 @@ def test_a_dead_letter_is_redriven_from_the_page_and_then_stored_once(pipeline, 
     shot(page, "4-dead-letters-redriven")
 
     # The fault is fixed; the redriven input becomes exactly one stored sample, the other none.
-    pipeline.env["SYNTHSTREAM_STAGES__INSTRUCTION__LLM__BASE_URL"] = healthy.url
+    pipeline.env["SYNTHSTREAM_STAGES__INSTRUCTION__LLM__BASE_URL"] = pipeline.env["SYNTHSTREAM_LLM__BASE_URL"]
     pipeline.cli("run", "--until-idle", "--no-progress", timeout=180)
     letter = next(e for e in stored_envelopes(pipeline, "dlq") if e["id"] == chosen)
     rows = stored_rows(pipeline.data_dir, pipeline.prefix + "samples")
