@@ -37,11 +37,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     options = UiOptions(host=args.host, port=args.port, token=token)
 
     def ready(url: str) -> None:
-        if made:
-            print(f"synthstream ui: bound to {args.host}, so every request needs this access token (printed "
-                  f"once; set --token or ${TOKEN_ENV} to choose it): {token}", file=sys.stderr)
-        print(f"synthstream ui: {url}  (prefix {settings.kafka.topic_prefix} on "
-              f"{settings.kafka.bootstrap_servers}; Ctrl-C stops)", file=sys.stderr, flush=True)
+        if made:  # printed once, in the URL to open; a token the user chose is never printed
+            print(f"synthstream ui: bound to {args.host}, so every request needs an access token; this one is "
+                  f"made up for this run (set --token or ${TOKEN_ENV} to choose it)", file=sys.stderr)
+            url += f"?token={token}"
+        elif token:
+            print(f"synthstream ui: bound to {args.host}: open the URL with ?token=<your token> once",
+                  file=sys.stderr)
+        print(f"synthstream ui: prefix {settings.kafka.topic_prefix} on {settings.kafka.bootstrap_servers}; "
+              f"Ctrl-C stops", file=sys.stderr, flush=True)
         print(url, flush=True)
 
     async def body() -> None:

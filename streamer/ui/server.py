@@ -109,7 +109,7 @@ async def _stop_sampling(app: web.Application) -> None:
 
 
 async def serve(settings: Settings, options: UiOptions, stop: asyncio.Event, on_ready: Callable[[str], None]) -> None:
-    """Serve until `stop` is set; `on_ready` gets the URL to open once the port listens."""
+    """Serve until `stop` is set; `on_ready` gets the URL (without the token) once the port listens."""
     app = make_app(settings, options)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5)
     await runner.setup()
@@ -118,7 +118,7 @@ async def serve(settings: Settings, options: UiOptions, stop: asyncio.Event, on_
         await site.start()
         port = runner.addresses[0][1] if options.port == 0 else options.port
         shown = f"[{options.host}]" if ":" in options.host else options.host
-        on_ready(f"http://{shown}:{port}/" + (f"?token={options.token}" if options.token else ""))
+        on_ready(f"http://{shown}:{port}/")
         await stop.wait()
     finally:
         await runner.cleanup()
