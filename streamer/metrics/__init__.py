@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 RECORDS_IN = Counter("synthstream_stage_records_in", "Records a stage started on", ["stage"])
 RECORDS_OUT = Counter("synthstream_stage_records_out", "Records a stage produced", ["stage", "topic"])
@@ -54,7 +54,7 @@ def total(metric: Counter | Gauge, **labels: str) -> float:
     name = metric._name  # noqa: SLF001 - prometheus_client keeps the family name here
     wanted = {f"{name}_total", name}
     value = 0.0
-    for family in REGISTRY.collect():
+    for family in metric.collect():  # this metric's own samples: the whole registry is far larger (histograms)
         for sample in family.samples:
             if sample.name in wanted and all(sample.labels.get(k) == v for k, v in labels.items()):
                 value += sample.value
