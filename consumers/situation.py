@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from consumers.payloads import AttributedSeed, DocumentRef, SeedRef, Situation
 from streamer.runtime.embedding import DEFAULT_MODEL, Encoder, shared_encoder
 from streamer.records import Document
+from streamer.text import shorten
 from streamer.runtime.stage import Emit, Prompt, Stage, StageContext
 from streamer.state.table import TopicTable
 from streamer.runtime.tokens import count_tokens, truncate_tokens
@@ -154,10 +155,6 @@ async def choose_examples(doc: Document, ctx: StageContext) -> list[str]:
     selector: ExampleSelector = ctx.resources
     return await selector.choose(doc.text[: opts.nearest_prefix], table, opts.examples, opts.demo_selection,
                                  seed=ctx.record.id)
-
-
-def shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def document_reference(doc: Document) -> DocumentRef:

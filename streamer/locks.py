@@ -1,8 +1,11 @@
-"""One writer per file: an exclusive, non-blocking lock held for as long as the file is open."""
+"""One writer per file: an exclusive, non-blocking lock held for as long as the file is open; and
+whether the process a file names (by pid) is still there."""
 
 from __future__ import annotations
 
 import fcntl
+import os
+import socket
 from typing import IO, Any
 
 
@@ -20,3 +23,19 @@ def try_lock(handle: IO[Any]) -> bool:
 def unlock(handle: IO[Any]) -> None:
     fcntl.flock(handle, fcntl.LOCK_UN)
     handle.close()
+
+
+def process_alive(pid: int, host: str | None = None) -> bool:
+    """Whether process `pid` runs. A pid only means something on its own machine: one recorded on
+    another host (a shared volume) is taken as alive, and the caller's other checks decide."""
+    if host is not None and host != socket.gethostname():
+        return True
+    if pid <= 0:  # os.kill(0, …) would mean this process group
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, run by another user
+        return True
+    return True

@@ -34,3 +34,8 @@ def normalise_text(text: str, *, keep_indent: bool = False) -> str:
 def name_key(name: str) -> str:
     """Key under which two names count as the same (case and spacing ignored)."""
     return normalise_text(name).casefold()
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, an ellipsis marking the cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -18,6 +18,7 @@ import orjson
 
 from streamer.config import Settings
 from streamer.metrics.endpoint import MetricsEndpoint, current
+from streamer.locks import process_alive
 from streamer.metrics.runs import run_of
 
 
@@ -72,19 +73,6 @@ def registered_workers(settings: Settings) -> list[WorkerEntry]:
                                 [str(s) for s in raw["stages"]], raw.get("run"))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # half-written by an older version, or removed meanwhile
-        if entry.prefix == settings.kafka.topic_prefix and _alive(entry):
+        if entry.prefix == settings.kafka.topic_prefix and process_alive(entry.pid, entry.host):
             entries.append(entry)
     return entries
-
-
-def _alive(entry: WorkerEntry) -> bool:
-    # A pid only means something on its own machine; elsewhere (a shared volume) the scrape decides.
-    if entry.host != socket.gethostname():
-        return True
-    try:
-        os.kill(entry.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, run by another user
-    return True

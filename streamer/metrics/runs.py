@@ -30,7 +30,7 @@ import orjson
 from prometheus_client import REGISTRY
 
 from streamer.config import Settings
-from streamer.locks import try_lock, unlock
+from streamer.locks import process_alive, try_lock, unlock
 from streamer.metrics import REQUEST_OUTCOMES
 
 log = logging.getLogger(__name__)
@@ -196,17 +196,11 @@ def fold_finished(settings: Settings) -> None:
 
 def run_is_over(raw: dict[str, Any]) -> bool:
     """Finished, or its process is gone (same host only: elsewhere a pid means nothing here)."""
-    if raw.get("finished"):
-        return True
-    if raw.get("host") != socket.gethostname():
-        return False
     try:
-        os.kill(int(raw.get("pid", 0)), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError, OverflowError):
+        pid = int(raw.get("pid", 0))
+    except (TypeError, ValueError):
         return False
-    return False
+    return bool(raw.get("finished")) or not process_alive(pid, raw.get("host"))
 
 
 def counted_runs(settings: Settings, live_scraped: set[str]) -> tuple[dict[str, dict[str, float]], int, dict]:

@@ -17,6 +17,7 @@ from typing import Callable
 from aiokafka import TopicPartition
 
 from streamer.config import Settings
+from streamer.ops.status.figures import lag_partitions
 from streamer.ops.status.sample import Sample, Sampler, Watched
 
 SAY_EVERY = 5.0  # seconds between "still waiting" lines
@@ -24,17 +25,8 @@ STUCK_AFTER = 30.0  # seconds without a commit before a stage with work left is 
 
 
 def left_by_group(groups: list[Watched], sample: Sample) -> dict[str, int]:
-    """Records each group has not committed yet on its input topics."""
-    left = {}
-    for group in groups:
-        committed = sample.committed.get(group.group, {})
-        left[group.name] = sum(max(0, end - _position(committed.get(tp), sample.begins.get(tp, 0)))
-                               for tp, end in sample.ends.items() if tp.topic in group.inputs)
-    return left
-
-
-def _position(committed: int | None, begin: int) -> int:
-    return begin if committed is None else committed
+    """Records each group has not committed yet on its input topics (its lag, as `status` counts it)."""
+    return {group.name: sum(p["lag"] for p in lag_partitions(group, sample)) for group in groups}
 
 
 @dataclass

@@ -14,6 +14,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
+from streamer.text import shorten
+
+def decode_value(value: bytes | None) -> Any:
+    """A record value as JSON (None when it is none or not JSON: other writers share the topics)."""
+    try:
+        return orjson.loads(value) if value is not None else None
+    except orjson.JSONDecodeError:
+        return None
+
+
 # Payload fields that say best what a record is about, in order of preference.
 TEXT_FIELDS = ("instruction", "situation", "text", "name", "subject", "reason", "error", "response")
 # Fields put before the text because the text alone does not say who decided it.
@@ -82,13 +94,13 @@ def short_text(envelope: dict[str, Any], width: int = 100) -> str:
         head = " | ".join(v for v in (meta.get("title"), data.get("source")) if isinstance(v, str) and v.strip())
         text = re.sub(r"\s+", " ", str(data.get("text") or "")).strip()
         if not head:
-            return text if len(text) <= width else text[: width - 1] + "…"
+            return shorten(text, width)
         # The title and URL are what tell pages apart, so a long URL shortens the text, not itself.
         room = max(width - len(head) - 2, 40)
-        return f"{head}: {text if len(text) <= room else text[: room - 1] + '…'}"
+        return f"{head}: {shorten(text, room)}"
     context = [str(data[f]) for f in CONTEXT_FIELDS if isinstance(data.get(f), str)]
     text = next((data[f] for f in TEXT_FIELDS if isinstance(data.get(f), str) and data[f].strip()), None)
     if text is None:
         text = next((v for v in data.values() if isinstance(v, str) and v.strip()), "")
     line = re.sub(r"\s+", " ", f"{' '.join(context)}: {text}" if context else text).strip()
-    return line if len(line) <= width else line[: width - 1] + "…"
+    return shorten(line, width)

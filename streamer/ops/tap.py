@@ -12,14 +12,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-import orjson
 from aiokafka.structs import ConsumerRecord
 
 from streamer.config import Settings
 from streamer.kafka.clients import TOPICS, TopicNames
 from streamer.kafka.positions import StartAt
 from streamer.kafka.reader import observe
-from streamer.ops.query import Where, matches_all, short_text
+from streamer.ops.query import Where, decode_value, matches_all, short_text
 
 
 @dataclass
@@ -47,7 +46,7 @@ async def tap(settings: Settings, request: TapRequest, stop: asyncio.Event, out:
     records = observe(settings, topic, request.start, follow=request.follow, stop=stop)
     async with contextlib.aclosing(records):
         async for record in records:
-            envelope = _decode(record.value)
+            envelope = decode_value(record.value)
             if request.wheres and not (isinstance(envelope, dict) and matches_all(envelope, request.wheres)):
                 continue
             if request.as_json and envelope is None:
@@ -60,13 +59,6 @@ async def tap(settings: Settings, request: TapRequest, stop: asyncio.Event, out:
             if request.limit and shown >= request.limit:
                 break
     return shown
-
-
-def _decode(value: bytes | None) -> Any:
-    try:
-        return orjson.loads(value) if value is not None else None
-    except orjson.JSONDecodeError:
-        return None
 
 
 def _render(record: ConsumerRecord, envelope: Any, as_json: bool) -> bytes:

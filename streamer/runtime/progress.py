@@ -231,9 +231,6 @@ class Progress:
         stalled = [] if final else [f"{name}: {why}" for name, why in self.waiting(rows)]
         return [f"{s.name:<{width}}  {describe(s, rate, with_eta=not final)}" for s, rate in rows] + stalled
 
-    def log_line(self, final: bool = False) -> str:
-        return self.log_lines(final)[0]
-
     def log_lines(self, final: bool = False) -> list[str]:
         """The progress line, then one line per stalled stage."""
         rows = self.rows(final)

@@ -137,7 +137,7 @@ def one_each(options: Any, handled: int) -> Expected:
 
 # Output topic -> the stages declared in this process that write it, so a worker of one stage can
 # name the stage to start when a topic it waits for is empty (the runtime cannot import consumers).
-_WRITERS: dict[str, list[str]] = {}
+_WRITERS: dict[str, dict[str, None]] = {}  # an ordered set per topic
 
 
 def writers_of(topic: str) -> list[str]:
@@ -168,8 +168,8 @@ class Stage:
     prepare: StageFn | None = None
 
     def __post_init__(self) -> None:
-        for topic in self.output_topics:
-            _WRITERS.setdefault(topic, []).append(self.name)
+        for topic in self.output_topics:  # a stage declared again (dataclasses.replace) is named once
+            _WRITERS.setdefault(topic, {})[self.name] = None
 
     def max_in_flight(self, concurrency: int) -> int:
         """Records in flight for a stage run at `concurrency`: twice that when it prepares ahead."""

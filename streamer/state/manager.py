@@ -35,7 +35,7 @@ from streamer.config import Settings, StageSettings
 from streamer.kafka.incarnation import incarnations, short
 from streamer.records import Envelope, RecordData
 from streamer.kafka.reader import end_offsets, read_changelog
-from streamer.locks import try_lock, unlock
+from streamer.locks import process_alive, try_lock, unlock
 
 log = logging.getLogger(__name__)
 
@@ -80,23 +80,13 @@ def live_writer(directory: Path) -> int | None:
     starting at that very instant, and a dead writer's lock is free anyway."""
     path = directory / LOCK_FILE
     pid = _pid_in(path) if path.exists() else 0
-    if not pid or pid == os.getpid() or not _alive(pid):
+    if not pid or pid == os.getpid() or not process_alive(pid):
         return None
     handle = open(path, "a+")  # noqa: SIM115 - closed by unlock, or by try_lock when held elsewhere
     if try_lock(handle):
         unlock(handle)
         return None
     return pid
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def _pid_in(path: Path) -> int:

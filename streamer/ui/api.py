@@ -15,7 +15,7 @@ from streamer.kafka.clients import TOPICS
 from streamer.kafka.positions import FROM_BEGINNING, PositionError, StartAt
 from streamer.kafka.reader import UnknownTopicError, observe
 from streamer.ops import dlq
-from streamer.ops.query import Where
+from streamer.ops.query import Where, decode_value
 from streamer.ops.tap import known_topic
 from streamer.ui.chain import recent_samples, sample_chain
 from streamer.ui.reports import LiveReport, rejected_groups
@@ -138,8 +138,7 @@ async def rejected(request: web.Request) -> web.Response:
     async with contextlib.aclosing(records):
         with contextlib.suppress(UnknownTopicError):
             async for rec in records:
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    on_topic.append(orjson.loads(rec.value or b"null"))
+                on_topic.append(decode_value(rec.value))
     return as_json(await asyncio.to_thread(rejected_groups, settings, on_topic))
 
 

@@ -5,45 +5,13 @@ stored them, and the sample of the instruction dedup compared it with."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from streamer.config import Settings
+from streamer.storage.samples import sample_view
 from streamer.ui.topics import find_on_topics, stored
 
 RECENT_SAMPLES = 200
-
-
-def _sample_view() -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """The export's view of a sample (streamer.storage.samples), or the fallback below if this
-    checkout's export does not have it yet."""
-    try:
-        from streamer.storage.samples import sample_view  # type: ignore[import-not-found]
-    except ImportError:
-        try:
-            from streamer.storage.export import sample_view  # type: ignore[attr-defined,no-redef]
-        except ImportError:
-            return fallback_view
-    return sample_view
-
-
-def fallback_view(env: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a stored sample as its lineage details and meta carry them (nulls where absent)."""
-    lineage, data = env.get("lineage") or {}, env.get("data") or {}
-    details, meta = lineage.get("details") or {}, data.get("meta") or {}
-    document = details.get("document")
-    return {
-        "id": env.get("id"), "instruction_id": env.get("parent_id"), "root_id": env.get("root_id"),
-        "method": env.get("method"), "simulated": bool(env.get("simulated")), "created_at": env.get("created_at"),
-        "instruction": data.get("instruction"), "response": data.get("response"),
-        "document": {"id": lineage.get("document_id"), **document} if document else None,
-        "seeds": details.get("seeds") or [], "situation": details.get("situation"),
-        "compositions": meta.get("compositions"),
-        "judge": details.get("judge") or {"scores": None, "total": meta.get("judge_score"), "analysis": None},
-        "dedup": details.get("dedup"), "lineage": lineage, "meta": meta,
-        "glan": {"taxonomy_path": details["taxonomy_path"], "level": details.get("level"),
-                 **(details.get("sampling") or {})} if details.get("taxonomy_path") else None,
-    }
 
 
 def recent_samples(settings: Settings, limit: int = RECENT_SAMPLES) -> list[dict[str, Any]]:
@@ -79,7 +47,7 @@ def chain_from_store(settings: Settings, sample_id: str) -> dict[str, Any] | Non
 
 
 def chain_of(settings: Settings, env: dict[str, Any], found_in: str) -> dict[str, Any]:
-    view = _sample_view()(env)
+    view = sample_view(env)
     seeds = view.get("seeds") or []
     seed_ids = [s.get("id") for s in seeds if isinstance(s, dict)] or (env.get("lineage") or {}).get("seed_ids") or []
     attributed = _attributed_seeds(settings, seed_ids)

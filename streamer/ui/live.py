@@ -13,7 +13,6 @@ import orjson
 from aiohttp import web
 
 from streamer.config import Settings
-from streamer.kafka.incarnation import replaced_line
 from streamer.ops.status import Status
 from streamer.ops.status.sample import Sampler
 from streamer.ui.topics import any_simulated
@@ -63,14 +62,7 @@ class LiveStatus:
                 before = now
 
     def _payload(self, status: Status) -> dict[str, Any]:
-        figures = status.to_json()
-        replaced = figures.get("incarnations", {}).get("not_seen_by_data_dir") or []
-        kafka = self.settings.kafka
-        figures["warnings"] = [replaced_line(kafka.bootstrap_servers, replaced, kafka.topic_prefix)] if replaced else []
-        figures["warnings"] += [f"committed offset beyond the topic end: {what} (an earlier incarnation of the topic)"
-                                for what in figures.get("incarnations", {}).get("committed_beyond_end") or []]
-        figures["simulated"] = self.simulated
-        return figures
+        return {**status.to_json(), "warnings": status.notes(), "simulated": self.simulated}
 
     async def wake(self) -> None:
         """Let every open stream see that the server stops."""

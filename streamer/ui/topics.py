@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
@@ -21,7 +20,7 @@ from streamer.config import Settings
 from streamer.kafka.clients import TOPICS, TopicNames
 from streamer.kafka.positions import StartAt
 from streamer.kafka.reader import TopicReader, UnknownTopicError
-from streamer.ops.query import Where, matches_all, short_text
+from streamer.ops.query import Where, decode_value, matches_all, short_text
 from streamer.storage.export import iter_envelopes
 
 READ_TIMEOUT_S = 20.0  # one page of the browser; a huge topic yields what was read by then
@@ -39,13 +38,6 @@ class Browse:
     text: str = ""
     limit: int = 50
     newest_window: int = 2000  # records per partition looked at, newest first
-
-
-def decode(value: bytes | None) -> Any:
-    try:
-        return orjson.loads(value) if value is not None else None
-    except orjson.JSONDecodeError:
-        return None
 
 
 def row_of(record: ConsumerRecord, envelope: Any) -> dict[str, Any]:
@@ -87,7 +79,7 @@ async def browse(settings: Settings, request: Browse) -> dict[str, Any]:
                 async with contextlib.aclosing(records):
                     async for record in records:
                         scanned += 1
-                        envelope = decode(record.value)
+                        envelope = decode_value(record.value)
                         if _wanted(request, record, envelope):
                             rows.append(row_of(record, envelope))
                             if request.start is not None and len(rows) >= request.limit:
@@ -161,7 +153,7 @@ async def _first_with(reader: TopicReader, ends: dict[TopicPartition, int], need
     async with contextlib.aclosing(records):
         async for record in records:
             if record.value and needle in record.value:  # cheap before parsing
-                envelope = decode(record.value)
+                envelope = decode_value(record.value)
                 if isinstance(envelope, dict) and envelope.get("id") == record_id:
                     return record, envelope
     return None

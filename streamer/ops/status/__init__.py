@@ -88,14 +88,18 @@ class Status:
         clock = time.strftime("%H:%M:%S", time.localtime(self.now.at))
         head = (f"synthstream status: prefix {self.settings.kafka.topic_prefix} on "
                 f"{self.settings.kafka.bootstrap_servers} at {clock}; rates over {self.now.at - self.before.at:.1f}s")
+        waiting = [f"{row.name}: {row.waiting}" for row in self.rows if row.waiting]
+        return "\n".join([head, "", *lines, "", *waiting, self._workers_line(), *self.notes()])
+
+    def notes(self) -> list[str]:
+        """Lines about the broker's incarnations: a restarted broker, offsets beyond a topic's end."""
         notes = []
         if replaced := self.replaced_topics:
             notes.append(replaced_line(self.settings.kafka.bootstrap_servers, replaced, self.settings.kafka.topic_prefix))
         if beyond := self.beyond_end:
             notes.append("committed offsets beyond the topic end (" + "; ".join(beyond) + "): committed on an earlier "
                          "incarnation of the topic; the stage's next worker reads the new one from its beginning")
-        waiting = [f"{row.name}: {row.waiting}" for row in self.rows if row.waiting]
-        return "\n".join([head, "", *lines, "", *waiting, self._workers_line(), *notes])
+        return notes
 
     def _workers_line(self) -> str:
         earlier = (f"; LLM counters include {self.now.past_runs} earlier worker run(s)"
