@@ -62,9 +62,11 @@ def test_only_the_cli_imports_the_cli():
 
 def test_loading_the_stages_leaves_the_heavy_libraries_to_the_processes_that_use_them():
     """`synthstream feed`, `status`, `tap`… load every stage declaration to validate options; none
-    of them should pay for the OpenAI client, FAISS or torch (seconds of start-up each)."""
+    of them should pay for the OpenAI client, FAISS or the encoder's runtime (and torch is in no
+    default path at all)."""
     code = ("import sys, consumers; from streamer.cli import build_parser; build_parser(); "
-            "print(sorted(m for m in ('openai', 'faiss', 'torch', 'sentence_transformers') if m in sys.modules))")
+            "print(sorted(m for m in ('openai', 'faiss', 'onnxruntime', 'onnx', 'torch', 'sentence_transformers') "
+            "if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert loaded.stdout.strip() == "[]", loaded.stdout
 

@@ -14,8 +14,11 @@ to sentence-transformers (the `[torch]` extra).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ from streamer.runtime.model_files import cache_dir, write_atomically
 log = logging.getLogger(__name__)
 
 # Bump when the graph changes: cached graphs are keyed by it.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "3"
 OPSET = 17  # LayerNormalization is standard from 17 on
 
 # Module types (last dotted part) of the one pipeline this loader reproduces; Normalize is optional
@@ -145,26 +148,53 @@ def lean_model(location: str) -> OnnxBert | None:
 
 
 def built_graph(model_dir: Path, config: dict[str, Any], st_config: dict[str, Any]) -> Path | None:
-    """The float32 ONNX graph of the model, built once and cached (None if the weights are incomplete)."""
+    """The float32 ONNX graph of the model, built once and cached beside its word table (None if the
+    weights are incomplete). The build runs in a child process: reading the weights and writing the
+    graph takes ~300 MB for a moment, which a worker would otherwise keep as its peak for good."""
     path = cache_dir() / "onnx" / f"bert-{_weights_digest(model_dir, config, st_config)}.onnx"
-    if path.is_file():
+    if path.is_file() and word_table_path(path).is_file():
         return path
     started = time.monotonic()
-    weights = _weights(model_dir / "model.safetensors", int(config["num_hidden_layers"]))
-    if weights is None:
+    done = subprocess.run([sys.executable, "-m", "streamer.runtime.bert", str(model_dir), str(path)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode == 3:
         return None
-    model = build_onnx(weights, config)
-    from onnx.checker import check_model
-
-    check_model(model)  # a graph that does not check is never cached
-    write_atomically(path, model.SerializeToString())
+    if done.returncode != 0 or not path.is_file():
+        said = (done.stderr or done.stdout).strip().splitlines()
+        raise RuntimeError(f"building the encoder graph from {model_dir} failed: {said[-1] if said else done.returncode}")
     log.info("encoder graph built from %s in %.1fs: %s", model_dir, time.monotonic() - started, path)
     return path
 
 
+def word_table_path(graph: Path) -> Path:
+    return graph.with_suffix(".words.npy")
+
+
+def _build(model_dir: Path, path: Path) -> int:
+    """Write the graph and its word table for the model in `model_dir` (the child process of built_graph)."""
+    config = _json(model_dir / "config.json")
+    weights = _weights(model_dir / "model.safetensors", int(config["num_hidden_layers"]))
+    if weights is None:
+        return 3
+    model = build_onnx(weights, config)
+    from onnx.checker import check_model
+
+    check_model(model)  # a graph that does not check is never cached
+    table = io.BytesIO()
+    np.save(table, weights["embeddings.word_embeddings.weight"])
+    # The table first: a graph on disk means both are complete.
+    write_atomically(word_table_path(path), table.getvalue())
+    write_atomically(path, model.SerializeToString())
+    return 0
+
+
 def build_onnx(w: dict[str, np.ndarray], config: dict[str, Any]):
-    """The forward pass as an ONNX model: (input_ids, attention_mask) int64 [batch, length] →
-    sentence_embedding float32 [batch, hidden], mean-pooled over real tokens and of unit length."""
+    """The forward pass as an ONNX model: (token_vectors float32 [batch, length, hidden]: the word
+    embedding of each token id, looked up by the caller; attention_mask int64 [batch, length]) →
+    sentence_embedding float32 [batch, hidden], mean-pooled over real tokens and of unit length.
+
+    The word table (30k rows, half the weights) stays out of the graph: the caller maps it from
+    disk and reads only the rows of tokens it meets, so it costs a few MB of memory, not 47."""
     from onnx import TensorProto, helper, numpy_helper
 
     hidden = int(config["hidden_size"])
@@ -192,42 +222,32 @@ def build_onnx(w: dict[str, np.ndarray], config: dict[str, Any]):
                                            const(name + ".beta", w[name + ".bias"])], out, axis=-1, epsilon=eps)
 
     # Embeddings: word + position (the first `length` rows) + token type 0 (single sentences).
-    length = node("Gather", [node("Shape", ["input_ids"], "shape"), const("one", np.array(1, dtype=np.int64))], "length")
+    length = node("Gather", [node("Shape", ["token_vectors"], "shape"), const("one", np.array(1, dtype=np.int64))], "length")
     positions = node("Slice", [const("pos_table", w["embeddings.position_embeddings.weight"]),
                                const("zero_1d", np.array([0], dtype=np.int64)),
                                node("Unsqueeze", [length, const("axis0", np.array([0], dtype=np.int64))], "length_1d"),
                                const("axes0", np.array([0], dtype=np.int64))], "positions")
-    words = node("Gather", [const("word_table", w["embeddings.word_embeddings.weight"]), "input_ids"], "words")
     typed = node("Add", [positions, const("type0", w["embeddings.token_type_embeddings.weight"][0])], "typed")
-    x = layer_norm(node("Add", [words, typed], "embedded"), "embeddings.LayerNorm", "emb_out")
+    x = layer_norm(node("Add", ["token_vectors", typed], "embedded"), "embeddings.LayerNorm", "emb_out")
 
-    # Padding keys take no attention: an additive bias of float32's lowest value, [batch, 1, 1, length].
+    # Padding keys take no attention: the fused Attention takes the [batch, length] mask as int32.
     mask = node("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)
-    keep = node("Unsqueeze", [mask, const("axes12", np.array([1, 2], dtype=np.int64))], "mask_4d")
-    bias = node("Mul", [node("Sub", [const("one_f", np.array(1.0, dtype=np.float32)), keep], "pad_4d"),
-                        const("lowest", np.array(np.finfo(np.float32).min, dtype=np.float32))], "attention_bias")
-    split_shape = const("split_shape", np.array([0, 0, heads, head_dim], dtype=np.int64))
-    merge_shape = const("merge_shape", np.array([0, 0, hidden], dtype=np.int64))
-    scale = const("scale", np.array(1.0 / np.sqrt(head_dim), dtype=np.float32))
+    mask_index = node("Cast", ["attention_mask"], "mask_index", to=TensorProto.INT32)
     sqrt2 = const("sqrt2", np.array(np.sqrt(2.0), dtype=np.float32))
     half = const("half", np.array(0.5, dtype=np.float32))
+    const("one_f", np.array(1.0, dtype=np.float32))
 
     for i in range(int(config["num_hidden_layers"])):
         p = f"encoder.layer.{i}."
 
-        def heads_of(kind: str, perm: list[int]) -> str:
-            projected = linear(x, p + f"attention.self.{kind}", f"l{i}.{kind}")
-            return node("Transpose", [node("Reshape", [projected, split_shape], f"l{i}.{kind}.split")],
-                        f"l{i}.{kind}.heads", perm=perm)
-
-        q = heads_of("query", [0, 2, 1, 3])  # [batch, heads, length, head_dim]
-        k = heads_of("key", [0, 2, 3, 1])  # [batch, heads, head_dim, length]
-        v = heads_of("value", [0, 2, 1, 3])
-        scores = node("Add", [node("Mul", [node("MatMul", [q, k], f"l{i}.qk"), scale], f"l{i}.scaled"), bias],
-                      f"l{i}.scores")
-        probs = node("Softmax", [scores], f"l{i}.probs", axis=-1)
-        context = node("Reshape", [node("Transpose", [node("MatMul", [probs, v], f"l{i}.ctx_heads")],
-                                        f"l{i}.ctx_t", perm=[0, 2, 1, 3]), merge_shape], f"l{i}.ctx")
+        # One fused attention (ONNX Runtime's contrib op): the query, key and value projections as
+        # one [hidden, 3·hidden] product, scaled dot products with padding masked, softmax, and the
+        # heads merged back. Written out in standard ops it keeps three or four [batch, heads,
+        # length, length] tensors alive at once (hundreds of MB for long texts); fused, one.
+        qkv_weight = np.concatenate([w[p + f"attention.self.{kind}.weight"].T for kind in ("query", "key", "value")], 1)
+        qkv_bias = np.concatenate([w[p + f"attention.self.{kind}.bias"] for kind in ("query", "key", "value")])
+        context = node("Attention", [x, const(f"l{i}.qkv.w", qkv_weight), const(f"l{i}.qkv.b", qkv_bias), mask_index],
+                       f"l{i}.ctx", domain="com.microsoft", num_heads=heads)
         attended = linear(context, p + "attention.output.dense", f"l{i}.attn_out")
         x = layer_norm(node("Add", [attended, x], f"l{i}.attn_res"), p + "attention.output.LayerNorm", f"l{i}.attn_ln")
         inner = linear(x, p + "intermediate.dense", f"l{i}.inner")
@@ -251,11 +271,12 @@ def build_onnx(w: dict[str, np.ndarray], config: dict[str, Any]):
 
     graph = helper.make_graph(
         nodes, "mean_pooled_bert",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "length"]),
+        [helper.make_tensor_value_info("token_vectors", TensorProto.FLOAT, ["batch", "length", hidden]),
          helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "length"])],
         [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", hidden])],
         initialisers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="synthstream")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="synthstream")
     model.ir_version = 8  # what every onnxruntime of the last years reads
     return model
 
@@ -272,6 +293,9 @@ def _session(path: Path):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Activations are freed after each call instead of kept in a growing arena: a batch of long texts
+    # needs far more than a typical one, and the process would otherwise keep that peak for good.
+    options.enable_cpu_mem_arena = False
     options.log_severity_level = 3  # warnings about unused initialisers etc. are not the user's business
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
@@ -284,6 +308,7 @@ class OnnxBert:
         self.dimension = int(config["hidden_size"])
         self.graph = graph
         self.session = _session(graph)
+        self.word_table = np.load(word_table_path(graph), mmap_mode="r")
 
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and attention mask (1 = real token), int64, padded to the longest text."""
@@ -296,13 +321,31 @@ class OnnxBert:
         """Unit-length float32 rows, one per text, in input order. `fast` is accepted for the
         encoder's API and gives the exact vectors: an int8 graph was measured 1.7x faster here but
         agreed with them at mean cosine 0.991 (minimum 0.973), short of what choosing needs."""
-        session = self.session
         vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        if not texts:
+            return vectors
+        encodings = self.tokenizer.encode_batch(texts)  # padded to the longest; lengths from the masks
+        lengths = np.array([sum(e.attention_mask) for e in encodings])
         # Longest first, as sentence-transformers does: texts of similar length share a batch, so
-        # little of the work goes to padding.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            ids, mask = self.tokenize([texts[i] for i in rows])
-            vectors[rows] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        # little of the work goes to padding. A batch holds at most `batch_size` texts and at most
+        # ATTENTION_BUDGET attention scores per head (length² each), so long texts go in small
+        # batches and no call's memory grows with the batch size.
+        order = [int(i) for i in np.argsort(-lengths, kind="stable")]
+        start = 0
+        while start < len(order):
+            longest = int(lengths[order[start]])
+            size = max(1, min(batch_size, ATTENTION_BUDGET // max(1, longest * longest)))
+            rows = order[start:start + size]
+            ids = np.array([encodings[i].ids[:longest] for i in rows], dtype=np.int64)
+            mask = np.array([encodings[i].attention_mask[:longest] for i in rows], dtype=np.int64)
+            vectors[rows] = self.session.run(None, {"token_vectors": self.word_table[ids], "attention_mask": mask})[0]
+            start += size
         return vectors
+
+
+# Attention scores per head in one call (batch × length²): 8 texts of 256 tokens, 32 of 128.
+ATTENTION_BUDGET = 1 << 19
+
+
+if __name__ == "__main__":  # python -m streamer.runtime.bert MODEL_DIR GRAPH_PATH: see built_graph
+    sys.exit(_build(Path(sys.argv[1]), Path(sys.argv[2])))
