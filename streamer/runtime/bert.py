@@ -340,7 +340,29 @@ class OnnxBert:
             mask = np.array([encodings[i].attention_mask[:longest] for i in rows], dtype=np.int64)
             vectors[rows] = self.session.run(None, {"token_vectors": self.word_table[ids], "attention_mask": mask})[0]
             start += size
+            _release_freed_memory()
         return vectors
+
+
+def _load_malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim() if sys.platform == "linux" else None
+
+
+def _release_freed_memory() -> None:
+    """Hand the call's freed activations back to the system. Without ONNX Runtime's arena they go
+    through malloc, and glibc keeps freed blocks mapped: one batch of long texts would otherwise stay
+    the process's memory for good (measured: 270 MB after 1024 long texts, 168 MB with this, for
+    ~1% of the call's CPU)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 # Attention scores per head in one call (batch × length²): 8 texts of 256 tokens, 32 of 128.
