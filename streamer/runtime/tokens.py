@@ -24,7 +24,9 @@ def _tokenizer() -> Tokenizer:
     return tokenizer
 
 
+@functools.lru_cache(maxsize=4096)
 def count_tokens(text: str) -> int:
+    """Cached: the same prompts and example seeds are counted for every document."""
     return len(_tokenizer().encode(text, add_special_tokens=False).ids)
 
 
@@ -32,6 +34,8 @@ def truncate_tokens(text: str, max_tokens: int, marker: str = " […]") -> str:
     """The longest prefix of `text` with at most `max_tokens` tokens, cut at a token boundary."""
     if max_tokens <= 0:
         return ""
+    if len(text) <= max_tokens:  # every token covers at least one character: it fits, no need to count
+        return text
     encoding = _tokenizer().encode(text, add_special_tokens=False)
     if len(encoding.ids) <= max_tokens:
         return text
