@@ -95,7 +95,7 @@ function chainParts(chain) {
   }
   return [
     part("document", "Document", doc, doc && h("dl", {}, h("dt", {}, "title"), h("dd", { "data-key": "title" }, doc.title || "—"),
-      h("dt", {}, "url"), h("dd", { "data-key": "url" }, doc.url ? h("a", { href: doc.url, rel: "noreferrer" }, doc.url) : "—"),
+      h("dt", {}, "url"), h("dd", { "data-key": "url" }, webLink(doc.url)),
       h("dt", {}, "source"), h("dd", {}, doc.source || "—"), h("dt", {}, "id"), h("dd", {}, idLink(doc.id)))),
     part("seeds", "Example seeds", v.seeds && v.seeds.length, h("ol", {}, seeds)),
     part("situation", "Situation", v.situation, pairs(v.situation)),
@@ -150,7 +150,7 @@ PAGES.dlq = async (main) => {
       + "letter's input back on its stage's input topic, once; the stage processes it when it runs."),
     h("table", { id: "letters" }, h("thead", {}, h("tr", {}, ["id", "stage", "error", "attempts", "status", "message", ""]
       .map((t) => h("th", {}, t)))), h("tbody", {}, rows)),
-    h("h2", { style: "margin-top:22px" }, "Rejected"), h("p", { class: "muted" }, `${rejected.total} rejected records by stage and reason`),
+    h("h2", { class: "spaced" }, "Rejected"), h("p", { class: "muted" }, `${rejected.total} rejected records by stage and reason`),
     h("table", { id: "rejected" }, h("thead", {}, h("tr", {}, ["stage", "reason", "records", "examples"].map((t) => h("th", {}, t)))),
       h("tbody", {}, groups)));
 };
@@ -163,8 +163,7 @@ async function redriveLetter(letter) {
   const answer = await new Promise((resolve) => dialog.addEventListener("close", () => resolve(dialog.returnValue), { once: true }));
   if (answer !== "ok") return;
   try {
-    const done = await api("/api/dlq/redrive", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ id: letter.id }) });
+    const done = await postJson("/api/dlq/redrive", { id: letter.id });
     alertLine(done.sent.length ? done.sent.join("; ") : "already redriven before: not sent again");
   } catch (err) { alertLine("redrive failed: " + err.message); }
   await route();
