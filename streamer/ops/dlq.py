@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 
 from streamer.config import Settings
+from consumers import TOPICS
 from streamer.kafka.clients import TopicNames, ensure_topics, make_producer
 from streamer.kafka.positions import FROM_BEGINNING
 from streamer.kafka.reader import UnknownTopicError, observe
@@ -158,7 +159,7 @@ async def redrive(settings: Settings, entries: list[Entry]) -> RedriveReport:
             by_failure.setdefault(entry.envelope.id, []).append(entry)
     if not by_failure:
         return report
-    await ensure_topics(settings)  # the input topics too: after a broker loss only the store knows them
+    await ensure_topics(settings, TOPICS)  # the input topics too: after a broker loss only the store knows them
     producer = make_producer(settings.kafka)
     await producer.start()
     try:

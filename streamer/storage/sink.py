@@ -37,10 +37,6 @@ from streamer.records import stable_hash
 
 log = logging.getLogger(__name__)
 
-# Final and audit topics: what a person inspects, reports on and exports; and the dlq's redrive
-# markers, so a dead letter is redriven once even after its topics were lost with a broker.
-SINK_TOPICS = ("samples", "rejected", "dlq", "seeds.attributed", "dlq.redriven")
-
 ROW_SCHEMA = pa.schema([
     ("id", pa.string()), ("root_id", pa.string()), ("kind", pa.string()), ("method", pa.string()),
     ("simulated", pa.bool_()), ("created_at", pa.float64()),
@@ -110,7 +106,7 @@ def _row(topic: str, record: ConsumerRecord) -> dict[str, object]:
 
 
 class ParquetSink(GroupMember):
-    def __init__(self, settings: Settings, stop: asyncio.Event, topics: tuple[str, ...] = SINK_TOPICS,
+    def __init__(self, settings: Settings, stop: asyncio.Event, topics: tuple[str, ...],
                  broker: BrokerWatch | None = None) -> None:
         self.topic = TopicNames(settings.kafka.topic_prefix)
         super().__init__("sink", settings, [self.topic(t) for t in topics], self.topic("sink"), broker)

@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from consumers import FEEDERS, PIPELINE, TOPICS
+from consumers.topology import graph as pipeline_graph
 from streamer.config import Settings
-from streamer.kafka.clients import TOPICS
 from streamer.kafka.positions import FROM_BEGINNING, PositionError, StartAt
 from streamer.kafka.reader import UnknownTopicError, observe
 from streamer.ops import dlq
@@ -38,6 +39,11 @@ def settings_of(request: web.Request) -> Settings:
 
 
 # Topics and records ---------------------------------------------------------------------------
+async def graph(_request: web.Request) -> web.Response:
+    """The pipeline as the stage declarations say it is: the console draws its graph from this."""
+    return as_json(pipeline_graph(PIPELINE, FEEDERS))
+
+
 async def topics(request: web.Request) -> web.Response:
     settings = settings_of(request)
     return as_json({"topics": list(TOPICS), "prefix": settings.kafka.topic_prefix,
@@ -156,6 +162,7 @@ async def chart(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/graph", graph)
     app.router.add_get("/api/topics", topics)
     app.router.add_get("/api/topics/{topic}", topic_records)
     app.router.add_get("/api/records/{id}", record)

@@ -17,7 +17,9 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from streamer.config import Settings
-from streamer.kafka.clients import TOPICS, TopicNames
+from consumers import PIPELINE, TOPICS
+from consumers.topology import generated_topics
+from streamer.kafka.clients import TopicNames
 from streamer.kafka.positions import StartAt
 from streamer.kafka.reader import TopicReader, UnknownTopicError
 from streamer.ops.query import Where, decode_value, matches_all, short_text
@@ -25,7 +27,7 @@ from streamer.storage.export import iter_envelopes
 
 READ_TIMEOUT_S = 20.0  # one page of the browser; a huge topic yields what was read by then
 FIND_TIMEOUT_S = 30.0  # looking for one id through every topic
-SIMULATED_TOPICS = ("samples", "instructions.scored", "situations", "instructions", "glan.syllabi")
+SIMULATED_TOPICS = generated_topics(PIPELINE)
 
 
 @dataclass
