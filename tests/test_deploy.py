@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from collections.abc import Sequence
@@ -238,7 +240,47 @@ def test_prometheus_scrapes_every_worker_on_its_metrics_port():
 
 # Kubernetes -------------------------------------------------------------------------------------
 def deployments() -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d for d in k8s_objects("Deployment")}
+    """The workers as `kubectl apply -k` makes them: the one base with each stage's patch applied."""
+    (kustomization,) = load_yaml(K8S / "kustomization.yaml")
+    made = [stage_deployment(K8S / resource) for resource in kustomization["resources"]
+            if (K8S / resource / "kustomization.yaml").exists()]
+    for deployment in made:
+        deployment["metadata"]["namespace"] = kustomization["namespace"]
+    return {d["metadata"]["name"]: d for d in made}
+
+
+def stage_deployment(folder: Path) -> dict[str, Any]:
+    """What kustomize makes of a stage's folder: its base, its labels (selectors too), its JSON patches
+    (the only kustomize features the stages use; checked against kubectl's kustomize where it exists)."""
+    (stage,) = load_yaml(folder / "kustomization.yaml")
+    (base_folder,) = stage["resources"]
+    (base,) = load_yaml(folder / base_folder / "deployment.yaml")
+    for label in stage.get("labels", []):
+        places = [base["metadata"], base["spec"]["template"]["metadata"]]
+        places += [base["spec"]["selector"]] if label.get("includeSelectors") else []
+        for place in places:
+            key = "matchLabels" if place is base["spec"]["selector"] else "labels"
+            place[key] = {**place.get(key, {}), **label["pairs"]}
+    for patch in stage["patches"]:
+        assert patch["target"] == {"kind": "Deployment", "name": base["metadata"]["name"]}, folder
+        for op in yaml.safe_load(patch["patch"]):
+            *parents, last = op["path"].strip("/").split("/")
+            node = base
+            for key in parents:
+                node = node[int(key)] if isinstance(node, list) else node[key]
+            assert op["op"] in ("replace", "add") and (op["op"] == "add" or last in node or isinstance(node, list))
+            if isinstance(node, list):
+                node[int(last)] = op["value"]
+            else:
+                node[last] = op["value"]
+    return base
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders kustomize where it is installed")
+def test_the_stage_deployments_read_here_are_what_kubectl_kustomize_makes():
+    rendered = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=120, check=True)
+    made = {d["metadata"]["name"]: d for d in yaml.safe_load_all(rendered.stdout) if d and d["kind"] == "Deployment"}
+    assert made == deployments()
 
 
 def worker_container(deployment: dict[str, Any]) -> dict[str, Any]:
