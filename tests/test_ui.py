@@ -109,7 +109,8 @@ def test_console_follows_a_live_pipeline_and_shows_each_samples_whole_chain(pipe
     wait_for(lambda: len({e["id"] for e in stored_envelopes(pipeline, "samples")}) == 10, 120, what="10 samples stored")
     # Counted once each, however many samples the page has seen (10 instructions made, 3 seeds attributed).
     wait_for(lambda: counter(page, "#fig-instruction-out") == 10 and counter(page, "#fig-attribution-out") == 3,
-             30, what="the instruction and attribution output counts on the graph")
+             30, what=lambda: f"the instruction and attribution output counts on the graph "
+                              f"({counter(page, '#fig-instruction-out')}, {counter(page, '#fig-attribution-out')})")
     wait_for(lambda: page.locator("#simulated-banner").is_visible(), 30, what="the simulated-data banner")
     # Drawn from the stage declarations: a card for every stage, the feed and the sink, a pill per topic.
     from consumers import PIPELINE, TOPICS
@@ -152,6 +153,18 @@ def test_console_follows_a_live_pipeline_and_shows_each_samples_whole_chain(pipe
     on_p0 = sorted(r["offset"] for r in stored_rows(pipeline.data_dir, pipeline.prefix + "samples") if r["partition"] == 0)
     page_p0 = get(url + "api/topics/samples?start=offset&offset=0:1&limit=100")["rows"]
     assert [(r["partition"], r["offset"]) for r in page_p0] == [(0, o) for o in sorted(set(on_p0)) if o >= 1]
+    # A value with spaces is one condition; a new search clears the last one's record from the pane.
+    page.goto(url + "#/topics/samples")
+    page.wait_for_selector("[data-test=record-row]")
+    rows.first.locator("td").nth(3).click()
+    page.wait_for_selector("#detail pre")
+    other = next(e for e in samples.values() if e["id"] != wanted["id"] and " " in e["data"]["instruction"].strip()
+                 and "=" not in e["data"]["instruction"] and e["data"]["instruction"] == e["data"]["instruction"].strip())
+    page.fill("#where-filter", f"data.instruction={other['data']['instruction']} kind=sample")
+    page.click("#search")
+    wait_for(lambda: page.locator("#result-count").count() and page.locator("[data-test=record-row]").count() == 1
+             and rows.first.get_attribute("data-id") == other["id"], 30, what="the sample found by its instruction")
+    assert page.locator("#detail pre").count() == 0
 
     page.goto(url + "#/samples")
     page.wait_for_selector("[data-test=sample-row]")
@@ -368,6 +381,14 @@ def test_crawled_markup_and_script_urls_run_no_script_on_any_page(pipeline, star
     hostile.write_bytes(orjson.dumps({"text": make_texts(1)[0] + " " + PAYLOAD, "url": SCRIPT_URL,
                                       "title": PAYLOAD}) + b"\n")
     pipeline.cli("feed", "docs", str(hostile))
+    # Two pages the feed's filters turn away (too short, words too long), one of them hostile too.
+    pipeline.env["SYNTHSTREAM_FEED__FILTERS__ENABLED"] = "true"
+    turned_away = tmp_path / "turned-away.jsonl"
+    turned_away.write_bytes(orjson.dumps({"text": "Too short.", "url": "https://example.org/short",
+                                          "title": "A page too short"}) + b"\n" + orjson.dumps(
+        {"text": "Supercalifragilisticexpialidocious-antidisestablishmentarianism " * 4 + "end.", "url": SCRIPT_URL,
+         "title": PAYLOAD}) + b"\n")
+    pipeline.cli("feed", "docs", str(turned_away))
     pipeline.cli("run", "--until-idle", "--no-progress", timeout=240)
     _, url = start_ui(pipeline)
 
@@ -407,6 +428,25 @@ def test_crawled_markup_and_script_urls_run_no_script_on_any_page(pipeline, star
     page.wait_for_timeout(300)
     assert page.evaluate(INJECTED) is None
     shot(page, "6-hostile-document")
+
+    # A rejected page says which page it was, on the Topics page and under Dead letters.
+    page.goto(url + "#/topics/rejected")
+    page.wait_for_selector("[data-test=record-row]")
+    row_texts = " ".join(t.text_content() for t in page.locator("[data-test=record-row] td:nth-child(4)").all())
+    assert "feed: min_chars: 10 (threshold 200) — A page too short | https://example.org/short" in row_texts
+    assert f"feed: min_words: 5 (threshold 50) — {PAYLOAD[:40]}" in row_texts  # shortened, as text
+    page.goto(url + "#/dlq")
+    page.wait_for_selector("[data-test=rejected-document]")
+    shown = {t.text_content().strip() for t in page.locator("[data-test=rejected-document]").all()}
+    assert shown == {"A page too short | https://example.org/short", f"{PAYLOAD} | {SCRIPT_URL}"}
+    # The report's nested figures (rejected by stage, then reason) stay inside a 1400 px window.
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.goto(url + "#/report")
+    page.wait_for_selector("#report-tables", timeout=120_000)
+    assert "feed › min_chars" in page.locator("#report-tables").text_content()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1400
+    shot(page, "5-report-1400")
+    assert page.evaluate(INJECTED) is None
 
 
 def response_headers(url: str):

@@ -64,7 +64,7 @@ def browse_request(topic: str, query: Any) -> Browse:
         start = StartAt.from_args(since=query.get("since", "").strip())
     else:
         raise ValueError(f"start {start_kind!r}: newest, beginning, offset or since")
-    wheres = [Where.parse(text) for text in query.getall("where", []) if text.strip()]
+    wheres = [where for line in query.getall("where", []) for where in Where.parse_line(line)]
     limit = min(max(int(query.get("limit", "50")), 1), MAX_LIMIT)
     return Browse(topic, start, wheres, query.get("q", "").strip(), limit)
 

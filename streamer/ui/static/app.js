@@ -111,13 +111,16 @@ async function route() {
   state.listeners = [];
   document.querySelectorAll("header nav a").forEach((a) =>
     a.classList.toggle("active", a.dataset.page === page || (page === "sample" && a.dataset.page === "samples")));
+  // Each visit fills its own element: a page still loading when the user moved on (a slow record
+  // lookup, say) then writes into a detached element, never over the page that replaced it.
+  const view = h("div", { class: "view" }, h("p", { class: "muted" }, "loading…"));
   const main = document.getElementById("page");
-  main.replaceChildren(h("p", { class: "muted" }, "loading…"));
+  main.replaceChildren(view);
   main.dataset.page = page;
   try {
-    await PAGES[page](main, args.map(decodeURIComponent));
+    await PAGES[page](view, args.map(decodeURIComponent));
   } catch (err) {
-    main.replaceChildren(errorBox(String(err.message || err)));
+    view.replaceChildren(errorBox(String(err.message || err)));
   }
 }
 
