@@ -331,3 +331,33 @@ def test_a_document_without_title_or_url_fields_is_referenced_by_its_source():
     page = document_reference(Document(text="x", source="https://a.example/p", meta={"title": "  "}))
     assert page.model_dump() == {"title": None, "url": "https://a.example/p", "source": "https://a.example/p"}
     assert document_reference(Document(text="x", source="notes.md")).url is None
+
+
+def test_version_names_a_stage_and_a_bare_version_that_several_stages_have_is_refused(tmp_path: Path):
+    from streamer.storage.export import AmbiguousVersionError
+
+    def sample(n: int, instruction_version: str) -> Envelope:
+        stages = [StageStamp(stage="instruction", version=instruction_version, model="m"),
+                  StageStamp(stage="embed", version="1-e5e5e5e5"), StageStamp(stage="dedup", version="1-d0d0d0d0"),
+                  StageStamp(stage="answer", version="1-a1a1a1a1", model="m")]
+        return Envelope(id=f"s{n}", kind="sample", root_id=f"r{n}", method="synthquestions",
+                        lineage=Lineage(stages=stages), data=Sample(instruction=f"q{n}", response="a").model_dump())
+
+    store = tmp_path / "store"
+    store_batch(store, 0, 0, [sample(0, "1-0a0a0a0a"), sample(1, "2-0b0b0b0b"), sample(2, "2-0b0b0b0b+hot")])
+
+    def selected(version: str) -> set[str]:
+        out = tmp_path / f"{version}.jsonl"
+        result = export_samples(store, TOPIC, out, filters=ExportFilters(version=version))
+        return {row["id"] for row in jsonl_rows(out)} | {f"stages:{','.join(sorted(result.counts.version_stages))}"}
+
+    # A prompt file's version selects the samples its stage made under it; naming the stage is exact.
+    assert selected("2") == {"s1", "s2", "stages:instruction"}
+    assert selected("instruction=2") == {"s1", "s2", "stages:instruction"}
+    assert selected("instruction=1") == {"s0", "stages:instruction"}
+    assert selected("hot") == {"s2", "stages:instruction"} == selected("instruction=2-0b0b0b0b+hot")
+    assert selected("embed=1-e5e5e5e5") == {"s0", "s1", "s2", "stages:embed"}
+    # `1` alone is a version of instruction, embed, dedup and answer: it would select every row.
+    with pytest.raises(AmbiguousVersionError, match=r"several stages \(answer, dedup, embed, instruction\).*"
+                                                    r"--version answer=1"):
+        selected("1")

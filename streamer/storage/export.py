@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamer.storage.nested import batch_type, merge, to_table, writable
-from streamer.storage.samples import DECLARED_SCHEMA, EXPORT_SCHEMA_VERSION, row_versions, sample_view
+from streamer.storage.samples import DECLARED_SCHEMA, EXPORT_SCHEMA_VERSION, sample_view, stages_under
 
 __all__ = ["EXPORT_SCHEMA_VERSION", "EmptyExportError", "ExportFilters", "ExportResult", "export_samples",
            "iter_envelopes", "iter_stored", "sample_view"]
@@ -53,7 +53,7 @@ class ExportFilters:
 
     method: str | None = None
     min_score: int | None = None  # judge total at least this
-    version: str | None = None  # a stage ran under this version (or this replay version / prompt label)
+    version: str | None = None  # STAGE=VERSION: that stage ran under VERSION; a bare VERSION: any one stage
     since: float | None = None  # made at or after this time (seconds since the epoch)
     since_text: str | None = None  # as the user gave it, for the card
 
@@ -64,9 +64,14 @@ class ExportFilters:
             total = (row["judge"] or {}).get("total")
             if total is None or total < self.min_score:
                 return False
-        if self.version is not None and self.version not in row_versions(row):
+        if self.version is not None and not self.version_stages(row):
             return False
         return self.since is None or (row["created_at"] or 0) >= self.since
+
+    def version_stages(self, row: dict[str, Any]) -> set[str]:
+        """The stages that made this row under the `--version` asked for."""
+        stage, sep, version = (self.version or "").rpartition("=")
+        return stages_under(row, version, stage if sep else None)
 
     def describe(self) -> dict[str, Any]:
         """The filters given, as the command line names them."""
@@ -85,6 +90,7 @@ class ExportCounts:
     stage_models: Counter[tuple[str, str]] = field(default_factory=Counter)
     stage_versions: Counter[tuple[str, str]] = field(default_factory=Counter)
     simulated: int = 0
+    version_stages: set[str] = field(default_factory=set)  # the stage(s) `--version` selected by
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows += 1
@@ -111,6 +117,15 @@ class ExportResult:
     @property
     def rows(self) -> int:
         return self.counts.rows
+
+
+class AmbiguousVersionError(ValueError):
+    """A bare `--version V` that several stages ran under: V alone does not say which samples."""
+
+    def __init__(self, version: str, stages: set[str]) -> None:
+        first = sorted(stages)[0]
+        super().__init__(f"--version {version} is a version of several stages ({', '.join(sorted(stages))}): "
+                         f"name the stage, e.g. --version {first}={version}")
 
 
 class EmptyExportError(Exception):
@@ -165,6 +180,7 @@ def _select(store_dir: Path, topic: str, filters: ExportFilters, scratch: Path, 
     counts = ExportCounts()
     row_type: pa.DataType = pa.struct(list(DECLARED_SCHEMA))
     pending: list[dict[str, Any]] = []
+    version_stages: set[str] = set()  # which stages a bare --version matched
     with open(scratch, "wb") as lines:
         for env in iter_envelopes(store_dir, topic, unique=False):
             if env["id"] in seen:
@@ -174,6 +190,8 @@ def _select(store_dir: Path, topic: str, filters: ExportFilters, scratch: Path, 
             row = sample_view(env)
             if not filters.matches(row):
                 continue
+            if filters.version is not None:
+                version_stages |= filters.version_stages(row)
             counts.add(row)
             lines.write(orjson.dumps(row) + b"\n")
             pending.append(row)
@@ -182,6 +200,9 @@ def _select(store_dir: Path, topic: str, filters: ExportFilters, scratch: Path, 
                 pending.clear()
         if pending:
             row_type = merge(row_type, batch_type(pending))
+    if len(version_stages) > 1:
+        raise AmbiguousVersionError(filters.version or "", version_stages)
+    counts.version_stages = version_stages
     return len(seen), duplicates, counts, pa.schema(list(writable(row_type)))
 
 
