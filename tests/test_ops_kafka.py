@@ -16,6 +16,7 @@ from helpers import (
     dead_letters_at_instruction,
     expected_ids,
     make_texts,
+    produce,
     read_topic,
     stop_process,
     stored_rows,
@@ -236,3 +237,32 @@ def test_dead_letters_are_redriven_once_after_the_fault_is_fixed(pipeline, start
     bootstrap = pipeline.env["SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS"]
     assert len(read_topic(bootstrap, pipeline.prefix + "situations")) == situations_before + 4
     assert "4 dead letters: 0 pending, 4 redriven" in pipeline.cli("dlq", "list").stderr.decode()
+
+
+def test_a_reader_kept_between_reads_stops_at_each_end_without_losing_what_came_after(pipeline):
+    """What status and the console's live figures do every sample: read a topic up to its end then,
+    again later up to its new end. Records fetched past the first end are read the second time."""
+    from streamer.kafka.clients import ensure_topics
+    from streamer.kafka.reader import TopicReader
+    from streamer.records import Document, new_root
+
+    settings = pipeline.settings()
+    topic = pipeline.prefix + "docs"
+    asyncio.run(ensure_topics(settings, ["docs"]))
+    docs = [new_root(Document(text=text, source="test")) for text in make_texts(40)]
+    bootstrap = settings.kafka.bootstrap_servers
+
+    async def read_twice() -> tuple[list[str], list[str]]:
+        await asyncio.to_thread(produce, bootstrap, topic, docs[:20])
+        async with TopicReader(settings) as offsets, TopicReader(settings) as reader:  # as status's Sampler
+            tps = offsets.partitions(topic)
+            first_end = await offsets.ends(tps)
+            await asyncio.to_thread(produce, bootstrap, topic, docs[20:])  # arrives before the first read
+            reader.assign(await offsets.beginnings(tps))
+            first = [orjson.loads(r.value)["id"] async for r in reader.records(first_end)]
+            second = [orjson.loads(r.value)["id"] async for r in reader.records(await offsets.ends(tps))]
+            return first, second
+
+    first, second = asyncio.run(read_twice())
+    assert sorted(first) == sorted(d.id for d in docs[:20])
+    assert sorted(second) == sorted(d.id for d in docs[20:])  # once each: none lost, none twice
