@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from streamer.storage.card import CARD_MARK
 from streamer.storage.export import ExportFilters, export_samples
 
 from conftest import Pipeline, launch_simulator, new_pipeline
-from helpers import SEED_INSTRUCTIONS, make_texts, read_topic, stop_process, write_seeds
+from helpers import CLI, SEED_INSTRUCTIONS, make_texts, read_topic, stop_process, write_seeds
 from test_storage import TOPIC, sample_envelope, store_batch
 
 CONFIGURED_MODEL = "gpt-4o-mini"
@@ -215,6 +216,28 @@ def test_the_dataset_card_lists_the_right_counts(run: Run, tmp_path: Path):
     from_card = datasets.load_dataset(str(tmp_path), split="train")
     assert from_card.num_rows == len(rows)
     assert from_card.features == datasets.Features.from_arrow_schema(pq.read_schema(out))
+
+
+def test_the_card_states_the_settings_of_the_runs_that_made_the_rows_not_the_exporting_shells(run: Run, tmp_path: Path):
+    # Exported from a shell without the run's variables (its judge threshold, dedup threshold, endpoint).
+    env = {k: v for k, v in run.pipeline.env.items()
+           if not k.startswith(("SYNTHSTREAM_STAGES__", "SYNTHSTREAM_LLM__"))}
+    out = tmp_path / "dataset.jsonl"
+    subprocess.run([*CLI, "export", "--out", str(out), "--since", "1d"], env=env, cwd=tmp_path, check=True,
+                   capture_output=True, timeout=120)
+    _, body = read_card(tmp_path / "README.md")
+    generation = yaml.safe_load(body.split("```yaml\n", 1)[1].split("```", 1)[0])
+    assert [entry["options"]["threshold"] for entry in generation["judge"]] == [0]  # the run's, not the default 4
+    assert [entry["options"]["threshold"] for entry in generation["dedup"]] == [1.0]  # not 0.9
+    endpoint = run.pipeline.env["SYNTHSTREAM_LLM__BASE_URL"]
+    for stage in LLM_STAGES:
+        assert {(e["llm_endpoint"], e["llm"]["model"]) for e in generation[stage]} == {(endpoint, CONFIGURED_MODEL)}
+    # answer ran twice: under its version, then replayed under +hot; both made rows.
+    answer_versions = {v for env in run.stored.values() for s in env["lineage"]["stages"] if s["stage"] == "answer"
+                       for v in [s["version"]]}
+    assert {e["version"] for e in generation["answer"]} == answer_versions and len(answer_versions) == 2
+    assert "none configured" not in body and "Not recorded" not in body
+    assert re.search(r"- made at or after \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", body)  # not only "1d"
 
 
 def expected_ids(run: Run, keep) -> set[str]:

@@ -150,10 +150,11 @@ class EmptyExportError(Exception):
 
 def export_samples(store_dir: Path, topic: str, out: Path, fmt: Format = "jsonl",
                    filters: ExportFilters | None = None, *, method: str | None = None,
-                   card_config: dict[str, Any] | None = None, batch_rows: int = 1000) -> ExportResult:
+                   data_dir: Path | None = None, batch_rows: int = 1000) -> ExportResult:
     """One row per sample id, the dataset card beside it. Raises EmptyExportError (and writes
     nothing) when no sample is selected."""
     from streamer.storage.card import write_card  # the card's writing, apart from the rows'
+    from streamer.storage.generation import recorded_generation
 
     filters = filters or ExportFilters(method=method)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +169,9 @@ def export_samples(store_dir: Path, topic: str, out: Path, fmt: Format = "jsonl"
     finally:
         scratch.unlink(missing_ok=True)
     result = ExportResult(out, fmt, stored, duplicates, counts, schema, filters)
-    result.card = write_card(result, card_config or {})
+    # What made the rows: the settings their stages' runs recorded under the versions the rows carry.
+    generation = recorded_generation(data_dir, set(counts.stage_versions)) if data_dir is not None else {}
+    result.card = write_card(result, generation)
     return result
 
 
