@@ -66,10 +66,9 @@ def expected_ids(texts: list[str]) -> set[str]:
 
 
 def stored_rows(data_dir: Path, topic: str) -> list[dict]:
-    from streamer.storage.export import iter_stored
+    from streamer.storage import store
 
-    store = data_dir / "store"
-    return list(iter_stored(store, topic)) if (store / topic).exists() else []
+    return list(store.rows(data_dir / "store", topic))
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 10) -> list[dict]:

@@ -31,7 +31,7 @@ from streamer.kafka.positions import FROM_BEGINNING
 from streamer.kafka.reader import UnknownTopicError, observe
 from streamer.ops.query import Where, matches_all, short_text
 from streamer.records import DeadLetter, Envelope, RecordData, stable_hash
-from streamer.storage.export import iter_envelopes
+from streamer.storage import store
 
 REDRIVEN_TOPIC = "dlq.redriven"
 
@@ -110,7 +110,7 @@ def _stored(settings: Settings, name: str, model: type[RecordData]) -> Iterator[
     topic = TopicNames(settings.kafka.topic_prefix)(name)
     if not (settings.storage.store_dir / topic).is_dir():
         return
-    for raw in iter_envelopes(settings.storage.store_dir, topic):
+    for raw in store.envelopes(settings.storage.store_dir, topic):
         try:
             envelope = Envelope.model_validate(raw)
             yield envelope, model.model_validate(envelope.data)

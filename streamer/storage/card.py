@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import yaml
 
 from streamer.storage.samples import EXPORT_SCHEMA_VERSION, FIELD_DOCS
-
-if TYPE_CHECKING:
-    from streamer.storage.export import ExportResult
+from streamer.storage.selection import ExportResult
 
 CARD_MARK = "# dataset card written by synthstream export"
 

@@ -9,123 +9,22 @@ sample lacks it) and both formats hold the same thing. Memory stays flat for any
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from streamer.storage import store
+from streamer.storage.card import write_card
+from streamer.storage.generation import recorded_generation
 from streamer.storage.nested import batch_type, merge, to_table, writable
-from streamer.storage.samples import DECLARED_SCHEMA, EXPORT_SCHEMA_VERSION, sample_view, stages_under
+from streamer.storage.samples import DECLARED_SCHEMA, EXPORT_SCHEMA_VERSION, sample_view
+from streamer.storage.selection import AmbiguousVersionError, ExportCounts, ExportFilters, ExportResult, Format
 
-__all__ = ["EXPORT_SCHEMA_VERSION", "EmptyExportError", "ExportFilters", "ExportResult", "export_samples",
-           "iter_envelopes", "iter_stored", "sample_view"]
-
-Format = Literal["jsonl", "parquet"]
-
-
-def iter_stored(store_dir: Path, topic: str) -> Iterator[dict[str, Any]]:
-    """Stored rows of one (prefixed) topic, file by file (files in offset order), never all at once."""
-    for path in sorted((store_dir / topic).glob("*.parquet")):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1000):
-            yield from batch.to_pylist()
-
-
-def iter_envelopes(store_dir: Path, topic: str, *, unique: bool = True) -> Iterator[dict[str, Any]]:
-    seen: set[str] = set()
-    for row in iter_stored(store_dir, topic):
-        if unique:
-            if row["id"] in seen:
-                continue
-            seen.add(row["id"])
-        try:
-            yield orjson.loads(row["envelope"])
-        except orjson.JSONDecodeError:
-            continue
-
-
-@dataclass(frozen=True)
-class ExportFilters:
-    """Which samples to export; every filter given must hold."""
-
-    method: str | None = None
-    min_score: int | None = None  # judge total at least this
-    version: str | None = None  # STAGE=VERSION: that stage ran under VERSION; a bare VERSION: any one stage
-    since: float | None = None  # made at or after this time (seconds since the epoch)
-    since_text: str | None = None  # as the user gave it, for the card
-
-    def matches(self, row: dict[str, Any]) -> bool:
-        if self.method is not None and row["method"] != self.method:
-            return False
-        if self.min_score is not None:
-            total = (row["judge"] or {}).get("total")
-            if total is None or total < self.min_score:
-                return False
-        if self.version is not None and not self.version_stages(row):
-            return False
-        return self.since is None or (row["created_at"] or 0) >= self.since
-
-    def version_stages(self, row: dict[str, Any]) -> set[str]:
-        """The stages that made this row under the `--version` asked for."""
-        stage, sep, version = (self.version or "").rpartition("=")
-        return stages_under(row, version, stage if sep else None)
-
-    def describe(self) -> dict[str, Any]:
-        """The filters given, as the command line names them."""
-        given = {"--method": self.method, "--min-score": self.min_score, "--version": self.version,
-                 "--since": self.since_text or self.since}
-        return {name: value for name, value in given.items() if value is not None}
-
-
-@dataclass
-class ExportCounts:
-    """What the export holds, for the dataset card and the command's summary."""
-
-    rows: int = 0
-    methods: Counter[str] = field(default_factory=Counter)
-    models: Counter[str] = field(default_factory=Counter)  # the answering model
-    stage_models: Counter[tuple[str, str]] = field(default_factory=Counter)
-    stage_versions: Counter[tuple[str, str]] = field(default_factory=Counter)
-    simulated: int = 0
-    version_stages: set[str] = field(default_factory=set)  # the stage(s) `--version` selected by
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows += 1
-        self.methods[row["method"] or "unknown"] += 1
-        self.models[row["model"] or "unknown"] += 1
-        self.simulated += row["simulated"]
-        for stamp in row["lineage"]["stages"]:
-            self.stage_versions[(stamp["stage"], stamp["version"])] += 1
-            if stamp["model"]:
-                self.stage_models[(stamp["stage"], stamp["model"])] += 1
-
-
-@dataclass
-class ExportResult:
-    path: Path
-    fmt: Format
-    stored: int  # distinct samples in the store, before filters
-    skipped_duplicates: int  # redelivered copies collapsed
-    counts: ExportCounts
-    schema: pa.Schema
-    filters: ExportFilters
-    card: Path | None = None
-
-    @property
-    def rows(self) -> int:
-        return self.counts.rows
-
-
-class AmbiguousVersionError(ValueError):
-    """A bare `--version V` that several stages ran under: V alone does not say which samples."""
-
-    def __init__(self, version: str, stages: set[str]) -> None:
-        first = sorted(stages)[0]
-        super().__init__(f"--version {version} is a version of several stages ({', '.join(sorted(stages))}): "
-                         f"name the stage, e.g. --version {first}={version}")
+__all__ = ["EXPORT_SCHEMA_VERSION", "AmbiguousVersionError", "EmptyExportError", "ExportFilters", "ExportResult",
+           "Format", "export_samples", "sample_view"]
 
 
 class EmptyExportError(Exception):
@@ -153,8 +52,6 @@ def export_samples(store_dir: Path, topic: str, out: Path, fmt: Format = "jsonl"
                    data_dir: Path | None = None, batch_rows: int = 1000) -> ExportResult:
     """One row per sample id, the dataset card beside it. Raises EmptyExportError (and writes
     nothing) when no sample is selected."""
-    from streamer.storage.card import write_card  # the card's writing, apart from the rows'
-    from streamer.storage.generation import recorded_generation
 
     filters = filters or ExportFilters(method=method)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +82,7 @@ def _select(store_dir: Path, topic: str, filters: ExportFilters, scratch: Path, 
     pending: list[dict[str, Any]] = []
     version_stages: set[str] = set()  # which stages a bare --version matched
     with open(scratch, "wb") as lines:
-        for env in iter_envelopes(store_dir, topic, unique=False):
+        for env in store.envelopes(store_dir, topic, unique=False):
             if env["id"] in seen:
                 duplicates += 1
                 continue

@@ -32,8 +32,9 @@ from streamer.config import Settings
 from streamer.kafka.clients import TopicNames
 from streamer.kafka.group import GroupMember
 from streamer.kafka.health import BrokerWatch
-from streamer.kafka.incarnation import SeenIncarnations, TopicIdentity, short
+from streamer.kafka.incarnation import SeenIncarnations, TopicIdentity
 from streamer.records import stable_hash
+from streamer.storage.store import file_name
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,6 @@ ROW_SCHEMA = pa.schema([
 
 class StoreConflictError(RuntimeError):
     """A stored file would be replaced by other records; nothing was written."""
-
-
-def file_name(topic: str, incarnation: str, partition: int, first_offset: int) -> str:
-    return f"{topic}-i{short(incarnation)}-p{partition:04d}-o{first_offset:012d}.parquet"
 
 
 def check_replaceable(path: Path, table: pa.Table) -> None:

@@ -83,7 +83,7 @@ async def topic_records(request: web.Request) -> web.Response:
 
 
 async def record(request: web.Request) -> web.Response:
-    found = await find_record(settings_of(request), request.match_info["id"])
+    found = await find_record(settings_of(request), request.app["store_index"], request.match_info["id"])
     if found is None:
         return problem(404, f"no record with id {request.match_info['id']} in the store or on the topics")
     return as_json(found)

@@ -22,6 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from streamer.config import Settings
+from streamer.storage import store
 from streamer.ui import api
 from streamer.ui.live import LiveStatus
 from streamer.ui.reports import LiveReport
@@ -174,6 +175,7 @@ def make_app(settings: Settings, options: UiOptions) -> web.Application:
     app["stopping"] = asyncio.Event()
     app["live"] = LiveStatus(settings, options.interval)
     app["report"] = LiveReport(settings)
+    app["store_index"] = store.IdIndex(settings.storage.store_dir)  # any record by id, without a scan
     app["redrive_lock"] = asyncio.Lock()
     app.router.add_get("/", index)
     app.router.add_get("/api/live", app["live"].stream)
