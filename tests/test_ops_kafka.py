@@ -266,3 +266,15 @@ def test_a_reader_kept_between_reads_stops_at_each_end_without_losing_what_came_
     first, second = asyncio.run(read_twice())
     assert sorted(first) == sorted(d.id for d in docs[:20])
     assert sorted(second) == sorted(d.id for d in docs[20:])  # once each: none lost, none twice
+
+
+def test_a_record_is_found_by_id_on_any_topic_whatever_the_topics_before_it(pipeline, tmp_path):
+    """The console's record view for what the store does not hold: the topics read in turn."""
+    from streamer.ui.topics import find_on_topics
+
+    pipeline.feed(tmp_path, make_texts(6), seeds=3)  # seeds come before docs in the topic list
+    settings = pipeline.settings()
+    docs = read_topic(settings.kafka.bootstrap_servers, pipeline.prefix + "docs")
+    wanted = docs[-1]["id"]
+    found = asyncio.run(find_on_topics(settings, wanted))
+    assert found is not None and found["topic"] == "docs" and found["envelope"]["id"] == wanted

@@ -121,15 +121,17 @@ async def find_on_topics(settings: Settings, record_id: str, topics: tuple[str, 
                          ) -> dict[str, Any] | None:
     """The first record with this id on any topic (read from each topic's beginning)."""
     names, needle = TopicNames(settings.kafka.topic_prefix), f'"id":"{record_id}"'.encode()
-    async with TopicReader(settings, fetch_max_wait_ms=100) as reader:
+    # Ends come from their own client: finding exact ends assigns and then releases every partition
+    # of the client it uses (kafka.end_offsets), which would drop the reader's positions.
+    async with TopicReader(settings) as offsets, TopicReader(settings, fetch_max_wait_ms=100) as reader:
         async with asyncio.timeout(FIND_TIMEOUT_S):
             for topic in topics:
-                tps = reader.partitions(names(topic))
+                tps = offsets.partitions(names(topic))
                 if not tps:
                     continue
-                ends = await reader.ends(tps)
+                ends = await offsets.ends(tps)
                 # Partitions of topics searched before stay assigned but are not read: `ends` names these.
-                reader.assign(await reader.beginnings(tps))
+                reader.assign(await offsets.beginnings(tps))
                 found = await _first_with(reader, ends, needle, record_id)
                 if found is not None:
                     record, envelope = found
