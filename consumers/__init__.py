@@ -15,6 +15,7 @@ from consumers import (
     subjects,
     syllabus,
 )
+from consumers.topology import Feeder, sink_topics, topics
 from streamer.runtime.stage import Stage
 
 # In pipeline order; `synthstream run` runs all of them. Both methods meet at `instructions`.
@@ -31,6 +32,14 @@ PIPELINE: tuple[Stage, ...] = (
     answer.STAGE,  # instructions.unique -> samples
 )
 STAGES: dict[str, Stage] = {stage.name: stage for stage in PIPELINE}
+# What puts root records on the pipeline (producers/): the topics each feeding command writes.
+FEEDERS: tuple[Feeder, ...] = (
+    Feeder("feed seeds", ("seeds",)),
+    Feeder("feed docs", ("docs", "rejected")),  # documents the feed's filters turn away, with why
+    Feeder("glan", ("glan.disciplines",)),  # `feed taxonomy` too
+)
+TOPICS: tuple[str, ...] = topics(PIPELINE, FEEDERS)  # every topic (unprefixed)
+SINK_TOPICS: tuple[str, ...] = sink_topics(PIPELINE)  # what the sink stores
 
 
 def downstream_of(*topics: str) -> list[Stage]:

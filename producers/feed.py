@@ -34,7 +34,8 @@ from producers.near_duplicates import NearDuplicates
 from producers.readers import BadInput, FeedItem, ReadOptions, follow_paths, read_paths
 from producers.taxonomy import Taxonomy, discipline_record
 from streamer.config import Settings
-from streamer.kafka.clients import TOPICS, TopicNames, ensure_topics, make_producer
+from consumers import TOPICS
+from streamer.kafka.clients import TopicNames, ensure_topics, make_producer
 from streamer.kafka.incarnation import SeenIncarnations, incarnations, replaced_line
 from streamer.runtime.progress import Progress, Snapshot
 from streamer.records import Document, Envelope, RecordData, Seed, StageStamp, derived_id, new_root
@@ -191,7 +192,7 @@ async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_fie
                progress: bool = False, resume: bool = True, out=sys.stderr) -> FeedReport:
     stop = stop or asyncio.Event()
     topics = TopicNames(settings.kafka.topic_prefix)
-    await ensure_topics(settings)
+    await ensure_topics(settings, TOPICS)
     await note_incarnations(settings, out)
     default_field = settings.feed.text_field if kind == "docs" else settings.feed.seed_text_field
     opts = ReadOptions(text_field=text_field or default_field, max_bytes=settings.feed.max_doc_bytes)
@@ -364,7 +365,7 @@ async def feed_taxonomy(settings: Settings, taxonomy: Taxonomy, *, only: list[st
                         again: bool = False) -> TaxonomyFeedReport:
     """Put the taxonomy's disciplines (or those selected by `only`) on glan.disciplines, skipping
     the ones already there: a discipline added to the file later is the only one that generates."""
-    await ensure_topics(settings)
+    await ensure_topics(settings, TOPICS)
     report = TaxonomyFeedReport(topic=TopicNames(settings.kafka.topic_prefix)("glan.disciplines"))
     # "Already fed" is what the topic holds; a recreated topic holds none of the earlier ones.
     report.topic_is_new = report.topic in await note_incarnations(settings)

@@ -23,14 +23,15 @@ TOPIC_WORDS = [
 ]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.2, what: str = "condition"):
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.2,
+             what: str | Callable[[], str] = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
@@ -65,10 +66,9 @@ def expected_ids(texts: list[str]) -> set[str]:
 
 
 def stored_rows(data_dir: Path, topic: str) -> list[dict]:
-    from streamer.storage.export import iter_stored
+    from streamer.storage import store
 
-    store = data_dir / "store"
-    return list(iter_stored(store, topic)) if (store / topic).exists() else []
+    return list(store.rows(data_dir / "store", topic))
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 10) -> list[dict]:

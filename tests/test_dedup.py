@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from consumers import TOPICS
 from consumers.dedup import DedupIndex, DedupOptions
 from consumers.payloads import EmbeddedInstruction, Rejection, ScoredInstruction
 from consumers.rubric import Judgement
@@ -66,7 +67,7 @@ def unique_and_rejected(pipeline) -> tuple[list[dict], list[dict]]:
 @pytest.fixture
 def topics(pipeline):
     pipeline.env["SYNTHSTREAM_STAGES__DEDUP__THRESHOLD"] = "0.9"
-    asyncio.run(ensure_topics(pipeline.settings()))
+    asyncio.run(ensure_topics(pipeline.settings(), TOPICS))
     return pipeline
 
 

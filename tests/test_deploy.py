@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 import yaml
 
-from consumers import PIPELINE, STAGES
+from consumers import FEEDERS, PIPELINE, STAGES, TOPICS
+from consumers.topology import Feeder, topics
 from streamer.cli import build_parser
 from streamer.config import ConfigError, Settings, load_settings
-from streamer.kafka.clients import FIXED_PARTITIONS, TOPICS
+from streamer.kafka.clients import FIXED_PARTITIONS
+from streamer.runtime.stage import Stage
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 K8S = DEPLOY / "k8s"
 RUNNABLE = {*STAGES, "sink"}
-REQUIRED = {*(stage.name for stage in PIPELINE), "sink"}
 
 
 # Helpers --------------------------------------------------------------------------------------
@@ -49,11 +53,11 @@ def parse_command(argv: list[str], where: str):
         pytest.fail(f"{where}: `synthstream {shlex.join(map(str, argv))}` does not parse with the CLI")
 
 
-def stages_run_by(args, where: str) -> list[str]:
+def stages_run_by(args, where: str, runnable: set[str] = RUNNABLE) -> list[str]:
     assert args.command == "run", f"{where}: a worker should run `synthstream run`, not {args.command}"
     assert args.stage, f"{where}: a worker should name its stage with --stage"
-    unknown = set(args.stage) - RUNNABLE
-    assert not unknown, f"{where}: unknown stage(s) {unknown}; stages: {sorted(RUNNABLE)}"
+    unknown = set(args.stage) - runnable
+    assert not unknown, f"{where}: unknown stage(s) {unknown}; stages: {sorted(runnable)}"
     return args.stage
 
 
@@ -122,12 +126,57 @@ def test_dockerfile_installs_no_torch_prepares_the_encoder_and_runs_synthstream(
 
 
 # docker compose ----------------------------------------------------------------------------------
-def test_compose_runs_every_pipeline_stage_and_the_sink():
-    ran: dict[str, str] = {}
-    for name, svc in worker_services().items():
-        for stage in stages_run_by(parse_command(svc["command"], f"compose service {name}"), f"service {name}"):
-            ran[stage] = name
-    assert REQUIRED <= set(ran), f"no compose service runs {sorted(REQUIRED - set(ran))}"
+def deploy_gaps(pipeline: Sequence[Stage], feeders: Sequence[Feeder]) -> list[str]:
+    """What compose and the Kubernetes manifests lack for this pipeline: a stage no worker runs, a
+    topic the compose `topics` service does not create (or one it creates that no declaration has)."""
+    required = {*(stage.name for stage in pipeline), "sink"}
+    runnable = required | RUNNABLE
+    gaps = []
+    for where, commands in (("compose", compose_commands()), ("k8s", k8s_commands())):
+        ran = {stage for place, argv in commands.items()
+               for stage in stages_run_by(parse_command(argv, f"{where} {place}"), f"{where} {place}", runnable)}
+        gaps += [f"no {where} worker runs {stage}" for stage in sorted(required - ran)]
+    created = set(compose_topic_specs())
+    declared = set(topics(pipeline, feeders))
+    gaps += [f"compose does not create topic {t}" for t in sorted(declared - created)]
+    gaps += [f"compose creates undeclared topic {t}" for t in sorted(created - declared)]
+    return gaps
+
+
+def compose_commands() -> dict[str, list[str]]:
+    return {name: svc["command"] for name, svc in worker_services().items()}
+
+
+def k8s_commands() -> dict[str, list[str]]:
+    return {name: container_argv(worker_container(d)) for name, d in deployments().items()}
+
+
+def compose_topic_specs() -> dict[str, str]:
+    return dict(spec.split(":") for spec in compose()["services"]["topics"]["environment"]["TOPICS"].split())
+
+
+def test_compose_and_k8s_run_every_pipeline_stage_and_create_every_topic():
+    assert deploy_gaps(PIPELINE, FEEDERS) == []
+
+
+def test_a_stage_declared_in_process_shows_in_the_graph_the_topic_list_and_the_deploy_check():
+    from consumers.payloads import ScoredInstruction
+    from consumers.topology import graph
+
+    async def toy_process(record, ctx):
+        return []
+
+    toy = Stage("toy", input_topic="instructions.unique", output_topics=("instructions.toyed", "rejected"),
+                input_model=ScoredInstruction, process=toy_process)
+    pipeline = (*PIPELINE, toy)
+    drawn = graph(pipeline, FEEDERS)
+    assert {"id": "toy", "kind": "stage", "description": ""} in drawn["nodes"]
+    edges = {(e["from"], e["to"], e["kind"]) for e in drawn["edges"]}
+    assert {("instructions.unique", "toy", "flow"), ("toy", "instructions.toyed", "flow"), ("toy", "rejected", "reject"),
+            ("instructions.toyed", "sink", "flow")} <= edges  # its output is final: the sink stores it
+    assert "instructions.toyed" in topics(pipeline, FEEDERS) and "instructions.toyed" not in TOPICS
+    assert deploy_gaps(pipeline, FEEDERS) == ["no compose worker runs toy", "no k8s worker runs toy",
+                                              "compose does not create topic instructions.toyed"]
 
 
 def test_compose_commands_parse_with_the_cli():
@@ -166,12 +215,10 @@ def test_compose_keeps_the_llm_key_in_a_secret():
 def test_compose_topics_match_the_code():
     doc = compose()
     topics_env = doc["services"]["topics"]["environment"]
-    specs = dict(spec.split(":") for spec in topics_env["TOPICS"].split())
+    specs = compose_topic_specs()
     worker_env = next(iter(worker_services().values()))["environment"]
     partitions = worker_env["SYNTHSTREAM_KAFKA__PARTITIONS"]
     assert topics_env["TOPIC_PREFIX"] == worker_env["SYNTHSTREAM_KAFKA__TOPIC_PREFIX"]
-    assert set(specs) == set(TOPICS), f"topics to create differ from streamer.kafka.clients.TOPICS: " \
-                                      f"{set(specs) ^ set(TOPICS)}"
     for topic, count in specs.items():
         assert int(count) == FIXED_PARTITIONS.get(topic, int(partitions)), topic
 
@@ -193,7 +240,47 @@ def test_prometheus_scrapes_every_worker_on_its_metrics_port():
 
 # Kubernetes -------------------------------------------------------------------------------------
 def deployments() -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d for d in k8s_objects("Deployment")}
+    """The workers as `kubectl apply -k` makes them: the one base with each stage's patch applied."""
+    (kustomization,) = load_yaml(K8S / "kustomization.yaml")
+    made = [stage_deployment(K8S / resource) for resource in kustomization["resources"]
+            if (K8S / resource / "kustomization.yaml").exists()]
+    for deployment in made:
+        deployment["metadata"]["namespace"] = kustomization["namespace"]
+    return {d["metadata"]["name"]: d for d in made}
+
+
+def stage_deployment(folder: Path) -> dict[str, Any]:
+    """What kustomize makes of a stage's folder: its base, its labels (selectors too), its JSON patches
+    (the only kustomize features the stages use; checked against kubectl's kustomize where it exists)."""
+    (stage,) = load_yaml(folder / "kustomization.yaml")
+    (base_folder,) = stage["resources"]
+    (base,) = load_yaml(folder / base_folder / "deployment.yaml")
+    for label in stage.get("labels", []):
+        places = [base["metadata"], base["spec"]["template"]["metadata"]]
+        places += [base["spec"]["selector"]] if label.get("includeSelectors") else []
+        for place in places:
+            key = "matchLabels" if place is base["spec"]["selector"] else "labels"
+            place[key] = {**place.get(key, {}), **label["pairs"]}
+    for patch in stage["patches"]:
+        assert patch["target"] == {"kind": "Deployment", "name": base["metadata"]["name"]}, folder
+        for op in yaml.safe_load(patch["patch"]):
+            *parents, last = op["path"].strip("/").split("/")
+            node = base
+            for key in parents:
+                node = node[int(key)] if isinstance(node, list) else node[key]
+            assert op["op"] in ("replace", "add") and (op["op"] == "add" or last in node or isinstance(node, list))
+            if isinstance(node, list):
+                node[int(last)] = op["value"]
+            else:
+                node[last] = op["value"]
+    return base
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders kustomize where it is installed")
+def test_the_stage_deployments_read_here_are_what_kubectl_kustomize_makes():
+    rendered = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=120, check=True)
+    made = {d["metadata"]["name"]: d for d in yaml.safe_load_all(rendered.stdout) if d and d["kind"] == "Deployment"}
+    assert made == deployments()
 
 
 def worker_container(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -206,16 +293,6 @@ def container_argv(container: dict[str, Any]) -> list[str]:
     if command:
         assert command[0] == "synthstream", container["name"]
     return [*command[1:], *container.get("args", [])]
-
-
-def test_k8s_has_a_deployment_per_stage_whose_command_parses():
-    ran: dict[str, str] = {}
-    for name, deployment in deployments().items():
-        where = f"k8s Deployment {name}"
-        args = parse_command(container_argv(worker_container(deployment)), where)
-        for stage in stages_run_by(args, where):
-            ran[stage] = name
-    assert REQUIRED <= set(ran), f"no Deployment runs {sorted(REQUIRED - set(ran))}"
 
 
 def test_k8s_dedup_stays_at_one_replica():

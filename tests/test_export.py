@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from streamer.storage.card import CARD_MARK
 from streamer.storage.export import ExportFilters, export_samples
 
 from conftest import Pipeline, launch_simulator, new_pipeline
-from helpers import SEED_INSTRUCTIONS, make_texts, read_topic, stop_process, write_seeds
+from helpers import CLI, SEED_INSTRUCTIONS, make_texts, read_topic, stop_process, write_seeds
 from test_storage import TOPIC, sample_envelope, store_batch
 
 CONFIGURED_MODEL = "gpt-4o-mini"
@@ -217,6 +218,28 @@ def test_the_dataset_card_lists_the_right_counts(run: Run, tmp_path: Path):
     assert from_card.features == datasets.Features.from_arrow_schema(pq.read_schema(out))
 
 
+def test_the_card_states_the_settings_of_the_runs_that_made_the_rows_not_the_exporting_shells(run: Run, tmp_path: Path):
+    # Exported from a shell without the run's variables (its judge threshold, dedup threshold, endpoint).
+    env = {k: v for k, v in run.pipeline.env.items()
+           if not k.startswith(("SYNTHSTREAM_STAGES__", "SYNTHSTREAM_LLM__"))}
+    out = tmp_path / "dataset.jsonl"
+    subprocess.run([*CLI, "export", "--out", str(out), "--since", "1d"], env=env, cwd=tmp_path, check=True,
+                   capture_output=True, timeout=120)
+    _, body = read_card(tmp_path / "README.md")
+    generation = yaml.safe_load(body.split("```yaml\n", 1)[1].split("```", 1)[0])
+    assert [entry["options"]["threshold"] for entry in generation["judge"]] == [0]  # the run's, not the default 4
+    assert [entry["options"]["threshold"] for entry in generation["dedup"]] == [1.0]  # not 0.9
+    endpoint = run.pipeline.env["SYNTHSTREAM_LLM__BASE_URL"]
+    for stage in LLM_STAGES:
+        assert {(e["llm_endpoint"], e["llm"]["model"]) for e in generation[stage]} == {(endpoint, CONFIGURED_MODEL)}
+    # answer ran twice: under its version, then replayed under +hot; both made rows.
+    answer_versions = {v for env in run.stored.values() for s in env["lineage"]["stages"] if s["stage"] == "answer"
+                       for v in [s["version"]]}
+    assert {e["version"] for e in generation["answer"]} == answer_versions and len(answer_versions) == 2
+    assert "none configured" not in body and "Not recorded" not in body
+    assert re.search(r"- made at or after \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", body)  # not only "1d"
+
+
 def expected_ids(run: Run, keep) -> set[str]:
     return {sid for sid, env in run.stored.items() if keep(env)}
 
@@ -331,3 +354,33 @@ def test_a_document_without_title_or_url_fields_is_referenced_by_its_source():
     page = document_reference(Document(text="x", source="https://a.example/p", meta={"title": "  "}))
     assert page.model_dump() == {"title": None, "url": "https://a.example/p", "source": "https://a.example/p"}
     assert document_reference(Document(text="x", source="notes.md")).url is None
+
+
+def test_version_names_a_stage_and_a_bare_version_that_several_stages_have_is_refused(tmp_path: Path):
+    from streamer.storage.export import AmbiguousVersionError
+
+    def sample(n: int, instruction_version: str) -> Envelope:
+        stages = [StageStamp(stage="instruction", version=instruction_version, model="m"),
+                  StageStamp(stage="embed", version="1-e5e5e5e5"), StageStamp(stage="dedup", version="1-d0d0d0d0"),
+                  StageStamp(stage="answer", version="1-a1a1a1a1", model="m")]
+        return Envelope(id=f"s{n}", kind="sample", root_id=f"r{n}", method="synthquestions",
+                        lineage=Lineage(stages=stages), data=Sample(instruction=f"q{n}", response="a").model_dump())
+
+    store = tmp_path / "store"
+    store_batch(store, 0, 0, [sample(0, "1-0a0a0a0a"), sample(1, "2-0b0b0b0b"), sample(2, "2-0b0b0b0b+hot")])
+
+    def selected(version: str) -> set[str]:
+        out = tmp_path / f"{version}.jsonl"
+        result = export_samples(store, TOPIC, out, filters=ExportFilters(version=version))
+        return {row["id"] for row in jsonl_rows(out)} | {f"stages:{','.join(sorted(result.counts.version_stages))}"}
+
+    # A prompt file's version selects the samples its stage made under it; naming the stage is exact.
+    assert selected("2") == {"s1", "s2", "stages:instruction"}
+    assert selected("instruction=2") == {"s1", "s2", "stages:instruction"}
+    assert selected("instruction=1") == {"s0", "stages:instruction"}
+    assert selected("hot") == {"s2", "stages:instruction"} == selected("instruction=2-0b0b0b0b+hot")
+    assert selected("embed=1-e5e5e5e5") == {"s0", "s1", "s2", "stages:embed"}
+    # `1` alone is a version of instruction, embed, dedup and answer: it would select every row.
+    with pytest.raises(AmbiguousVersionError, match=r"several stages \(answer, dedup, embed, instruction\).*"
+                                                    r"--version answer=1"):
+        selected("1")

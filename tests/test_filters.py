@@ -190,6 +190,9 @@ def test_feed_docs_sends_good_documents_to_docs_and_bad_ones_to_rejected(pipelin
     assert set(by_filter) == {"min_chars", "max_bullet_lines"}
     assert by_filter["min_chars"]["lineage"]["details"]["value"] == len(FAILING["min_chars"])
     assert by_filter["min_chars"]["data"]["record"]["source"] == f"{path}:4"
+    plain = pipeline.cli("tap", "rejected", "--from-beginning").stdout.decode()  # which page, and why
+    assert "feed: min_chars: 10 (threshold 200) — https://example.org/3" in plain
+    assert "feed: max_bullet_lines" in plain and "— https://example.org/4" in plain
     # the sink stores the rejections; a second feed of the same file counts them as finished
     pipeline.cli("run", "--stage", "sink", "--until-idle", timeout=180)
     again = pipeline.cli("feed", "docs", str(path)).stderr.decode()

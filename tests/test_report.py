@@ -19,8 +19,9 @@ from helpers import CLI, make_texts
 from streamer.runtime.embedding import shared_encoder
 from streamer.records import Envelope, Lineage, StageStamp
 from streamer.report import CHARTS, ReportError, ReportOptions, make_report
-from streamer.storage.export import iter_stored
-from streamer.storage.sink import ROW_SCHEMA, _row, file_name, write_parquet_atomic
+from streamer.storage.store import rows as store_rows
+from streamer.storage.sink import ROW_SCHEMA, _row, write_parquet_atomic
+from streamer.storage.store import file_name
 
 PREFIX = "synth."
 
@@ -170,7 +171,7 @@ def test_writes_charts_html_and_summary(handmade_store, tmp_path):
 # The command -------------------------------------------------------------------------------------
 def stored_envelopes(data_dir: Path, topic: str) -> list[dict]:
     """Distinct stored records of a (prefixed) topic, read independently of the report."""
-    rows = {row["id"]: row for row in iter_stored(data_dir / "store", topic)} if (data_dir / "store" / topic).exists() \
+    rows = {row["id"]: row for row in store_rows(data_dir / "store", topic)} if (data_dir / "store" / topic).exists() \
         else {}
     return [orjson.loads(row["envelope"]) for row in rows.values()]
 

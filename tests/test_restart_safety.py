@@ -17,6 +17,7 @@ from typing import Iterator
 import orjson
 import pytest
 
+from consumers import TOPICS
 from consumers.payloads import ScoredInstruction
 from consumers.rubric import Judgement
 from helpers import (
@@ -161,7 +162,7 @@ def test_marker_incarnations_keep_a_restarted_brokers_records_apart(pipeline, ow
 async def _ensure(pipeline) -> None:
     from streamer.kafka.clients import ensure_topics
 
-    await ensure_topics(pipeline.settings())
+    await ensure_topics(pipeline.settings(), TOPICS)
 
 
 def test_dead_broker_ends_workers_quietly_and_a_resumed_feed_sends_only_unfinished_work(

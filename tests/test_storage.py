@@ -8,7 +8,8 @@ import pyarrow as pa
 import pytest
 
 from streamer.records import Envelope, Lineage, Sample, StageStamp, derived_id
-from streamer.storage.sink import ROW_SCHEMA, StoreConflictError, file_name, write_new_or_same
+from streamer.storage.sink import ROW_SCHEMA, StoreConflictError, write_new_or_same
+from streamer.storage.store import file_name
 
 TOPIC = "synth.samples"
 
@@ -70,3 +71,22 @@ def test_a_stored_file_is_never_replaced_by_other_records(tmp_path):
     # A redelivery of the same records, cut shorter or longer, may rewrite it.
     store_batch(store, 0, 0, [sample_envelope(1)])
     assert len(pd.read_parquet(path)) == 1
+
+
+def test_the_store_finds_any_record_by_id_through_its_index_and_keeps_up_with_new_files(tmp_path):
+    from streamer.storage import store
+
+    root = tmp_path / "store"
+    first, later = [sample_envelope(n) for n in range(3)], sample_envelope(3)
+    store_batch(root, 0, 0, first)
+    index = store.IdIndex(root)
+    assert index.find(first[1].id, "synth.") == ("samples", first[1].model_dump(mode="json"))
+    assert index.find("no-such-id", "synth.") is None
+    indexed = set(index.indexed)
+    store_batch(root, 1, 0, [later])  # written after the index was built
+    assert index.find(later.id, "synth.") == ("samples", later.model_dump(mode="json"))
+    assert index.indexed - indexed == {root / TOPIC / file_name(TOPIC, "incarnation-a", 1, 0)}  # only the new file read
+    assert store.topics(root, "synth.") == ["samples"]
+    assert [p.name for p in store.files(root, TOPIC, incarnation="incarnation-a")] == sorted(
+        file_name(TOPIC, "incarnation-a", p, 0) for p in (0, 1))
+    assert store.files(root, TOPIC, incarnation="incarnation-b") == []

@@ -10,6 +10,7 @@ from collections import Counter
 import orjson
 import pytest
 
+from consumers import TOPICS
 from consumers.payloads import AttributedSeed, Compositions
 from consumers.situation import ExampleSelector
 from helpers import (
@@ -65,7 +66,7 @@ def test_nearest_examples_come_from_the_documents_topic_and_random_spreads(pipel
     seeds = {topic: [attributed(q, f"Someone interested in {topic} asks.") for q in qs] for topic, qs in topics.items()}
     topic_of = {env.id: topic for topic, envs in seeds.items() for env in envs}
     settings = pipeline.settings()
-    asyncio.run(ensure_topics(settings))
+    asyncio.run(ensure_topics(settings, TOPICS))
     produce(broker.bootstrap_servers, pipeline.prefix + "seeds.attributed", [e for es in seeds.values() for e in es])
 
     async def choose(mode: str) -> dict[str, list[list[str]]]:

@@ -18,8 +18,9 @@ def register(sub: Subparsers) -> None:
                                                  "<data_dir>/demo)")
     e.add_argument("--method", help="only samples of this method (synthquestions, glan)")
     e.add_argument("--min-score", type=int, metavar="N", help="only samples the judge scored N or more (0-7)")
-    e.add_argument("--version", metavar="V", help="only samples a stage made under version V: a stage version "
-                                                 "(1-0a1b2c3d), its prompt label or a replay version (hot)")
+    e.add_argument("--version", metavar="STAGE=V", help="only samples STAGE made under version V: a stage version "
+                                                       "(1-0a1b2c3d), its prompt file's version (2) or a replay "
+                                                       "version (hot); V alone when only one stage has it")
     e.add_argument("--since", metavar="TIME", help="only samples made at or after TIME: ISO time "
                                                   "(2025-05-01T12:00) or an age like 30s, 10m, 2h, 1d")
     e.set_defaults(handler=cmd_export)
@@ -28,7 +29,7 @@ def register(sub: Subparsers) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from streamer.kafka.positions import PositionError, parse_since
     from streamer.ops.export import export_dataset
-    from streamer.storage.export import ExportFilters
+    from streamer.storage.export import AmbiguousVersionError, ExportFilters
 
     settings = settings_from(args)
     if args.data_dir is not None:
@@ -40,7 +41,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             since = parse_since(args.since) / 1000
     filters = ExportFilters(method=args.method, min_score=args.min_score, version=args.version, since=since,
                             since_text=args.since)
-    result = export_dataset(settings, args.out, fmt, filters)
+    with command_errors(AmbiguousVersionError):
+        result = export_dataset(settings, args.out, fmt, filters)
+    if args.version:
+        print(f"--version {args.version}: samples made by {', '.join(sorted(result.counts.version_stages))} "
+              f"under that version", file=sys.stderr)
     methods = ", ".join(f"{n} {m}" for m, n in result.counts.methods.most_common())
     print(f"exported {result.rows} of {result.stored} stored samples ({methods}) to {result.path} ({fmt}); "
           f"{result.skipped_duplicates} redelivered copies collapsed; dataset card: {result.card}", file=sys.stderr)

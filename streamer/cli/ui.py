@@ -25,6 +25,10 @@ def register(sub: Subparsers) -> None:
     u.add_argument("--port", type=_port, default=8050, help="port (default 8050; 0: any free port)")
     u.add_argument("--token", help=f"access token (default: ${TOKEN_ENV}, else one made up and printed when "
                                    f"bound to a non-loopback address)")
+    u.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name the console is reached under through a reverse proxy (repeatable); "
+                        "requests naming any other host than these, the loopback names and the bound "
+                        "address are refused (421)")
     u.set_defaults(handler=cmd_ui)
 
 
@@ -34,7 +38,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     needs_running_broker(settings, "ui")
     token, made = access_token(args.host, args.token or os.environ.get(TOKEN_ENV) or None)
-    options = UiOptions(host=args.host, port=args.port, token=token)
+    options = UiOptions(host=args.host, port=args.port, token=token, allowed_hosts=tuple(args.allowed_host))
 
     def ready(url: str) -> None:
         if made:  # printed once, in the URL to open; a token the user chose is never printed

@@ -20,16 +20,8 @@ from streamer.kafka.broker import EmbeddedBroker
 
 log = logging.getLogger(__name__)
 
-# Every topic of the pipeline (unprefixed). Partition counts come from the configuration;
-# the ones here override the default because a design rule needs them.
-TOPICS: tuple[str, ...] = (
-    "docs", "seeds", "seeds.attributed", "situations",
-    "glan.disciplines", "glan.subjects", "glan.syllabi",
-    "instructions", "instructions.scored", "instructions.embedded", "instructions.unique",
-    "samples", "rejected", "dlq",
-    "dlq.redriven",  # one marker per redriven dead letter, so `dlq redrive` sends each once
-    "incarnation",  # a token telling this set of topics from an earlier one (streamer.kafka.incarnation)
-)
+# The topics themselves are derived from the stage declarations (consumers.TOPICS). Partition
+# counts come from the configuration; the ones here override the default because a design rule needs them.
 # dedup is a single writer; the incarnation token is the first record of its one partition.
 FIXED_PARTITIONS = {"instructions.embedded": 1, "incarnation": 1}
 
@@ -133,7 +125,7 @@ def partitions_for(settings: Settings, name: str) -> int:
     return settings.kafka.topic_partitions.get(name, settings.kafka.partitions)
 
 
-async def ensure_topics(settings: Settings, names: Iterable[str] = TOPICS) -> None:
+async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
     """Create missing topics with their configured partition counts (existing ones are kept)."""
     topic = TopicNames(settings.kafka.topic_prefix)
     admin = AIOKafkaAdminClient(**client_options(settings.kafka))

@@ -87,9 +87,15 @@ class TopicReader:
                 return
             batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
             for tp, records in sorted(batch.items()):
+                if ends is not None and tp not in ends:
+                    continue  # assigned, but not part of this read (find_on_topics keeps earlier topics)
                 for record in records:
-                    if ends is None or record.offset < ends.get(tp, 0):
-                        yield record
+                    if ends is not None and record.offset >= ends[tp]:
+                        # Fetched past this read's end: back to the end, so the next read of a
+                        # reader kept between reads (status, the console) gets these records.
+                        self.consumer.seek(tp, ends[tp])
+                        break
+                    yield record
 
     async def _behind(self, ends: dict[TopicPartition, int]) -> bool:
         return any([await self.consumer.position(tp) < end for tp, end in ends.items() if tp in self.assigned])

@@ -39,10 +39,14 @@ class MetricsEndpoint:
     registration: Path | None = None
     run: RunFile | None = None  # this process's counters on disk, from its first announcement
 
-    def stop(self) -> None:
-        from streamer.metrics.registry import unregister
+    def withdraw(self) -> None:
+        """Take this endpoint out of the worker registry (its file there; streamer.metrics.registry)."""
+        if self.registration is not None:
+            self.registration.unlink(missing_ok=True)
+            self.registration = None
 
-        unregister(self)
+    def stop(self) -> None:
+        self.withdraw()
         if self.run is not None:
             self.run.close()  # the last totals, then finished runs folded
         self.server.shutdown()

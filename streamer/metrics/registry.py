@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 
 from streamer.config import Settings
-from streamer.metrics.endpoint import MetricsEndpoint, current
+from streamer.metrics.endpoint import current
 from streamer.locks import process_alive
 from streamer.metrics.runs import run_of
 
@@ -30,7 +30,7 @@ def announce(settings: Settings, stages: list[str]) -> None:
     endpoint = current()
     if endpoint is None:
         return
-    unregister(endpoint)
+    endpoint.withdraw()  # an earlier announcement of this process
     endpoint.run = run  # closed when the endpoint stops (else at exit)
     path = registry_dir(settings) / f"{os.getpid()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,12 +41,6 @@ def announce(settings: Settings, stages: list[str]) -> None:
     tmp.write_bytes(orjson.dumps(entry))
     os.replace(tmp, path)  # readers never see half a file
     endpoint.registration = path
-
-
-def unregister(endpoint: MetricsEndpoint) -> None:
-    if endpoint.registration is not None:
-        endpoint.registration.unlink(missing_ok=True)
-        endpoint.registration = None
 
 
 def registry_dir(settings: Settings) -> Path:

@@ -23,7 +23,7 @@ from streamer import metrics
 from streamer.config import Settings
 from streamer.kafka.clients import kafka_available
 from streamer.ops.export import export_dataset
-from streamer.storage.export import iter_stored
+from streamer.storage import store
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"  # the checkout's examples/
 # Three disciplines from far-apart fields, so the demo shows the taxonomy's breadth.
@@ -158,8 +158,8 @@ def _finish(settings: Settings, inputs: DemoInputs, stages: list[Any], out: Path
     for name, count in counts.items():
         ok, rule = checks[name]
         say(f"  {name:<11} {count.describe()}   {'ok' if ok else 'MISMATCH'}: {rule}")
-    dead = sum(1 for _ in iter_stored(settings.storage.store_dir, f"{prefix}dlq"))
-    rejected = sum(1 for _ in iter_stored(settings.storage.store_dir, f"{prefix}rejected"))
+    dead = sum(1 for _ in store.rows(settings.storage.store_dir, f"{prefix}dlq"))
+    rejected = sum(1 for _ in store.rows(settings.storage.store_dir, f"{prefix}rejected"))
     fed = " and ".join(f"{n} {FED_NOUNS[topic]}" for topic, n in inputs.fed.items())
     say(f"dataset: {out} ({result.rows} rows from {fed}; {rejected} rejected, {dead} records in dlq)")
     print(out)

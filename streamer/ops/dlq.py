@@ -25,12 +25,13 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 
 from streamer.config import Settings
+from consumers import TOPICS
 from streamer.kafka.clients import TopicNames, ensure_topics, make_producer
 from streamer.kafka.positions import FROM_BEGINNING
 from streamer.kafka.reader import UnknownTopicError, observe
 from streamer.ops.query import Where, matches_all, short_text
 from streamer.records import DeadLetter, Envelope, RecordData, stable_hash
-from streamer.storage.export import iter_envelopes
+from streamer.storage import store
 
 REDRIVEN_TOPIC = "dlq.redriven"
 
@@ -109,7 +110,7 @@ def _stored(settings: Settings, name: str, model: type[RecordData]) -> Iterator[
     topic = TopicNames(settings.kafka.topic_prefix)(name)
     if not (settings.storage.store_dir / topic).is_dir():
         return
-    for raw in iter_envelopes(settings.storage.store_dir, topic):
+    for raw in store.envelopes(settings.storage.store_dir, topic):
         try:
             envelope = Envelope.model_validate(raw)
             yield envelope, model.model_validate(envelope.data)
@@ -158,7 +159,7 @@ async def redrive(settings: Settings, entries: list[Entry]) -> RedriveReport:
             by_failure.setdefault(entry.envelope.id, []).append(entry)
     if not by_failure:
         return report
-    await ensure_topics(settings)  # the input topics too: after a broker loss only the store knows them
+    await ensure_topics(settings, TOPICS)  # the input topics too: after a broker loss only the store knows them
     producer = make_producer(settings.kafka)
     await producer.start()
     try:

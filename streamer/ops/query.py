@@ -32,6 +32,9 @@ TEXT_FIELDS = ("instruction", "situation", "text", "name", "subject", "reason", 
 CONTEXT_FIELDS = ("stage", "error_type")
 
 
+CONDITION_START = re.compile(r"\s+(?=[^\s=]+=)")  # spaces before the next FIELD=
+
+
 @dataclass(frozen=True)
 class Where:
     path: tuple[str, ...]
@@ -43,6 +46,12 @@ class Where:
         if not sep or not field.strip() or any(not part for part in field.strip().split(".")):
             raise ValueError(f"--where {text!r}: expected FIELD=VALUE, e.g. data.stage=instruction")
         return cls(tuple(field.strip().split(".")), value)
+
+    @classmethod
+    def parse_line(cls, text: str) -> list[Where]:
+        """Conditions written on one line, as the console's filter box has them: a new one starts at
+        each `FIELD=` after a space, so a value may hold spaces (`data.meta.title=Programming FAQ`)."""
+        return [cls.parse(part) for part in CONDITION_START.split(text.strip()) if part]
 
     def matches(self, envelope: Any) -> bool:
         return any(_same(found, self.value) for found in _lookup(envelope, self.path))
@@ -86,18 +95,27 @@ def _same(found: Any, wanted: str) -> bool:
     return False
 
 
+def document_head(data: dict[str, Any]) -> str:
+    """A document's title and address ("Title | https://…"; its source file when it has no URL)."""
+    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+    where = meta.get("url") if isinstance(meta.get("url"), str) and meta["url"].strip() else data.get("source")
+    return " | ".join(v.strip() for v in (meta.get("title"), where) if isinstance(v, str) and v.strip())
+
+
 def short_text(envelope: dict[str, Any], width: int = 100) -> str:
     """What a record is about, on one line: e.g. the instruction, or a dead letter's stage and error."""
     data = envelope.get("data") if isinstance(envelope.get("data"), dict) else {}
     if envelope.get("kind") == "document":  # a page: its title and where it came from, then its text
-        meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
-        head = " | ".join(v for v in (meta.get("title"), data.get("source")) if isinstance(v, str) and v.strip())
+        head = document_head(data)
         text = re.sub(r"\s+", " ", str(data.get("text") or "")).strip()
         if not head:
             return shorten(text, width)
         # The title and URL are what tell pages apart, so a long URL shortens the text, not itself.
         room = max(width - len(head) - 2, 40)
         return f"{head}: {shorten(text, room)}"
+    rejected = data.get("record") if envelope.get("kind") == "rejection" else None
+    if isinstance(rejected, dict) and document_head(rejected):  # a rejected page: which one, and why
+        return shorten(f"{data.get('stage')}: {data.get('reason')} — {document_head(rejected)}", width)
     context = [str(data[f]) for f in CONTEXT_FIELDS if isinstance(data.get(f), str)]
     text = next((data[f] for f in TEXT_FIELDS if isinstance(data.get(f), str) and data[f].strip()), None)
     if text is None:

@@ -15,7 +15,8 @@ from typing import Any, BinaryIO
 from aiokafka.structs import ConsumerRecord
 
 from streamer.config import Settings
-from streamer.kafka.clients import TOPICS, TopicNames
+from consumers import TOPICS
+from streamer.kafka.clients import TopicNames
 from streamer.kafka.positions import StartAt
 from streamer.kafka.reader import observe
 from streamer.ops.query import Where, decode_value, matches_all, short_text

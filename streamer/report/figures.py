@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from streamer.storage.export import iter_stored
+from streamer.storage import store
 
 # Instruction outcomes as the store records them; the order is the order of the charts.
 KEPT, JUDGE_REJECTED, DEDUP_EXACT, DEDUP_NEAR = "kept", "rejected by judge", "exact duplicate", "near duplicate"
@@ -111,7 +111,7 @@ class Diversity:
 def unique_envelopes(store_dir: Path, topic: str, count: StoredCount) -> Iterator[dict[str, Any]]:
     """Envelopes of one stored topic, one per id (a redelivered batch is stored twice), streamed."""
     seen: set[str] = set()
-    for row in iter_stored(store_dir, topic):
+    for row in store.rows(store_dir, topic):
         count.rows += 1
         if row["id"] in seen:
             continue

@@ -26,13 +26,27 @@ from streamer.kafka.group import GroupMember, abandon
 from streamer.kafka.health import BROKER_VERDICTS, BrokerWatch
 from streamer.llm.client import LLMPool
 from streamer.runtime.processor import Output, RecordProcessor, Source
-from streamer.runtime.stage import Stage
+from streamer.runtime.stage import BoundStage, Stage
 from streamer.state.manager import StateLockedError, StateManager
 from streamer.state.table import TopicTable
+from streamer.storage.generation import LLM_CARD_KEYS, endpoint_of, record_generation
 
 log = logging.getLogger(__name__)
 
 FULL_POLL_INTERVAL = 10.0  # seconds; far below the group's max poll interval (300 s)
+
+
+def generation_settings(bound: BoundStage) -> dict[str, Any]:
+    """The settings that shape a stage's records: version, LLM endpoint and sampling, options. Never a key."""
+    out: dict[str, Any] = {"version": bound.version}
+    if bound.prompt is not None:
+        llm = bound.settings.llm
+        out["llm_endpoint"] = endpoint_of(llm.base_url)
+        out["llm"] = {key: getattr(llm, key) for key in LLM_CARD_KEYS}
+    options = bound.options.model_dump(mode="json")
+    if options:
+        out["options"] = options
+    return out
 
 
 class StageRunner(GroupMember):
@@ -42,6 +56,7 @@ class StageRunner(GroupMember):
     ) -> None:
         self.stage = stage
         self.bound = stage.bind(settings)
+        self.data_dir = settings.storage.data_dir
         self.topic = TopicNames(settings.kafka.topic_prefix)
         super().__init__(stage.name, settings, [self.topic(stage.input_topic)], self.topic(self.bound.group), broker)
         self.tables = {name: TopicTable(settings, name, model) for name, model in stage.tables.items()}
@@ -72,6 +87,8 @@ class StageRunner(GroupMember):
             except StateLockedError:
                 abandon(self.consumer)  # never started: nothing to leave, but collected it would say "unclosed"
                 raise
+        # What this run makes records with, kept beside the store for the dataset card (storage.generation).
+        await asyncio.to_thread(record_generation, self.data_dir, self.stage.name, generation_settings(self.bound))
         # Setup first: it may start slow work in the background (the encoder loads in its thread).
         if self.stage.setup is not None:
             self.resources = await self.stage.setup(self.bound.settings, self.bound.options)

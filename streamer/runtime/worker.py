@@ -21,7 +21,8 @@ from typing import Sequence
 from streamer import metrics
 from streamer.metrics import registry as worker_registry
 from streamer.config import Settings
-from streamer.kafka.clients import TOPICS, TopicNames, ensure_topics, is_tansu, make_producer, use_fast_group_timing
+from consumers import SINK_TOPICS, TOPICS
+from streamer.kafka.clients import TopicNames, ensure_topics, is_tansu, make_producer, use_fast_group_timing
 from streamer.kafka.group import GroupMember, abandon, sleep_until
 from streamer.kafka.health import BrokerWatch
 from streamer.kafka.incarnation import SeenIncarnations, replaced_line
@@ -69,7 +70,7 @@ class Worker:
             return None  # stopped before the broker answered
         if is_tansu(broker.cluster_id):
             use_fast_group_timing(self.settings.kafka)  # else joins wait seconds (clients.py)
-        await ensure_topics(self.settings)
+        await ensure_topics(self.settings, TOPICS)
         incarnations = await broker.connect(self.stop)  # now that every topic exists
         if incarnations is None:
             return None
@@ -93,7 +94,7 @@ class Worker:
         await producer.start()
         self.members = [StageRunner(s, self.settings, producer, pool, self.stop, broker) for s in self.stages]
         if self.with_sink:
-            self.members.append(ParquetSink(self.settings, self.stop, broker=broker))
+            self.members.append(ParquetSink(self.settings, self.stop, SINK_TOPICS, broker=broker))
         metrics.declare_stages([s.name for s in self.stages])
         worker_registry.announce(self.settings, [m.name for m in self.members])  # so `status` finds us
         tasks = [asyncio.create_task(m.run(), name=m.name) for m in self.members]

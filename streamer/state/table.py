@@ -64,12 +64,9 @@ class TopicTable:
 
     def _stored_rows(self) -> set[str]:
         """Load the records the sink stored for this topic; returns their ids."""
-        from streamer.storage.export import iter_envelopes
+        from streamer.storage import store
 
-        store = self._settings.storage.store_dir
-        if not (store / self.topic).is_dir():
-            return set()
-        for raw in iter_envelopes(store, self.topic):
+        for raw in store.envelopes(self._settings.storage.store_dir, self.topic):
             try:
                 envelope = Envelope.model_validate(raw)
                 self.rows[envelope.id] = (envelope, self.model.model_validate(envelope.data))

@@ -10,16 +10,15 @@ the README.md: the last one's card is there.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import yaml
 
 from streamer.storage.samples import EXPORT_SCHEMA_VERSION, FIELD_DOCS
-
-if TYPE_CHECKING:
-    from streamer.storage.export import ExportResult
+from streamer.storage.selection import ExportResult
 
 CARD_MARK = "# dataset card written by synthstream export"
 
@@ -41,9 +40,10 @@ def card_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.card.md")
 
 
-def write_card(result: ExportResult, config: dict[str, Any]) -> Path:
+def write_card(result: ExportResult, generation: dict[str, list[dict[str, Any]]]) -> Path:
+    """The card; `generation`: per stage, the settings its runs recorded (storage.generation)."""
     path = card_path(result.path)
-    text = front_matter(result) + "\n" + body(result, config)
+    text = front_matter(result) + "\n" + body(result, generation)
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text)
     partial.replace(path)
@@ -98,7 +98,7 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def body(result: ExportResult, config: dict[str, Any]) -> str:
+def body(result: ExportResult, generation: dict[str, list[dict[str, Any]]]) -> str:
     counts = result.counts
     parts = [f"# {result.path.name}\n",
              f"{counts.rows} instruction/response pairs made by synthstream, exported as {result.fmt} "
@@ -109,7 +109,7 @@ def body(result: ExportResult, config: dict[str, Any]) -> str:
              "## Methods\n", "\n".join(f"- `{m}`: {METHODS.get(m, 'not described')}" for m in sorted(counts.methods)),
              "\n## Models\n", _models(result),
              "## Filters\n", _filters(result),
-             "## Generation config\n", _config(result, config),
+             "## Generation config\n", _config(result, generation),
              "## Loading\n", _loading(result)]
     return "\n".join(parts)
 
@@ -163,20 +163,24 @@ def _filters(result: ExportResult) -> str:
     given = result.filters.describe()
     if not given:
         return f"None: all {result.stored} stored samples.\n"
-    return "\n".join(f"- `{name} {value}`" for name, value in given.items()) + \
-        f"\n\n{result.counts.rows} of {result.stored} stored samples selected.\n"
+    lines = [f"- `{name} {value}`" for name, value in given.items()]
+    if result.filters.since is not None:  # "1h" alone would say nothing next week: the time it meant
+        lines.append(f"- made at or after {datetime.fromtimestamp(result.filters.since, UTC):%Y-%m-%d %H:%M:%S} UTC")
+    return "\n".join(lines) + f"\n\n{result.counts.rows} of {result.stored} stored samples selected.\n"
 
 
-def _config(result: ExportResult, config: dict[str, Any]) -> str:
+def _config(result: ExportResult, generation: dict[str, list[dict[str, Any]]]) -> str:
     lines = ["Stage versions (prompt version and text digest, `+V` for a replay version) in the rows:\n",
              "| stage | version | rows |", "|---|---|---|"]
     lines += [f"| {stage} | {version} | {n} |" for (stage, version), n in sorted(result.counts.stage_versions.items())]
-    if config:
-        seen = {stage for stage, _ in result.counts.stage_versions}
-        config = {**config, "stages": {k: v for k, v in config.get("stages", {}).items() if k in seen}}
-        lines += ["", "Settings of the exporting process, for the stages in the rows (API keys are never "
-                  "written; the rows' own stage versions and models above say what made them):", "",
-                  "```yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip(), "```"]
+    unrecorded = sorted({stage for stage, _ in result.counts.stage_versions} - set(generation))
+    lines += ["", "Settings the runs that made the rows recorded, per stage, under the versions above (LLM endpoint, "
+              "sampling, options; API keys are never recorded). A stage listed with several ran with each:", ""]
+    if generation:
+        lines += ["```yaml", yaml.safe_dump(generation, sort_keys=False, allow_unicode=True).rstrip(), "```"]
+    if unrecorded:
+        lines += ["", f"Not recorded for {', '.join(unrecorded)} (made before synthstream recorded its runs' "
+                      "settings, or in another data dir)."]
     return "\n".join(lines) + "\n"
 
 

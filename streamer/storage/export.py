@@ -9,108 +9,22 @@ sample lacks it) and both formats hold the same thing. Memory stays flat for any
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from streamer.storage import store
+from streamer.storage.card import write_card
+from streamer.storage.generation import recorded_generation
 from streamer.storage.nested import batch_type, merge, to_table, writable
-from streamer.storage.samples import DECLARED_SCHEMA, EXPORT_SCHEMA_VERSION, row_versions, sample_view
+from streamer.storage.samples import DECLARED_SCHEMA, EXPORT_SCHEMA_VERSION, sample_view
+from streamer.storage.selection import AmbiguousVersionError, ExportCounts, ExportFilters, ExportResult, Format
 
-__all__ = ["EXPORT_SCHEMA_VERSION", "EmptyExportError", "ExportFilters", "ExportResult", "export_samples",
-           "iter_envelopes", "iter_stored", "sample_view"]
-
-Format = Literal["jsonl", "parquet"]
-
-
-def iter_stored(store_dir: Path, topic: str) -> Iterator[dict[str, Any]]:
-    """Stored rows of one (prefixed) topic, file by file (files in offset order), never all at once."""
-    for path in sorted((store_dir / topic).glob("*.parquet")):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1000):
-            yield from batch.to_pylist()
-
-
-def iter_envelopes(store_dir: Path, topic: str, *, unique: bool = True) -> Iterator[dict[str, Any]]:
-    seen: set[str] = set()
-    for row in iter_stored(store_dir, topic):
-        if unique:
-            if row["id"] in seen:
-                continue
-            seen.add(row["id"])
-        try:
-            yield orjson.loads(row["envelope"])
-        except orjson.JSONDecodeError:
-            continue
-
-
-@dataclass(frozen=True)
-class ExportFilters:
-    """Which samples to export; every filter given must hold."""
-
-    method: str | None = None
-    min_score: int | None = None  # judge total at least this
-    version: str | None = None  # a stage ran under this version (or this replay version / prompt label)
-    since: float | None = None  # made at or after this time (seconds since the epoch)
-    since_text: str | None = None  # as the user gave it, for the card
-
-    def matches(self, row: dict[str, Any]) -> bool:
-        if self.method is not None and row["method"] != self.method:
-            return False
-        if self.min_score is not None:
-            total = (row["judge"] or {}).get("total")
-            if total is None or total < self.min_score:
-                return False
-        if self.version is not None and self.version not in row_versions(row):
-            return False
-        return self.since is None or (row["created_at"] or 0) >= self.since
-
-    def describe(self) -> dict[str, Any]:
-        """The filters given, as the command line names them."""
-        given = {"--method": self.method, "--min-score": self.min_score, "--version": self.version,
-                 "--since": self.since_text or self.since}
-        return {name: value for name, value in given.items() if value is not None}
-
-
-@dataclass
-class ExportCounts:
-    """What the export holds, for the dataset card and the command's summary."""
-
-    rows: int = 0
-    methods: Counter[str] = field(default_factory=Counter)
-    models: Counter[str] = field(default_factory=Counter)  # the answering model
-    stage_models: Counter[tuple[str, str]] = field(default_factory=Counter)
-    stage_versions: Counter[tuple[str, str]] = field(default_factory=Counter)
-    simulated: int = 0
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows += 1
-        self.methods[row["method"] or "unknown"] += 1
-        self.models[row["model"] or "unknown"] += 1
-        self.simulated += row["simulated"]
-        for stamp in row["lineage"]["stages"]:
-            self.stage_versions[(stamp["stage"], stamp["version"])] += 1
-            if stamp["model"]:
-                self.stage_models[(stamp["stage"], stamp["model"])] += 1
-
-
-@dataclass
-class ExportResult:
-    path: Path
-    fmt: Format
-    stored: int  # distinct samples in the store, before filters
-    skipped_duplicates: int  # redelivered copies collapsed
-    counts: ExportCounts
-    schema: pa.Schema
-    filters: ExportFilters
-    card: Path | None = None
-
-    @property
-    def rows(self) -> int:
-        return self.counts.rows
+__all__ = ["EXPORT_SCHEMA_VERSION", "AmbiguousVersionError", "EmptyExportError", "ExportFilters", "ExportResult",
+           "Format", "export_samples", "sample_view"]
 
 
 class EmptyExportError(Exception):
@@ -135,10 +49,9 @@ class EmptyExportError(Exception):
 
 def export_samples(store_dir: Path, topic: str, out: Path, fmt: Format = "jsonl",
                    filters: ExportFilters | None = None, *, method: str | None = None,
-                   card_config: dict[str, Any] | None = None, batch_rows: int = 1000) -> ExportResult:
+                   data_dir: Path | None = None, batch_rows: int = 1000) -> ExportResult:
     """One row per sample id, the dataset card beside it. Raises EmptyExportError (and writes
     nothing) when no sample is selected."""
-    from streamer.storage.card import write_card  # the card's writing, apart from the rows'
 
     filters = filters or ExportFilters(method=method)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +66,9 @@ def export_samples(store_dir: Path, topic: str, out: Path, fmt: Format = "jsonl"
     finally:
         scratch.unlink(missing_ok=True)
     result = ExportResult(out, fmt, stored, duplicates, counts, schema, filters)
-    result.card = write_card(result, card_config or {})
+    # What made the rows: the settings their stages' runs recorded under the versions the rows carry.
+    generation = recorded_generation(data_dir, set(counts.stage_versions)) if data_dir is not None else {}
+    result.card = write_card(result, generation)
     return result
 
 
@@ -165,8 +80,9 @@ def _select(store_dir: Path, topic: str, filters: ExportFilters, scratch: Path, 
     counts = ExportCounts()
     row_type: pa.DataType = pa.struct(list(DECLARED_SCHEMA))
     pending: list[dict[str, Any]] = []
+    version_stages: set[str] = set()  # which stages a bare --version matched
     with open(scratch, "wb") as lines:
-        for env in iter_envelopes(store_dir, topic, unique=False):
+        for env in store.envelopes(store_dir, topic, unique=False):
             if env["id"] in seen:
                 duplicates += 1
                 continue
@@ -174,6 +90,8 @@ def _select(store_dir: Path, topic: str, filters: ExportFilters, scratch: Path, 
             row = sample_view(env)
             if not filters.matches(row):
                 continue
+            if filters.version is not None:
+                version_stages |= filters.version_stages(row)
             counts.add(row)
             lines.write(orjson.dumps(row) + b"\n")
             pending.append(row)
@@ -182,6 +100,9 @@ def _select(store_dir: Path, topic: str, filters: ExportFilters, scratch: Path, 
                 pending.clear()
         if pending:
             row_type = merge(row_type, batch_type(pending))
+    if len(version_stages) > 1:
+        raise AmbiguousVersionError(filters.version or "", version_stages)
+    counts.version_stages = version_stages
     return len(seen), duplicates, counts, pa.schema(list(writable(row_type)))
 
 

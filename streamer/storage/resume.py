@@ -9,25 +9,17 @@ that had already been made for it free.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import orjson
-import pyarrow.parquet as pq
+
+from streamer.storage import store
 
 FedKind = Literal["docs", "seeds"]
 
 # Topics whose every row ends a root of that kind, and topics whose rows end roots of any kind.
 ENDS_BY_ROOT = {"docs": "samples", "seeds": "seeds.attributed"}
 ENDS_ANY_ROOT = ("rejected", "dlq")
-
-
-def _files(store_dir: Path, topic: str) -> list[Path]:
-    return sorted((store_dir / topic).glob("*.parquet"))
-
-
-def _column(path: Path, name: str) -> Iterator[str]:
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000, columns=[name]):
-        yield from (v for v in batch.column(0).to_pylist() if v)
 
 
 def _of_kind(envelope: dict, kind: FedKind) -> bool:
@@ -49,11 +41,11 @@ def root_key(root_id: str) -> bytes | None:
 def finished_roots(store_dir: Path, prefix: str, kind: FedKind) -> set[bytes]:
     """Root ids (as `root_key`s) of fed records of `kind` that already ended in the store."""
     done: set[bytes | None] = set()
-    for path in _files(store_dir, f"{prefix}{ENDS_BY_ROOT[kind]}"):
-        done.update(root_key(root) for root in _column(path, "root_id"))
+    for path in store.files(store_dir, f"{prefix}{ENDS_BY_ROOT[kind]}"):
+        done.update(root_key(root) for root in store.column(path, "root_id"))
     for topic in ENDS_ANY_ROOT:
-        for path in _files(store_dir, f"{prefix}{topic}"):
-            for text in _column(path, "envelope"):
+        for path in store.files(store_dir, f"{prefix}{topic}"):
+            for text in store.column(path, "envelope"):
                 try:
                     envelope = orjson.loads(text)
                 except orjson.JSONDecodeError:

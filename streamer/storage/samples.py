@@ -151,13 +151,15 @@ def _judge(details: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any] | No
     return None if total is None else {"scores": None, "total": total, "analysis": None}
 
 
-def row_versions(row: dict[str, Any]) -> set[str]:
-    """Every version a row's stages ran under, and the parts of each (prompt label; replay version),
-    so `--version hot` finds `1-0a1b2c3d+hot`."""
-    out: set[str] = set()
-    for stamp in row["lineage"]["stages"]:
-        version = stamp.get("version")
-        if version:
-            out.add(version)
-            out.update(version.split("+"))
-    return out
+def version_names(version: str) -> set[str]:
+    """The names a stage version answers to: itself (`2-0a1b2c3d+hot`), its prompt label
+    (`2-0a1b2c3d`), its prompt file's version (`2`) and its replay version (`hot`)."""
+    label, _, replay = version.partition("+")
+    return {version, label, label.split("-")[0], *([replay] if replay else [])}
+
+
+def stages_under(row: dict[str, Any], version: str, stage: str | None = None) -> set[str]:
+    """The stages (only `stage`, when given) that made this row under `version` (any of its names)."""
+    return {stamp["stage"] for stamp in row["lineage"]["stages"]
+            if stamp.get("version") and (stage is None or stamp["stage"] == stage)
+            and version in version_names(stamp["version"])}

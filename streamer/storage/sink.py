@@ -32,14 +32,11 @@ from streamer.config import Settings
 from streamer.kafka.clients import TopicNames
 from streamer.kafka.group import GroupMember
 from streamer.kafka.health import BrokerWatch
-from streamer.kafka.incarnation import SeenIncarnations, TopicIdentity, short
+from streamer.kafka.incarnation import SeenIncarnations, TopicIdentity
 from streamer.records import stable_hash
+from streamer.storage.store import file_name
 
 log = logging.getLogger(__name__)
-
-# Final and audit topics: what a person inspects, reports on and exports; and the dlq's redrive
-# markers, so a dead letter is redriven once even after its topics were lost with a broker.
-SINK_TOPICS = ("samples", "rejected", "dlq", "seeds.attributed", "dlq.redriven")
 
 ROW_SCHEMA = pa.schema([
     ("id", pa.string()), ("root_id", pa.string()), ("kind", pa.string()), ("method", pa.string()),
@@ -51,10 +48,6 @@ ROW_SCHEMA = pa.schema([
 
 class StoreConflictError(RuntimeError):
     """A stored file would be replaced by other records; nothing was written."""
-
-
-def file_name(topic: str, incarnation: str, partition: int, first_offset: int) -> str:
-    return f"{topic}-i{short(incarnation)}-p{partition:04d}-o{first_offset:012d}.parquet"
 
 
 def check_replaceable(path: Path, table: pa.Table) -> None:
@@ -110,7 +103,7 @@ def _row(topic: str, record: ConsumerRecord) -> dict[str, object]:
 
 
 class ParquetSink(GroupMember):
-    def __init__(self, settings: Settings, stop: asyncio.Event, topics: tuple[str, ...] = SINK_TOPICS,
+    def __init__(self, settings: Settings, stop: asyncio.Event, topics: tuple[str, ...],
                  broker: BrokerWatch | None = None) -> None:
         self.topic = TopicNames(settings.kafka.topic_prefix)
         super().__init__("sink", settings, [self.topic(t) for t in topics], self.topic("sink"), broker)

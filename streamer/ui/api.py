@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from consumers import FEEDERS, PIPELINE, TOPICS
+from consumers.topology import graph as pipeline_graph
 from streamer.config import Settings
-from streamer.kafka.clients import TOPICS
 from streamer.kafka.positions import FROM_BEGINNING, PositionError, StartAt
 from streamer.kafka.reader import UnknownTopicError, observe
 from streamer.ops import dlq
@@ -38,6 +39,11 @@ def settings_of(request: web.Request) -> Settings:
 
 
 # Topics and records ---------------------------------------------------------------------------
+async def graph(_request: web.Request) -> web.Response:
+    """The pipeline as the stage declarations say it is: the console draws its graph from this."""
+    return as_json(pipeline_graph(PIPELINE, FEEDERS))
+
+
 async def topics(request: web.Request) -> web.Response:
     settings = settings_of(request)
     return as_json({"topics": list(TOPICS), "prefix": settings.kafka.topic_prefix,
@@ -58,7 +64,7 @@ def browse_request(topic: str, query: Any) -> Browse:
         start = StartAt.from_args(since=query.get("since", "").strip())
     else:
         raise ValueError(f"start {start_kind!r}: newest, beginning, offset or since")
-    wheres = [Where.parse(text) for text in query.getall("where", []) if text.strip()]
+    wheres = [where for line in query.getall("where", []) for where in Where.parse_line(line)]
     limit = min(max(int(query.get("limit", "50")), 1), MAX_LIMIT)
     return Browse(topic, start, wheres, query.get("q", "").strip(), limit)
 
@@ -77,7 +83,7 @@ async def topic_records(request: web.Request) -> web.Response:
 
 
 async def record(request: web.Request) -> web.Response:
-    found = await find_record(settings_of(request), request.match_info["id"])
+    found = await find_record(settings_of(request), request.app["store_index"], request.match_info["id"])
     if found is None:
         return problem(404, f"no record with id {request.match_info['id']} in the store or on the topics")
     return as_json(found)
@@ -156,6 +162,7 @@ async def chart(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/graph", graph)
     app.router.add_get("/api/topics", topics)
     app.router.add_get("/api/topics/{topic}", topic_records)
     app.router.add_get("/api/records/{id}", record)

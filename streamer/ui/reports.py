@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.config import Settings
+from streamer.ops.query import document_head
 from streamer.ui.topics import stored
 
 REPORT_TTL_S = 30.0
@@ -72,7 +73,9 @@ def rejected_groups(settings: Settings, on_topic: list[dict[str, Any]]) -> dict[
         key = (str(data.get("stage", "?")), reason)
         counts[key] += 1
         if len(examples.setdefault(key, [])) < 5:
-            examples[key].append({"id": env["id"], "reason": data.get("reason"), "score": data.get("score")})
+            record = data.get("record") if isinstance(data.get("record"), dict) else {}
+            examples[key].append({"id": env["id"], "reason": data.get("reason"), "score": data.get("score"),
+                                  "document": document_head(record) or None})  # which page, for the feed's
     groups = [{"stage": stage, "reason": reason, "count": n, "examples": examples[(stage, reason)]}
               for (stage, reason), n in counts.most_common()]
     return {"total": len(seen), "groups": groups}

@@ -10,22 +10,23 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from streamer.config import Settings
-from streamer.kafka.clients import TOPICS, TopicNames
+from consumers import PIPELINE, TOPICS
+from consumers.topology import generated_topics
+from streamer.kafka.clients import TopicNames
 from streamer.kafka.positions import StartAt
 from streamer.kafka.reader import TopicReader, UnknownTopicError
 from streamer.ops.query import Where, decode_value, matches_all, short_text
-from streamer.storage.export import iter_envelopes
+from streamer.storage import store
 
 READ_TIMEOUT_S = 20.0  # one page of the browser; a huge topic yields what was read by then
 FIND_TIMEOUT_S = 30.0  # looking for one id through every topic
-SIMULATED_TOPICS = ("samples", "instructions.scored", "situations", "instructions", "glan.syllabi")
+SIMULATED_TOPICS = generated_topics(PIPELINE)
 
 
 @dataclass
@@ -103,42 +104,34 @@ async def any_simulated(settings: Settings) -> bool:
 # Any record by id -------------------------------------------------------------------------------
 def stored_topics(settings: Settings) -> list[str]:
     """Unprefixed names of the topics the store has files for."""
-    store, names = settings.storage.store_dir, TopicNames(settings.kafka.topic_prefix)
-    if not store.is_dir():
-        return []
-    return sorted(names.unprefixed(p.name) for p in store.iterdir()
-                  if p.is_dir() and p.name.startswith(settings.kafka.topic_prefix))
+    return store.topics(settings.storage.store_dir, settings.kafka.topic_prefix)
 
 
 def stored(settings: Settings, topic: str) -> Iterator[dict[str, Any]]:
     """Envelopes of one stored topic (unprefixed), one per id; nothing if the store lacks it."""
-    full = TopicNames(settings.kafka.topic_prefix)(topic)
-    store: Path = settings.storage.store_dir
-    if (store / full).is_dir():
-        yield from iter_envelopes(store, full)
+    yield from store.envelopes(settings.storage.store_dir, TopicNames(settings.kafka.topic_prefix)(topic))
 
 
-def find_stored(settings: Settings, record_id: str) -> dict[str, Any] | None:
-    for topic in stored_topics(settings):
-        for envelope in stored(settings, topic):
-            if envelope.get("id") == record_id:
-                return {"found_in": "store", "topic": topic, "envelope": envelope}
-    return None
+def find_stored(settings: Settings, index: store.IdIndex, record_id: str) -> dict[str, Any] | None:
+    found = index.find(record_id, settings.kafka.topic_prefix)
+    return None if found is None else {"found_in": "store", "topic": found[0], "envelope": found[1]}
 
 
 async def find_on_topics(settings: Settings, record_id: str, topics: tuple[str, ...] = TOPICS
                          ) -> dict[str, Any] | None:
     """The first record with this id on any topic (read from each topic's beginning)."""
     names, needle = TopicNames(settings.kafka.topic_prefix), f'"id":"{record_id}"'.encode()
-    async with TopicReader(settings, fetch_max_wait_ms=100) as reader:
+    # Ends come from their own client: finding exact ends assigns and then releases every partition
+    # of the client it uses (kafka.end_offsets), which would drop the reader's positions.
+    async with TopicReader(settings) as offsets, TopicReader(settings, fetch_max_wait_ms=100) as reader:
         async with asyncio.timeout(FIND_TIMEOUT_S):
             for topic in topics:
-                tps = reader.partitions(names(topic))
+                tps = offsets.partitions(names(topic))
                 if not tps:
                     continue
-                ends = await reader.ends(tps)
+                ends = await offsets.ends(tps)
                 # Partitions of topics searched before stay assigned but are not read: `ends` names these.
-                reader.assign(await reader.beginnings(tps))
+                reader.assign(await offsets.beginnings(tps))
                 found = await _first_with(reader, ends, needle, record_id)
                 if found is not None:
                     record, envelope = found
@@ -159,9 +152,9 @@ async def _first_with(reader: TopicReader, ends: dict[TopicPartition, int], need
     return None
 
 
-async def find_record(settings: Settings, record_id: str) -> dict[str, Any] | None:
-    """A record by id: the store first (what was kept), then the topics."""
-    found = await asyncio.to_thread(find_stored, settings, record_id)
+async def find_record(settings: Settings, index: store.IdIndex, record_id: str) -> dict[str, Any] | None:
+    """A record by id: the store first (what was kept; through its id index), then the topics."""
+    found = await asyncio.to_thread(find_stored, settings, index, record_id)
     if found is None:
         with contextlib.suppress(asyncio.TimeoutError):
             found = await find_on_topics(settings, record_id)

@@ -22,7 +22,8 @@ from aiokafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.config import Settings
-from streamer.kafka.clients import TOPICS, TopicNames, make_consumer, start_consumer
+from consumers import TOPICS
+from streamer.kafka.clients import TopicNames, make_consumer, start_consumer
 from streamer.kafka.incarnation import TopicIdentity
 from streamer.kafka.reader import TopicReader
 from streamer.metrics.registry import WorkerEntry, registered_workers
@@ -52,8 +53,7 @@ class Watched:
 
 
 def watched_groups(settings: Settings) -> list[Watched]:
-    from consumers import PIPELINE
-    from streamer.storage.sink import SINK_TOPICS
+    from consumers import PIPELINE, SINK_TOPICS
 
     topic = TopicNames(settings.kafka.topic_prefix)
     tallied = tallied_topics()

@@ -28,6 +28,15 @@ function idLink(id, kind) {
   return h("a", { class: "id", href: route, "data-id": id }, id);
 }
 
+// A link only for a web address: crawled data may say `javascript:…` or `data:…`, shown as text then.
+function webLink(url) {
+  if (!url) return "—";
+  let protocol = null;
+  try { protocol = new URL(url).protocol; } catch (err) { /* not a URL: text */ }
+  if (protocol !== "http:" && protocol !== "https:") return h("span", { class: "text" }, String(url));
+  return h("a", { href: url, rel: "noreferrer noopener", target: "_blank" }, url);
+}
+
 function fmt(value, digits) {
   if (value === null || value === undefined) return "n/a";
   if (typeof value === "number" && digits !== undefined) return value.toFixed(digits);
@@ -45,6 +54,13 @@ function jsonBlock(value) {
 
 function errorBox(message) {
   return h("p", { class: "error" }, message);
+}
+
+// A state-changing call: JSON, with the page's anti-CSRF token (the server refuses anything else).
+function postJson(path, body) {
+  const token = document.querySelector("meta[name=csrf-token]").content;
+  return api(path, { method: "POST", headers: { "Content-Type": "application/json", "X-Synthstream-Csrf": token },
+    body: JSON.stringify(body) });
 }
 
 async function api(path, options) {
@@ -95,13 +111,16 @@ async function route() {
   state.listeners = [];
   document.querySelectorAll("header nav a").forEach((a) =>
     a.classList.toggle("active", a.dataset.page === page || (page === "sample" && a.dataset.page === "samples")));
+  // Each visit fills its own element: a page still loading when the user moved on (a slow record
+  // lookup, say) then writes into a detached element, never over the page that replaced it.
+  const view = h("div", { class: "view" }, h("p", { class: "muted" }, "loading…"));
   const main = document.getElementById("page");
-  main.replaceChildren(h("p", { class: "muted" }, "loading…"));
+  main.replaceChildren(view);
   main.dataset.page = page;
   try {
-    await PAGES[page](main, args.map(decodeURIComponent));
+    await PAGES[page](view, args.map(decodeURIComponent));
   } catch (err) {
-    main.replaceChildren(errorBox(String(err.message || err)));
+    view.replaceChildren(errorBox(String(err.message || err)));
   }
 }
 

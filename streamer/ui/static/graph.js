@@ -4,45 +4,56 @@
 const CARD = { w: 176, h: 112 };
 const PILL = { w: 150, h: 26 };
 const COL = 200;            // column pitch
-const ROW = { a: 90, b: 250, c: 430, d: 590 };
-// Where each known node sits: [column, row y]. The snake: SynthQuestions (row a) and GLAN (row b)
-// meet at `instructions`, then judge → … → answer runs right to left (row c), and the sink (row d).
-const LAYOUT = {
-  "seeds": [0, ROW.a], "attribution": [1, ROW.a], "seeds.attributed": [2, ROW.a - 24], "docs": [2, ROW.a + 24],
-  "situation": [3, ROW.a], "situations": [4, ROW.a], "instruction": [5, ROW.a],
-  "glan.disciplines": [0, ROW.b], "subjects": [1, ROW.b], "glan.subjects": [2, ROW.b], "syllabus": [3, ROW.b],
-  "glan.syllabi": [4, ROW.b], "questions": [5, ROW.b], "instructions": [6, (ROW.a + ROW.b) / 2],
-  "judge": [6, ROW.c], "instructions.scored": [5, ROW.c], "embed": [4, ROW.c], "instructions.embedded": [3, ROW.c],
-  "dedup": [2, ROW.c], "instructions.unique": [1, ROW.c], "answer": [0, ROW.c],
-  "samples": [0, ROW.d], "sink": [1, ROW.d], "rejected": [3, ROW.d], "dlq": [5, ROW.d],
-};
-const EDGES = [
-  ["seeds", "attribution"], ["attribution", "seeds.attributed"], ["seeds.attributed", "situation", "table"],
-  ["docs", "situation"], ["situation", "situations"], ["situations", "instruction"], ["instruction", "instructions"],
-  ["glan.disciplines", "subjects"], ["subjects", "glan.subjects"], ["glan.subjects", "syllabus"],
-  ["syllabus", "glan.syllabi"], ["glan.syllabi", "questions"], ["questions", "instructions"],
-  ["instructions", "judge"], ["judge", "instructions.scored"], ["instructions.scored", "embed"],
-  ["embed", "instructions.embedded"], ["instructions.embedded", "dedup"], ["dedup", "instructions.unique"],
-  ["instructions.unique", "answer"], ["answer", "samples"], ["samples", "sink"],
-  ["judge", "rejected", "reject"], ["dedup", "rejected", "reject"],  // attribution's rejections: on its card
-  ["rejected", "sink"], ["dlq", "sink"],
-];
-const TOPIC_NAMES = ["seeds", "docs", "situations", "instructions", "samples", "rejected", "dlq"];  // without a dot
+const PER_ROW = 6;          // columns before the graph turns back (a snake), so it fits a 1400 px window
+const GAP = 22;             // between the nodes of one column
 const SVGNS = "http://www.w3.org/2000/svg";
+
+// Where each node sits, from the graph the server derives from the stage declarations (/api/graph):
+// a node's column is its longest path from the feed; `rejected` and `dlq` (written from anywhere)
+// sit beside the last stage's output. Columns run left to right, then right to left on the next row.
+function layout(graph) {
+  const kindOf = Object.fromEntries(graph.nodes.map((n) => [n.id, n.kind]));
+  const audit = new Set(graph.nodes.filter((n) => n.kind === "topic"
+    && !graph.edges.some((e) => e.to === n.id && e.kind !== "reject")).map((n) => n.id));
+  const depth = { feed: 0 };
+  const flows = graph.edges.filter((e) => e.kind !== "reject" && !audit.has(e.from));
+  for (let changed = true; changed;) {  // longest path; the graph has no cycle
+    changed = false;
+    for (const e of flows) {
+      const d = (depth[e.from] ?? -Infinity) + 1;
+      if (d > (depth[e.to] ?? -1)) { depth[e.to] = d; changed = true; }
+    }
+  }
+  audit.forEach((name) => { depth[name] = (depth.sink ?? 1) - 1; });
+  const columns = [];
+  for (const n of graph.nodes) (columns[depth[n.id] ?? 0] ||= []).push(n.id);
+  const size = (name) => (kindOf[name] === "topic" ? PILL : CARD);
+  const height = (names) => names.reduce((sum, name) => sum + size(name).h + GAP, -GAP);
+  const boxes = {};
+  let top = 20;
+  for (let band = 0; band * PER_ROW < columns.length; band++) {
+    const cols = columns.slice(band * PER_ROW, (band + 1) * PER_ROW);
+    const bandHeight = Math.max(...cols.map((names) => height(names || [])));
+    cols.forEach((names, i) => {
+      const col = band % 2 === 0 ? i : PER_ROW - 1 - i;
+      const cx = 30 + col * COL + CARD.w / 2;
+      let y = top + (bandHeight - height(names || [])) / 2;
+      for (const name of names || []) {
+        const { w, h } = size(name);
+        boxes[name] = { x: cx - w / 2, y, w, h, cx, cy: y + h / 2, kind: kindOf[name] };
+        y += h + GAP;
+      }
+    });
+    top += bandHeight + 70;
+  }
+  return { boxes, width: 30 + PER_ROW * COL, height: top - 30 };
+}
 
 function s(tag, attrs, ...children) {
   const el = document.createElementNS(SVGNS, tag);
   for (const [key, value] of Object.entries(attrs || {})) el.setAttribute(key, value);
   for (const child of children) el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   return el;
-}
-
-function box(name) {
-  const [col, y] = LAYOUT[name];
-  const isStage = !(name.includes(".") || TOPIC_NAMES.includes(name));
-  const size = isStage ? CARD : PILL;
-  const cx = 30 + col * COL + CARD.w / 2;
-  return { x: cx - size.w / 2, y: y - size.h / 2, w: size.w, h: size.h, cx, cy: y, isStage };
 }
 
 // Where the line from a's centre to b's centre leaves a's rectangle.
@@ -95,24 +106,32 @@ function drawStage(g, b, st) {
   });
 }
 
-function drawGraph(figures) {
+function drawFeed(g, b, node, feedRejected) {
+  g.setAttribute("class", "stage feed");
+  g.append(s("rect", { x: b.x, y: b.y, width: b.w, height: b.h }));
+  g.append(s("text", { x: b.x + 8, y: b.y + 16, class: "name" }, "feed"));
+  (node.commands || []).forEach((command, i) => g.append(s("text", { x: b.x + 8, y: b.y + 33 + i * 13.5, class: "fig" }, command)));
+  g.append(s("text", { x: b.x + 8, y: b.y + b.h - 10, class: "fig", id: "fig-feed-rejected" },
+    `rejected ${fmt(feedRejected)}`));
+}
+
+function drawGraph(graph, placed, figures, feedRejected) {
   const byName = Object.fromEntries((figures.stages || []).map((st) => [st.stage, st]));
   const totals = topicTotals(figures);
-  const extra = Object.keys(byName).filter((name) => !LAYOUT[name]);
-  extra.forEach((name, i) => { LAYOUT[name] = [i, ROW.d + 150]; });  // stages added since this page was written
-  const svg = s("svg", { width: 30 + 7 * COL, height: ROW.d + (extra.length ? 230 : 60), id: "graph" });
+  const svg = s("svg", { width: placed.width, height: placed.height, id: "graph" });
   svg.append(s("defs", {}, s("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7,
     markerHeight: 7, orient: "auto-start-reverse" }, s("path", { d: "M0,0 L10,5 L0,10 z", fill: "#94a3b8" }))));
-  for (const [from, to, kind] of EDGES) {
-    const a = box(from), b = box(to);
+  for (const edge of graph.edges) {
+    const a = placed.boxes[edge.from], b = placed.boxes[edge.to];
     const [x1, y1] = border(a, b), [x2, y2] = border(b, a);
-    svg.append(s("line", { x1, y1, x2, y2, class: "edge " + (kind || "") }));
+    svg.append(s("line", { x1, y1, x2, y2, class: "edge " + edge.kind }));
   }
-  for (const name of Object.keys(LAYOUT)) {
-    const b = box(name);
-    const g = s("g", { "data-name": name, "data-test": b.isStage ? "stage" : "topic" });
+  for (const node of graph.nodes) {
+    const name = node.id, b = placed.boxes[name];
+    const g = s("g", { "data-name": name, "data-test": node.kind === "topic" ? "topic" : node.kind });
     g.dataset.name = name;
-    if (b.isStage) drawStage(g, b, byName[name]);
+    if (node.kind === "feed") drawFeed(g, b, node, feedRejected);
+    else if (node.kind !== "topic") drawStage(g, b, byName[name]);
     else {
       g.setAttribute("class", "topic" + (name === "rejected" || name === "dlq" ? " reject" : ""));
       g.append(s("rect", { x: b.x, y: b.y, width: b.w, height: b.h }));
@@ -127,13 +146,21 @@ function drawGraph(figures) {
 }
 
 PAGES.graph = async (main) => {
+  const graph = await api("/api/graph");
+  const placed = layout(graph);
+  let feedRejected = null, rejectedAt = 0;
   const wrap = h("div", { class: "graph-wrap" });
   const note = h("p", { class: "legend" });
   const workers = h("p", { class: "legend" });
   main.replaceChildren(h("h2", {}, "Pipeline"), note, wrap, workers);
   const draw = (figures) => {
     if (figures.error) { wrap.replaceChildren(errorBox(`no figures: ${figures.error}`)); return; }
-    wrap.replaceChildren(drawGraph(figures));
+    if (Date.now() - rejectedAt > 10000) {  // the feed's rejections: read from `rejected` now and then
+      rejectedAt = Date.now();
+      api("/api/rejected").then((r) => { feedRejected = r.groups.filter((g) => g.stage === "feed")
+        .reduce((sum, g) => sum + g.count, 0); }).catch(() => {});
+    }
+    wrap.replaceChildren(drawGraph(graph, placed, figures, feedRejected));
     note.textContent = figures.pending ? "waiting for the first two samples (rates come from their difference)…"
       : `Sampled ${new Date(figures.time * 1000).toLocaleTimeString()}; rates over ${figures.rate_window_s}s. `
         + "Lag: records on the stage's input not yet committed. n/a: no worker of the stage serves metrics "

@@ -23,9 +23,10 @@ PAGES.topics = async (main, [topic]) => {
   main.replaceChildren(h("h2", {}, "Topic browser"), form, h("div", { class: "split" }, results, detail));
 
   async function search() {
-    const q = new URLSearchParams({ start: start.value, offset: offset.value, since: since.value, q: text.value, limit: limit.value });
-    where.value.split(/\s+/).filter(Boolean).forEach((w) => q.append("where", w));
+    const q = new URLSearchParams({ start: start.value, offset: offset.value, since: since.value, q: text.value,
+      limit: limit.value, where: where.value });  // the server splits the line (values may hold spaces)
     results.replaceChildren(h("p", { class: "muted" }, "reading…"));
+    detail.replaceChildren(h("p", { class: "muted" }, "Click a row to see the record as JSON."));  // not the last search's
     try {
       const page = await api(`/api/topics/${encodeURIComponent(topicSel.value)}?${q}`);
       noteSimulated(page.rows);
@@ -95,7 +96,7 @@ function chainParts(chain) {
   }
   return [
     part("document", "Document", doc, doc && h("dl", {}, h("dt", {}, "title"), h("dd", { "data-key": "title" }, doc.title || "—"),
-      h("dt", {}, "url"), h("dd", { "data-key": "url" }, doc.url ? h("a", { href: doc.url, rel: "noreferrer" }, doc.url) : "—"),
+      h("dt", {}, "url"), h("dd", { "data-key": "url" }, webLink(doc.url)),
       h("dt", {}, "source"), h("dd", {}, doc.source || "—"), h("dt", {}, "id"), h("dd", {}, idLink(doc.id)))),
     part("seeds", "Example seeds", v.seeds && v.seeds.length, h("ol", {}, seeds)),
     part("situation", "Situation", v.situation, pairs(v.situation)),
@@ -144,13 +145,14 @@ PAGES.dlq = async (main) => {
     h("td", {}, h("div", { class: "text" }, l.error.slice(0, 300)), l.input_id ? ["input ", idLink(l.input_id)] : null),
     h("td", {}, l.status === "pending" ? h("button", { "data-test": "redrive", onclick: () => redriveLetter(l) }, "Redrive") : "")));
   const groups = rejected.groups.map((g) => h("tr", {}, h("td", {}, g.stage), h("td", {}, g.reason),
-    h("td", { class: "num" }, g.count), h("td", {}, g.examples.map((e) => [idLink(e.id), " "]))));
+    h("td", { class: "num" }, g.count), h("td", {}, h("ul", { class: "plain" }, g.examples.map((e) => h("li", {},
+      idLink(e.id), e.document ? h("span", { class: "text", "data-test": "rejected-document" }, " " + e.document) : null))))));
   main.replaceChildren(h("h2", {}, "Dead letters"),
     h("p", { class: "muted" }, `${letters.letters.length} dead letters, ${letters.pending} pending. Redriving puts the `
       + "letter's input back on its stage's input topic, once; the stage processes it when it runs."),
     h("table", { id: "letters" }, h("thead", {}, h("tr", {}, ["id", "stage", "error", "attempts", "status", "message", ""]
       .map((t) => h("th", {}, t)))), h("tbody", {}, rows)),
-    h("h2", { style: "margin-top:22px" }, "Rejected"), h("p", { class: "muted" }, `${rejected.total} rejected records by stage and reason`),
+    h("h2", { class: "spaced" }, "Rejected"), h("p", { class: "muted" }, `${rejected.total} rejected records by stage and reason`),
     h("table", { id: "rejected" }, h("thead", {}, h("tr", {}, ["stage", "reason", "records", "examples"].map((t) => h("th", {}, t)))),
       h("tbody", {}, groups)));
 };
@@ -163,8 +165,7 @@ async function redriveLetter(letter) {
   const answer = await new Promise((resolve) => dialog.addEventListener("close", () => resolve(dialog.returnValue), { once: true }));
   if (answer !== "ok") return;
   try {
-    const done = await api("/api/dlq/redrive", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ id: letter.id }) });
+    const done = await postJson("/api/dlq/redrive", { id: letter.id });
     alertLine(done.sent.length ? done.sent.join("; ") : "already redriven before: not sent again");
   } catch (err) { alertLine("redrive failed: " + err.message); }
   await route();
@@ -180,8 +181,11 @@ PAGES.report = async (main) => {
   const figures = await api("/api/report");
   if (figures.error) { main.replaceChildren(h("h2", {}, "Report"), errorBox(figures.error)); return; }
   if (figures.simulated_samples) noteSimulated({ simulated: true });
-  const rows = (object) => Object.entries(object || {}).map(([k, v]) =>
-    h("tr", {}, h("td", {}, k), h("td", { class: "num" }, typeof v === "object" && v !== null ? JSON.stringify(v) : fmt(v))));
+  // A nested figure (rejected by stage, then reason) as one row per leaf: "judge › below threshold  3".
+  const leaves = (object, path) => Object.entries(object || {}).flatMap(([k, v]) =>
+    (v !== null && typeof v === "object" && !Array.isArray(v) ? leaves(v, [...path, k]) : [[[...path, k].join(" › "), v]]));
+  const rows = (object) => leaves(object, []).map(([k, v]) =>
+    h("tr", {}, h("td", {}, k), h("td", { class: "num" }, Array.isArray(v) ? v.join(", ") : fmt(v))));
   const table = (title, object) => h("div", {}, h("h3", {}, title),
     h("table", {}, Object.keys(object || {}).length ? rows(object) : h("tr", {}, h("td", { class: "muted" }, "none"))));
   const stamp = `${new Date(figures.made_at * 1000).toLocaleTimeString()}`;
