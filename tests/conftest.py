@@ -15,10 +15,12 @@ from typing import Callable, Iterator
 import pytest
 
 from streamer.config import Settings, load_settings
+from streamer.kafka.apache import KafkaCluster, missing_tools
 from streamer.kafka.broker import EmbeddedBroker, free_port, port_open
 
 from helpers import CLI, stop_process, wait_for
 
+KAFKA_FIXTURES = {"kafka_cluster", "kafka_pipeline"}
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +29,27 @@ def broker() -> Iterator[EmbeddedBroker]:
     b.start()
     yield b
     b.stop()
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on the Apache Kafka cluster runs in one xdist worker (`--dist loadgroup`), so the
+    session starts one cluster of three JVMs, not one per worker."""
+    for item in items:
+        if KAFKA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("kafka"))
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """Three Apache Kafka KRaft nodes (replication 3, min.insync.replicas 2), shared by the session."""
+    reason = missing_tools()
+    if reason:
+        pytest.skip(f"Apache Kafka tests skipped: {reason}")
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka"), size=3)
+    cluster.start()
+    yield cluster
+    cluster.stop()
 
 
 @dataclass
@@ -113,7 +136,19 @@ def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Pipeline]:
         stop_process(proc, signal.SIGKILL)
 
 
-def new_pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Pipeline:
+@pytest.fixture
+def kafka_pipeline(kafka_cluster: KafkaCluster, tmp_path: Path) -> Iterator[Pipeline]:
+    """An isolated pipeline on the Apache Kafka cluster, its topics replicated three times."""
+    p = new_pipeline(kafka_cluster, tmp_path)
+    # Kafka refuses sessions under group.min.session.timeout.ms (6 s); and nothing here needs tansu's short join.
+    p.env.update({"SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "6000", "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+                  "SYNTHSTREAM_KAFKA__REPLICATION_FACTOR": "3"})
+    yield p
+    for proc in p.procs:
+        stop_process(proc, signal.SIGKILL)
+
+
+def new_pipeline(broker: EmbeddedBroker | KafkaCluster, tmp_path: Path) -> Pipeline:
     """An isolated pipeline in `tmp_path` (also for module-scoped fixtures; they stop its processes)."""
     prefix = f"t{uuid.uuid4().hex[:10]}."
     data_dir = tmp_path / "data"
