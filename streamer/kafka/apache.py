@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from streamer.kafka.broker import BrokerError, free_port, port_open
+from streamer.kafka.broker import BrokerError, die_with_parent, free_port, port_open
 from streamer.runtime.model_files import cache_dir
 
 log = logging.getLogger(__name__)
@@ -176,9 +177,11 @@ class KafkaNode:
         if port_open(HOST, self.port):
             raise BrokerError(f"port {self.address} is already in use")
         with open(self.log_path, "ab") as out:
-            # Own session: a Ctrl-C in a terminal is ours to pass on; the node is stopped by pid.
+            # Own session: a Ctrl-C in a terminal is ours to pass on; the node is stopped by pid, and
+            # it ends with us if we are killed (SIGKILL leaves no time to stop it).
             self.process = subprocess.Popen(java_command(BROKER_MAIN, str(self.properties_path), jars=jars),
-                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=die_with_parent)
 
     def signal(self, sig: int) -> None:
         if self.running():
@@ -224,9 +227,19 @@ class KafkaCluster:
             self.nodes = [KafkaNode(i, free_port(), free_port(), self.root / f"node-{i}")
                           for i in range(1, self.size + 1)]
 
+    @classmethod
+    def single_node(cls, root: Path, port: int) -> KafkaCluster:
+        """One durable node keeping its log under `root`: started again on the same dir, it has every
+        topic, committed offset and record it had. (The controller's port may change between starts:
+        the quorum's voters come from the properties written at each start.)"""
+        return cls(root, 1, [KafkaNode(1, port or free_port(), free_port(), root)])
+
     @property
     def bootstrap_servers(self) -> str:
         return ",".join(node.address for node in self.nodes)
+
+    def running(self) -> bool:
+        return all(node.running() for node in self.nodes)
 
     def node(self, node_id: int) -> KafkaNode:
         return next(n for n in self.nodes if n.node_id == node_id)
@@ -312,6 +325,20 @@ def _brokers_seen(address: str) -> set[int] | None:
         return None
 
 
+def main(argv: list[str]) -> int:
+    """`python -m streamer.kafka.apache fetch`: the jars into the cache now (CI does it before the
+    tests), or one line saying why the Apache Kafka tests will be skipped."""
+    if argv != ["fetch"]:
+        print("usage: python -m streamer.kafka.apache fetch", file=sys.stderr)
+        return 2
+    reason = missing_tools()
+    if reason:
+        print(f"Apache Kafka tests will be skipped: {reason}", file=sys.stderr)
+        return 0
+    print(fetch_jars())
+    return 0
+
+
 @contextlib.contextmanager
 def kafka_cluster(root: Path, size: int = 3) -> Iterator[KafkaCluster]:
     cluster = KafkaCluster(root, size)
@@ -320,3 +347,7 @@ def kafka_cluster(root: Path, size: int = 3) -> Iterator[KafkaCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
