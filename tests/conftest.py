@@ -35,9 +35,18 @@ def broker() -> Iterator[EmbeddedBroker]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test on the Apache Kafka cluster runs in one xdist worker (`--dist loadgroup`), so the
     session starts one cluster of three JVMs, not one per worker."""
+    if not items or not items[0].config.pluginmanager.hasplugin("xdist"):
+        return
     for item in items:
         if KAFKA_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("kafka"))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """The one line, at the end of even a quiet run, that says why the Apache Kafka tests were skipped."""
+    reason = missing_tools()
+    if reason and terminalreporter.stats.get("skipped"):
+        terminalreporter.write_line(f"Apache Kafka tests skipped: {reason}")
 
 
 @pytest.fixture(scope="session")

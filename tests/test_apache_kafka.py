@@ -5,7 +5,11 @@ there is no Java (or no Maven to fetch the jars)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -55,6 +59,25 @@ def BrokerProbe_for(cluster: KafkaCluster) -> BrokerProbe:  # noqa: N802
 
     asyncio.run(ask())
     return probe
+
+
+def test_without_java_the_kafka_tests_are_skipped_saying_why(tmp_path):
+    """A machine without Java runs the suite anyway: the Kafka tests are skipped, in one summary line."""
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # the venv's programs only: no java, no mvn
+    here = Path(__file__)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+                             "-o", "addopts=-ra", f"{here.name}::test_the_cluster_runs_the_deployed_settings_on_three_nodes",
+                             f"{here.name}::test_demo_sized_chain_ends_every_document_once_on_three_replicated_brokers"],
+                            cwd=here.parent, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:]
+    lines = result.stdout.splitlines()
+    said = [line for line in lines if line.startswith("Apache Kafka tests skipped: no `java` on PATH")]
+    skipped = [line for line in lines if line.startswith("SKIPPED")]
+    assert len(said) == 1 and "2 skipped" in lines[-1], result.stdout[-2000:]
+    assert skipped and all(said[0] in line for line in skipped), skipped
+    fetched = subprocess.run([sys.executable, "-m", "streamer.kafka.apache", "fetch"], cwd=here.parent.parent, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert fetched.returncode == 0 and fetched.stderr.startswith("Apache Kafka tests will be skipped: no `java`")
 
 
 def test_demo_sized_chain_ends_every_document_once_on_three_replicated_brokers(
