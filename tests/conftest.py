@@ -20,8 +20,6 @@ from streamer.kafka.broker import EmbeddedBroker, free_port, port_open
 
 from helpers import CLI, stop_process, wait_for
 
-KAFKA_FIXTURES = {"kafka_cluster", "kafka_pipeline"}
-
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
@@ -29,17 +27,6 @@ def broker() -> Iterator[EmbeddedBroker]:
     b.start()
     yield b
     b.stop()
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test on the Apache Kafka cluster runs in one xdist worker (`--dist loadgroup`), so the
-    session starts one cluster of three JVMs, not one per worker."""
-    if not items or not items[0].config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        if KAFKA_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("kafka"))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -51,7 +38,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 @pytest.fixture(scope="session")
 def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
-    """Three Apache Kafka KRaft nodes (replication 3, min.insync.replicas 2), shared by the session."""
+    """Three Apache Kafka KRaft nodes (replication 3, min.insync.replicas 2), shared by the session
+    (by each xdist worker that runs a test on it)."""
     reason = missing_tools()
     if reason:
         pytest.skip(f"Apache Kafka tests skipped: {reason}")
@@ -113,6 +101,10 @@ class Pipeline:
             self.cli("feed", "seeds", str(write_seeds(tmp_path / "seeds.jsonl", seeds)))
         self.cli("feed", "docs", str(write_jsonl(tmp_path / "docs.jsonl", docs)))
 
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.env["SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS"]
+
     def settings(self) -> Settings:
         return load_settings(env=self.env)
 
@@ -137,9 +129,16 @@ class Pipeline:
         return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
 
 
+@pytest.fixture(params=["tansu"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """The broker `pipeline` runs on. A module runs its tests on both with
+    `pytest.mark.parametrize("engine", helpers.ENGINES, indirect=True)`."""
+    return request.param
+
+
 @pytest.fixture
-def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Pipeline]:
-    p = new_pipeline(broker, tmp_path)
+def pipeline(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pipeline]:
+    p = new_pipeline(request.getfixturevalue("kafka_cluster" if engine == "kafka" else "broker"), tmp_path)
     yield p
     for proc in p.procs:
         stop_process(proc, signal.SIGKILL)
@@ -149,9 +148,6 @@ def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Pipeline]:
 def kafka_pipeline(kafka_cluster: KafkaCluster, tmp_path: Path) -> Iterator[Pipeline]:
     """An isolated pipeline on the Apache Kafka cluster, its topics replicated three times."""
     p = new_pipeline(kafka_cluster, tmp_path)
-    # Kafka refuses sessions under group.min.session.timeout.ms (6 s); and nothing here needs tansu's short join.
-    p.env.update({"SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "6000", "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-                  "SYNTHSTREAM_KAFKA__REPLICATION_FACTOR": "3"})
     yield p
     for proc in p.procs:
         stop_process(proc, signal.SIGKILL)
@@ -166,8 +162,6 @@ def new_pipeline(broker: EmbeddedBroker | KafkaCluster, tmp_path: Path) -> Pipel
         "SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "SYNTHSTREAM_KAFKA__TOPIC_PREFIX": prefix,
         "SYNTHSTREAM_KAFKA__PARTITIONS": "4",
-        "SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000",
-        "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
         "SYNTHSTREAM_STORAGE__DATA_DIR": str(data_dir),
         "SYNTHSTREAM_STORAGE__SINK_FLUSH_INTERVAL": "0.5",
         "SYNTHSTREAM_RUNTIME__IDLE_GRACE": "0.5",
@@ -184,4 +178,11 @@ def new_pipeline(broker: EmbeddedBroker | KafkaCluster, tmp_path: Path) -> Pipel
         "SYNTHSTREAM_FEED__FILTERS__ENABLED": "false",
         "PYTHONUNBUFFERED": "1",
     })
+    if isinstance(broker, KafkaCluster):
+        # Kafka refuses sessions under group.min.session.timeout.ms (6 s); every topic on all three brokers.
+        env.update({"SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "6000", "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+                    "SYNTHSTREAM_KAFKA__REPLICATION_FACTOR": "3"})
+    else:
+        env.update({"SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000", "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "500"})
     return Pipeline(prefix, data_dir, env, tmp_path)
+

@@ -19,6 +19,9 @@ from streamer.records import content_id
 
 CLI = [sys.executable, "-m", "streamer.cli"]
 
+# Brokers the `pipeline` fixture runs on (conftest.engine): the embedded tansu, a 3-node Apache Kafka cluster.
+ENGINES = ["tansu", "kafka"]
+
 TOPIC_WORDS = [
     "volcano", "sourdough", "compiler", "glacier", "violin", "mortgage", "orchid", "telescope", "marathon",
     "espresso", "satellite", "tapestry", "algebra", "harbor", "lichen", "turbine", "sonnet", "vaccine",
