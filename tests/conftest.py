@@ -15,10 +15,10 @@ from typing import Callable, Iterator
 import pytest
 
 from streamer.config import Settings, load_settings
+from streamer.kafka.apache import KafkaCluster, missing_tools
 from streamer.kafka.broker import EmbeddedBroker, free_port, port_open
 
 from helpers import CLI, stop_process, wait_for
-
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +27,38 @@ def broker() -> Iterator[EmbeddedBroker]:
     b.start()
     yield b
     b.stop()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """The one line, at the end of even a quiet run, that says why the Apache Kafka tests were skipped."""
+    reason = missing_tools()
+    if reason and terminalreporter.stats.get("skipped"):
+        terminalreporter.write_line(f"Apache Kafka tests skipped: {reason}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test on the Apache Kafka cluster runs on one xdist worker (`--dist loadgroup`), so the
+    session starts one 3-node cluster (three JVMs, ~1.2 GB) instead of one per worker."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        # Asked for directly, or through `pipeline` with the engine parameter set to kafka.
+        on_kafka = ("kafka_cluster" in getattr(item, "fixturenames", ())
+                    or callspec is not None and callspec.params.get("engine") == "kafka")
+        if on_kafka:
+            item.add_marker(pytest.mark.xdist_group("apache-kafka"))
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """Three Apache Kafka KRaft nodes (replication 3, min.insync.replicas 2), shared by the session
+    (every test on it runs on the same xdist worker: pytest_collection_modifyitems)."""
+    reason = missing_tools()
+    if reason:
+        pytest.skip(f"Apache Kafka tests skipped: {reason}")
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka"), size=3)
+    cluster.start()
+    yield cluster
+    cluster.stop()
 
 
 @dataclass
@@ -81,6 +113,10 @@ class Pipeline:
             self.cli("feed", "seeds", str(write_seeds(tmp_path / "seeds.jsonl", seeds)))
         self.cli("feed", "docs", str(write_jsonl(tmp_path / "docs.jsonl", docs)))
 
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.env["SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS"]
+
     def settings(self) -> Settings:
         return load_settings(env=self.env)
 
@@ -105,15 +141,31 @@ class Pipeline:
         return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
 
 
+@pytest.fixture(params=["tansu"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """The broker `pipeline` runs on. A module runs its tests on both with
+    `pytest.mark.parametrize("engine", helpers.ENGINES, indirect=True)`."""
+    return request.param
+
+
 @pytest.fixture
-def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Pipeline]:
-    p = new_pipeline(broker, tmp_path)
+def pipeline(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pipeline]:
+    p = new_pipeline(request.getfixturevalue("kafka_cluster" if engine == "kafka" else "broker"), tmp_path)
     yield p
     for proc in p.procs:
         stop_process(proc, signal.SIGKILL)
 
 
-def new_pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Pipeline:
+@pytest.fixture
+def kafka_pipeline(kafka_cluster: KafkaCluster, tmp_path: Path) -> Iterator[Pipeline]:
+    """An isolated pipeline on the Apache Kafka cluster, its topics replicated three times."""
+    p = new_pipeline(kafka_cluster, tmp_path)
+    yield p
+    for proc in p.procs:
+        stop_process(proc, signal.SIGKILL)
+
+
+def new_pipeline(broker: EmbeddedBroker | KafkaCluster, tmp_path: Path) -> Pipeline:
     """An isolated pipeline in `tmp_path` (also for module-scoped fixtures; they stop its processes)."""
     prefix = f"t{uuid.uuid4().hex[:10]}."
     data_dir = tmp_path / "data"
@@ -122,8 +174,6 @@ def new_pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Pipeline:
         "SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "SYNTHSTREAM_KAFKA__TOPIC_PREFIX": prefix,
         "SYNTHSTREAM_KAFKA__PARTITIONS": "4",
-        "SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000",
-        "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
         "SYNTHSTREAM_STORAGE__DATA_DIR": str(data_dir),
         "SYNTHSTREAM_STORAGE__SINK_FLUSH_INTERVAL": "0.5",
         "SYNTHSTREAM_RUNTIME__IDLE_GRACE": "0.5",
@@ -140,4 +190,11 @@ def new_pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Pipeline:
         "SYNTHSTREAM_FEED__FILTERS__ENABLED": "false",
         "PYTHONUNBUFFERED": "1",
     })
+    if isinstance(broker, KafkaCluster):
+        # Kafka refuses sessions under group.min.session.timeout.ms (6 s); every topic on all three brokers.
+        env.update({"SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "6000", "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+                    "SYNTHSTREAM_KAFKA__REPLICATION_FACTOR": "3"})
+    else:
+        env.update({"SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000", "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "500"})
     return Pipeline(prefix, data_dir, env, tmp_path)
+

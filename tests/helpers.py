@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +18,9 @@ import orjson
 from streamer.records import content_id
 
 CLI = [sys.executable, "-m", "streamer.cli"]
+
+# Brokers the `pipeline` fixture runs on (conftest.engine): the embedded tansu, a 3-node Apache Kafka cluster.
+ENGINES = ["tansu", "kafka"]
 
 TOPIC_WORDS = [
     "volcano", "sourdough", "compiler", "glacier", "violin", "mortgage", "orchid", "telescope", "marathon",
@@ -69,6 +74,25 @@ def stored_rows(data_dir: Path, topic: str) -> list[dict]:
     from streamer.storage import store
 
     return list(store.rows(data_dir / "store", topic))
+
+
+def checksums(store: Path) -> dict[Path, str]:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(store.rglob("*.parquet"))}
+
+
+def envelopes(pipeline, topic: str) -> list[dict]:
+    return [orjson.loads(r["envelope"]) for r in stored_rows(pipeline.data_dir, pipeline.prefix + topic)]
+
+
+def endings(pipeline) -> Counter[str]:
+    """Per document root: how many times it ended in the store (a sample, a rejection, a dead letter),
+    counting each stored id once (export keeps one row per id)."""
+    ended: dict[str, str] = {}
+    for topic in ("samples", "rejected", "dlq"):
+        for env in envelopes(pipeline, topic):
+            if (env.get("lineage") or {}).get("document_id"):
+                ended[env["id"]] = env["root_id"]
+    return Counter(ended.values())
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 10) -> list[dict]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 
 import orjson
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from helpers import CLI, expected_ids, make_texts, read_topic, stop_process, wait_for, write_jsonl
-from streamer.kafka.broker import free_port, port_open
+from streamer.kafka.broker import BrokerError, EmbeddedBroker, free_port, port_open
 
 
 def test_broker_command_serves_kafka_and_stops_on_sigterm(tmp_path):
@@ -33,6 +35,28 @@ def test_broker_command_serves_kafka_and_stops_on_sigterm(tmp_path):
     assert code == 0
     assert not port_open("127.0.0.1", port), "the tansu child must stop with the command"
     assert f"listening on 127.0.0.1:{port}" in proc.stderr.read().decode()
+
+
+def test_a_killed_broker_command_takes_tansu_with_it(tmp_path):
+    """`kill -9` leaves the command no time to stop its child: tansu ends by itself (parent-death
+    signal) and the port closes, instead of a broker nobody owns holding it."""
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "broker", "--port", str(port)], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port), 20, what="broker port")
+    finally:
+        stop_process(proc, signal.SIGKILL)
+    wait_for(lambda: not port_open("127.0.0.1", port), 10, what="tansu to end with its parent")
+
+
+def test_a_port_taken_by_a_socket_not_yet_listening_is_reported_as_in_use():
+    """Connecting finds nobody there, so the port looks free; tansu then fails to listen and exits
+    with code 0. The message says what tansu said, not just the exit code."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with pytest.raises(BrokerError, match=rf"exited at start with code \d+: 127\.0\.0\.1:{port} is already in use"):
+            EmbeddedBroker(port=port).start()
 
 
 def test_topics_are_created_with_configured_partition_counts(pipeline, broker, tmp_path):

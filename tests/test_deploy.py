@@ -24,6 +24,7 @@ from consumers import FEEDERS, PIPELINE, STAGES, TOPICS
 from consumers.topology import Feeder, topics
 from streamer.cli import build_parser
 from streamer.config import ConfigError, Settings, load_settings
+from streamer.kafka.apache import broker_settings, kafka_version
 from streamer.kafka.clients import FIXED_PARTITIONS
 from streamer.runtime.stage import Stage
 
@@ -223,6 +224,22 @@ def test_compose_topics_match_the_code():
         assert int(count) == FIXED_PARTITIONS.get(topic, int(partitions)), topic
 
 
+def kafka_variables(settings: dict[str, str]) -> dict[str, str]:
+    """Broker properties as the apache/kafka image's KAFKA_* variables."""
+    return {f"KAFKA_{key.upper().replace('.', '_')}": value for key, value in settings.items()}
+
+
+def test_compose_kafka_runs_the_broker_settings_the_tests_run():
+    services = compose()["services"]
+    env = {k: str(v).lower() for k, v in services["kafka"]["environment"].items()}
+    wanted = kafka_variables(broker_settings(1))
+    assert {k: env.get(k) for k in wanted} == wanted, "compose's kafka differs from deploy/kafka/*.properties"
+    for name in ("kafka", "topics"):
+        assert services[name]["image"] == f"apache/kafka:{kafka_version()}", name
+    created_with = re.search(r"--replication-factor (\d+)", services["topics"]["command"][0]).group(1)
+    assert created_with == broker_settings(1)["default.replication.factor"]
+
+
 def test_compose_dedup_is_one_replica():
     assert compose()["services"]["dedup"]["deploy"]["replicas"] == 1
 
@@ -318,6 +335,13 @@ def test_k8s_configmap_and_env_are_real_settings(tmp_path):
         secret_mounts = [mounts[n] for n, v in volumes.items() if "secret" in v]
         assert str(key_dir) in secret_mounts, f"{name}: llm.api_key_file is not on a mounted Secret"
         assert settings.metrics.host == "0.0.0.0"
+
+
+def test_k8s_replicates_topics_as_the_tested_cluster_does(tmp_path):
+    (configmap,) = [c for c in k8s_objects("ConfigMap") if c["metadata"]["name"] == "synthstream-config"]
+    settings = checked_settings({}, configmap["data"]["synthstream.toml"], tmp_path, "k8s ConfigMap")
+    assert settings.kafka.replication_factor == int(broker_settings(3)["default.replication.factor"])
+    assert int(broker_settings(3)["min.insync.replicas"]) < settings.kafka.replication_factor  # one broker may go
 
 
 def test_k8s_metrics_port_matches_annotations_and_container_port():

@@ -12,6 +12,7 @@ from datetime import datetime
 import orjson
 import pytest
 from helpers import (
+    ENGINES,
     UPSTREAM,
     dead_letters_at_instruction,
     expected_ids,
@@ -28,7 +29,8 @@ from streamer.kafka.admin import committed_offsets
 from streamer.kafka.positions import StartAt
 from streamer.kafka.reader import positions_on
 
-pytestmark = pytest.mark.slow
+# Each test on the embedded broker and on a 3-node Apache Kafka cluster.
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("engine", ENGINES, indirect=True)]
 
 
 
@@ -96,7 +98,7 @@ def test_tap_follows_a_running_stage_without_moving_any_group_offsets(pipeline, 
     assert f"tap: {len(texts)} records" in pipeline.log_of(tap)
 
 
-def test_tap_positions_filters_and_an_independent_kafka_client_reads_the_topics(pipeline, broker, tmp_path):
+def test_tap_positions_filters_and_an_independent_kafka_client_reads_the_topics(pipeline, tmp_path):
     from confluent_kafka import Consumer, TopicPartition
 
     texts = make_texts(12)
@@ -128,7 +130,7 @@ def test_tap_positions_filters_and_an_independent_kafka_client_reads_the_topics(
         assert result.returncode == 2 and message in result.stderr.decode(), result.stderr.decode()
 
     # librdkafka, not aiokafka: plain JSON values and UTF-8 string keys (the root id).
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": f"{pipeline.prefix}outsider",
+    consumer = Consumer({"bootstrap.servers": pipeline.bootstrap_servers, "group.id": f"{pipeline.prefix}outsider",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     try:
         consumer.assign([TopicPartition(pipeline.prefix + "docs", p, 0) for p in range(4)])

@@ -5,12 +5,10 @@ processes, the simulator over HTTP."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 import signal
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +19,9 @@ from consumers import TOPICS
 from consumers.payloads import ScoredInstruction
 from consumers.rubric import Judgement
 from helpers import (
+    checksums,
+    endings,
+    envelopes,
     expected_ids,
     make_texts,
     produce,
@@ -60,25 +61,6 @@ def kill(broker: EmbeddedBroker) -> None:
     assert broker.process is not None
     os.kill(broker.process.pid, signal.SIGKILL)
     broker.process.wait(timeout=10)
-
-
-def checksums(store: Path) -> dict[Path, str]:
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(store.rglob("*.parquet"))}
-
-
-def envelopes(pipeline, topic: str) -> list[dict]:
-    return [orjson.loads(r["envelope"]) for r in stored_rows(pipeline.data_dir, pipeline.prefix + topic)]
-
-
-def endings(pipeline) -> Counter[str]:
-    """Per document root: how many times it ended in the store (a sample, a rejection, a dead letter),
-    counting each stored id once (export keeps one row per id)."""
-    ended: dict[str, str] = {}
-    for topic in ("samples", "rejected", "dlq"):
-        for env in envelopes(pipeline, topic):
-            if (env.get("lineage") or {}).get("document_id"):
-                ended[env["id"]] = env["root_id"]
-    return Counter(ended.values())
 
 
 def feed(pipeline, where: Path, texts: list[str], seeds: int) -> str:

@@ -1,4 +1,4 @@
-"""`synthstream broker`: the embedded Kafka-protocol broker in the foreground."""
+"""`synthstream broker`: a Kafka-protocol broker in the foreground, tansu (in memory) or Apache Kafka (durable)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,46 @@ import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from streamer.cli.base import Subparsers, settings_from
+from streamer.cli.errors import UsageError
 
 
 def register(sub: Subparsers) -> None:
-    b = sub.add_parser("broker", help="run the embedded Kafka-protocol broker in the foreground")
+    b = sub.add_parser("broker", help="run a Kafka-protocol broker in the foreground (embedded tansu, or Apache Kafka)")
     b.add_argument("--host")
     b.add_argument("--port", type=int)
+    b.add_argument("--engine", choices=["tansu", "kafka"], default="tansu",
+                   help="tansu: in memory, starts at once, keeps nothing (default); kafka: one Apache Kafka KRaft "
+                        "node keeping topics, offsets and records in --data-dir (needs Java; jars fetched once)")
+    b.add_argument("--data-dir", type=Path, help="kafka: where the broker keeps its log (default: <data_dir>/kafka)")
     b.set_defaults(handler=cmd_broker)
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from streamer.kafka.broker import EmbeddedBroker
-
     settings = settings_from(args)
-    broker = EmbeddedBroker(args.host or settings.broker.host, args.port or settings.broker.port)
+    port = args.port or settings.broker.port
+    if args.engine == "kafka":
+        from streamer.kafka.apache import HOST, KafkaCluster, missing_tools
+
+        if args.host and args.host != HOST:
+            raise UsageError(f"--engine kafka listens on {HOST} only")
+        reason = missing_tools()
+        if reason:
+            raise UsageError(f"--engine kafka cannot run here: {reason}")
+        data_dir = (args.data_dir or settings.storage.data_dir / "kafka").resolve()
+        broker: Any = KafkaCluster.single_node(data_dir, port)
+        what = f"Apache Kafka (one KRaft node, durable: its log is in {data_dir}, kept across restarts)"
+    else:
+        from streamer.kafka.broker import EmbeddedBroker
+
+        if args.data_dir:
+            raise UsageError("--data-dir is for --engine kafka: tansu keeps its topics in memory")
+        broker = EmbeddedBroker(args.host or settings.broker.host, port)
+        what = ("the embedded broker (tansu; topics in memory, gone when it stops: the data dir keeps what was "
+                "stored)")
     stopping = False
 
     def _stop(*_: Any) -> None:
@@ -34,13 +57,15 @@ def cmd_broker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
     try:
         broker.start()
-        print(f"embedded broker listening on {broker.bootstrap_servers} (pid {broker.process.pid}; topics in "
-              f"memory, gone when it stops: the data dir keeps what was stored); point other commands at it with "
+        print(f"broker listening on {broker.bootstrap_servers}: {what}; point other commands at it with "
               f"SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap_servers}", file=sys.stderr, flush=True)
-        while not stopping and broker.process and broker.process.poll() is None:
+        while not stopping and broker.running():
             time.sleep(0.2)
-        code = broker.process.returncode if broker.process and broker.process.poll() is not None else 0
+        crashed = not stopping
     finally:
         broker.stop()
-    print("embedded broker stopped", file=sys.stderr)
-    return code or 0
+    if crashed:
+        print("synthstream broker: the broker process exited on its own", file=sys.stderr)
+        return 1
+    print("broker stopped", file=sys.stderr)
+    return 0

@@ -12,7 +12,7 @@ import logging
 from aiokafka import TopicPartition
 
 from streamer.config import Settings
-from streamer.kafka.clients import make_consumer
+from streamer.kafka.clients import make_consumer, start_consumer, stop_consumer
 from streamer.kafka.positions import FROM_BEGINNING, StartAt
 from streamer.kafka.reader import positions_on
 
@@ -56,9 +56,10 @@ async def committed_offsets(settings: Settings, group: str, topic: str) -> dict[
     """The group's committed offset per partition of `topic` (None: nothing committed), read
     without joining the group, so its members are not disturbed."""
     consumer = make_consumer(settings.kafka, group_id=group)  # never subscribes, so never joins
-    await consumer.start()
+    # start_consumer: with every topic's metadata (a bare start knows none on Kafka, so no partitions).
+    await start_consumer(consumer)
     try:
         partitions = sorted(consumer.partitions_for_topic(topic) or ())
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in partitions}
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)

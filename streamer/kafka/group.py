@@ -22,7 +22,7 @@ import time
 from typing import Any, Awaitable, TypeVar
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaError
 
 from streamer import metrics
 from streamer.config import Settings
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BROKER_CALL_TIMEOUT = 10.0  # a commit or leave that takes longer is retried later or abandoned
+PREPARE_RETRY_AFTER = 1.0  # seconds before preparing partitions again after the broker went away
 
 
 class GroupMember:
@@ -110,13 +111,29 @@ class GroupMember:
             log.info("%s: assigned partitions %s", self.name, " ".join(parts))
 
     async def _prepare(self, partitions: set[TopicPartition]) -> None:
-        try:
-            await self._restart_recreated(partitions)
-            await self.after_assign(partitions)
-        except Exception as exc:  # noqa: BLE001 - aiokafka would only log it; unprepared work must not start
-            log.error("%s: preparing partitions failed, stopping: %s", self.name, exc)
-            self.fatal = self.fatal or exc
-            return
+        while True:
+            try:
+                await self._restart_recreated(partitions)
+                await self.after_assign(partitions)
+                break
+            except (KafkaConnectionError, OSError) as exc:
+                if self.broker is None:
+                    self.fatal = self.fatal or exc
+                    return
+                # The broker went away while preparing (a restart of a durable broker): prepare again
+                # once it answers; the broker watch decides when it has been away too long.
+                log.warning("%s: the broker went away while preparing partitions (%s); again when it answers",
+                            self.name, exc)
+                await asyncio.sleep(PREPARE_RETRY_AFTER)  # the watch may not have noticed yet
+                try:
+                    await self.broker.wait_reachable(asyncio.Event())
+                except Exception as verdict:  # noqa: BLE001 - the watch gave up: its verdict is the reason
+                    self.fatal = self.fatal or verdict
+                    return
+            except Exception as exc:  # noqa: BLE001 - aiokafka would only log it; unprepared work must not start
+                log.error("%s: preparing partitions failed, stopping: %s", self.name, exc)
+                self.fatal = self.fatal or exc
+                return
         self.preparing -= partitions  # resumed by the next set_paused, unless the member is full
 
     def take_ready(self, batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from streamer.config import Settings
-from streamer.kafka.clients import TopicNames, make_consumer, start_consumer
+from streamer.kafka.clients import TopicNames, make_consumer, start_consumer, stop_consumer
 from streamer.kafka.end_offsets import exact_end_offsets
 from streamer.kafka.positions import FROM_BEGINNING, StartAt, resolve
 from streamer.records import Envelope, RecordData
@@ -40,7 +40,7 @@ class TopicReader:
         return self
 
     async def stop(self) -> None:
-        await self.consumer.stop()
+        await stop_consumer(self.consumer)
 
     async def __aenter__(self) -> Self:
         return await self.start()

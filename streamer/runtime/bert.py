@@ -27,7 +27,8 @@ import numpy as np
 from tokenizers import Tokenizer
 from tokenizers.normalizers import Lowercase, Sequence
 
-from streamer.runtime.model_files import cache_dir, write_atomically
+from streamer.user_cache import cache_dir
+from streamer.runtime.model_files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,6 @@ def build_onnx(w: dict[str, np.ndarray], config: dict[str, Any]):
 
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
-    head_dim = hidden // heads
     eps = float(config.get("layer_norm_eps", 1e-12))
     nodes: list[Any] = []
     initialisers: list[Any] = []

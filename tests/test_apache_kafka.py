@@ -1,0 +1,146 @@
+"""The pipeline on Apache Kafka: a 3-node KRaft cluster (plain JVM processes, streamer.kafka.apache),
+the real CLI in its own processes and the simulator over HTTP. Skipped, with the reason, where
+there is no Java (or no Maven to fetch the jars)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from helpers import endings, envelopes, expected_ids, make_texts, stop_process, wait_for
+from streamer.kafka.apache import KafkaCluster, broker_settings
+from streamer.kafka.broker import free_port, port_open
+from streamer.kafka.incarnation import incarnations, short
+from streamer.kafka.topic_ids import BrokerProbe
+
+pytestmark = pytest.mark.slow
+
+BOOTSTRAP = "SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS"
+
+
+async def describe(cluster: KafkaCluster, topics: list[str]) -> dict[str, list[dict]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap_servers)
+    await admin.start()
+    try:
+        return {t["topic"]: t["partitions"] for t in await admin.describe_topics(topics)}
+    finally:
+        await admin.close()
+
+
+def test_the_cluster_runs_the_deployed_settings_on_three_nodes(kafka_cluster):
+    settings = broker_settings(3)
+    assert settings["default.replication.factor"] == "3" and settings["min.insync.replicas"] == "2"
+    for node in kafka_cluster.nodes:
+        assert node.running()
+        written = node.properties_path.read_text().splitlines()
+        assert {f"{k}={v}" for k, v in settings.items()} <= set(written), node.node_id
+    probe = BrokerProbe_for(kafka_cluster)
+    assert not probe.cluster_id.startswith("tansu")
+
+
+def BrokerProbe_for(cluster: KafkaCluster) -> BrokerProbe:  # noqa: N802
+    from streamer.config import KafkaSettings
+
+    probe = BrokerProbe(KafkaSettings(bootstrap_servers=cluster.bootstrap_servers))
+
+    async def ask() -> None:
+        try:
+            await probe.ask([])
+        finally:
+            probe.close()
+
+    asyncio.run(ask())
+    return probe
+
+
+def test_without_java_the_kafka_tests_are_skipped_saying_why(tmp_path):
+    """A machine without Java runs the suite anyway: the Kafka tests are skipped, in one summary line."""
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # the venv's programs only: no java, no mvn
+    here = Path(__file__)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+                             "-o", "addopts=-ra", f"{here.name}::test_the_cluster_runs_the_deployed_settings_on_three_nodes",
+                             f"{here.name}::test_demo_sized_chain_ends_every_document_once_on_three_replicated_brokers"],
+                            cwd=here.parent, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:]
+    lines = result.stdout.splitlines()
+    said = [line for line in lines if line.startswith("Apache Kafka tests skipped: no `java` on PATH")]
+    skipped = [line for line in lines if line.startswith("SKIPPED")]
+    assert len(said) == 1 and "2 skipped" in lines[-1], result.stdout[-2000:]
+    assert skipped and all(said[0] in line for line in skipped), skipped
+    fetched = subprocess.run([sys.executable, "-m", "streamer.kafka.apache", "fetch"], cwd=here.parent.parent, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert fetched.returncode == 0 and fetched.stderr.startswith("Apache Kafka tests will be skipped: no `java`")
+
+
+def test_demo_sized_chain_ends_every_document_once_on_three_replicated_brokers(
+        kafka_pipeline, kafka_cluster, start_simulator, tmp_path):
+    sim = start_simulator()
+    kafka_pipeline.env["SYNTHSTREAM_LLM__BASE_URL"] = sim.url
+    texts = make_texts(30)
+    started = time.monotonic()
+    kafka_pipeline.feed(tmp_path, texts, seeds=4)
+    run = kafka_pipeline.cli("run", "--until-idle", "--no-progress", timeout=240)
+    took = time.monotonic() - started
+
+    topics = [kafka_pipeline.prefix + n for n in ("docs", "instructions.embedded", "incarnation", "samples")]
+    described = asyncio.run(describe(kafka_cluster, topics))
+    assert {t: len(p) for t, p in described.items()} == dict(zip(topics, (4, 1, 1, 4))), described
+    assert all(len(p["replicas"]) == 3 for parts in described.values() for p in parts), described
+
+    ended = endings(kafka_pipeline)
+    assert set(ended) == expected_ids(texts) and set(ended.values()) == {1}, (ended, run.stderr.decode()[-3000:])
+    samples = envelopes(kafka_pipeline, "samples")
+    # Files are named by Kafka's topic ids.
+    ids = asyncio.run(incarnations(kafka_pipeline.settings(), ["samples"]))
+    stored = list((kafka_pipeline.data_dir / "store").rglob("*.parquet"))
+    assert any(f"-i{short(ids['samples'])}-" in p.name for p in stored), [p.name for p in stored]
+
+    exported = tmp_path / "dataset.jsonl"
+    kafka_pipeline.cli("export", "--out", str(exported))
+    rows = [orjson.loads(line) for line in exported.read_bytes().splitlines()]
+    assert len(rows) == len(samples) and {r["root_id"] for r in rows} == {s["root_id"] for s in samples}
+    print(f"30 documents through the chain on 3 Kafka brokers in {took:.1f}s")
+
+
+def test_durable_broker_keeps_topics_offsets_and_records_across_a_restart_mid_run(
+        kafka_pipeline, start_simulator, tmp_path):
+    """`synthstream broker --engine kafka`: stopped and started again on its data dir while a worker
+    runs, it has every topic (same ids), record and committed offset; the worker rides through
+    and finishes every document without a refeed."""
+    port = free_port()
+    broker_dir = tmp_path / "broker"
+    command = ("broker", "--engine", "kafka", "--port", str(port), "--data-dir", str(broker_dir))
+    kafka_pipeline.env.update({BOOTSTRAP: f"127.0.0.1:{port}", "SYNTHSTREAM_KAFKA__REPLICATION_FACTOR": "1"})
+    broker = kafka_pipeline.start(*command, name="broker")
+    wait_for(lambda: "broker listening" in kafka_pipeline.log_of(broker), 90, what="kafka broker")
+    sim = start_simulator("--latency", "1")  # four LLM stages: every document takes seconds
+    kafka_pipeline.env["SYNTHSTREAM_LLM__BASE_URL"] = sim.url
+    texts = make_texts(16)
+    kafka_pipeline.feed(tmp_path, texts, seeds=3)
+    ids_before = asyncio.run(incarnations(kafka_pipeline.settings(), ["docs", "samples"]))
+    worker = kafka_pipeline.start("run", "--no-progress")
+    wait_for(lambda: "situation: assigned partitions" in kafka_pipeline.log_of(worker), 60, what="the run to start")
+    time.sleep(1)
+
+    assert stop_process(broker) == 0, kafka_pipeline.log_of(broker)
+    assert len(endings(kafka_pipeline)) < len(texts), "the run ended before the broker restart"
+    assert not port_open("127.0.0.1", port)
+    broker = kafka_pipeline.start(*command, name="broker")
+    wait_for(lambda: "broker listening" in kafka_pipeline.log_of(broker), 90, what="kafka broker again")
+
+    wait_for(lambda: set(endings(kafka_pipeline)) == expected_ids(texts), 180, what="every document")
+    assert worker.poll() is None, kafka_pipeline.log_of(worker)[-3000:]
+    assert asyncio.run(incarnations(kafka_pipeline.settings(), ["docs", "samples"])) == ids_before
+    assert set(endings(kafka_pipeline).values()) == {1}
+    status = kafka_pipeline.cli("status", "--until-idle", "--interval", "0.5", timeout=60).stdout.decode()
+    assert stop_process(worker) == 0, kafka_pipeline.log_of(worker)[-3000:]
+    assert stop_process(broker) == 0
+    assert "not the ones this data dir last worked with" not in kafka_pipeline.log_of(worker) + status
