@@ -39,3 +39,11 @@ def name_key(name: str) -> str:
 def shorten(text: str, limit: int) -> str:
     """`text` cut to at most `limit` characters, an ellipsis marking the cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_REAL_WORD = re.compile(r"[^\W\d_]{2,}")
+
+
+def real_words(text: str) -> int:
+    """Words of two letters or more: digits, punctuation and stray letters are no answer."""
+    return len(_REAL_WORD.findall(text))

@@ -175,7 +175,8 @@ class _Simulator:
         try:
             req = _parse_request(body)
             self.recent.append({"model": req.model, "messages": req.messages,
-                                "response_format": body.get("response_format")})
+                                "response_format": body.get("response_format"), "temperature": req.temperature,
+                                "seed": req.seed, "max_tokens": req.max_tokens})
             if (refused := dialects.refusal(self.settings, req.format_type)) is not None:
                 self.stats.refused_format += 1
                 status, message = refused
