@@ -43,7 +43,7 @@ ANGLES = (
 
 
 class InstructionOutput(BaseModel):
-    instruction: Annotated[str, AfterValidator(at_least_words(5))] = Field(min_length=10)
+    instruction: Annotated[str, AfterValidator(at_least_words(2))] = Field(min_length=10)
     compositions: Compositions
 
 

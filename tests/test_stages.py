@@ -139,7 +139,7 @@ def test_answer_sends_the_instruction_as_the_users_turn_and_keeps_the_judge_scor
      {**rubric(7), "analysis": "100,"}, "needs at least 3 real words of text, has 0"),
     ("instruction", Situation(document="Tide tables.", user="a kayaker", circumstances="weekend", motivation="safety",
                               situation="plans a paddle"),
-     {"instruction": "1234567890", "compositions": COMPOSITIONS}, "needs at least 5 real words of text, has 0"),
+     {"instruction": "1234567890", "compositions": COMPOSITIONS}, "needs at least 2 real words of text, has 0"),
 ])
 def test_replies_that_are_no_sample_end_in_the_dlq_with_the_reason(stage, record, reply, reason):
     outs = run_stage(STAGES[stage], record, [reply] * 3)
