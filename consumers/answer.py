@@ -20,10 +20,11 @@ PROMPT = Prompt(
     ),
     user="{instruction}",
 )
+MIN_WORDS = 3  # fewer real words is no answer (an empty reply, "42", a stray token): asked again, then dlq
 
 
 async def answer(item: ScoredInstruction, ctx: StageContext) -> list[Emit]:
-    result = await ctx.llm.complete(ctx.prompt.messages(instruction=item.instruction))
+    result = await ctx.llm.complete(ctx.prompt.messages(instruction=item.instruction), min_words=MIN_WORDS)
     meta = {"judge_score": item.judgement.total,
             "compositions": item.compositions.model_dump() if item.compositions else None}
     return [Emit(Sample(instruction=item.instruction, response=result.content.strip(), meta=meta))]

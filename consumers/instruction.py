@@ -7,10 +7,13 @@ self-contained, practical, complex instruction, quoting the document where the t
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from consumers.payloads import Compositions, Instruction, Situation
 from streamer.runtime.stage import Emit, Expected, Prompt, Stage, StageContext
+from streamer.text import at_least_words
 
 PROMPT = Prompt(
     version="1",
@@ -40,7 +43,7 @@ ANGLES = (
 
 
 class InstructionOutput(BaseModel):
-    instruction: str = Field(min_length=10)
+    instruction: Annotated[str, AfterValidator(at_least_words(2))] = Field(min_length=10)
     compositions: Compositions
 
 

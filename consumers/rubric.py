@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+
+from streamer.text import at_least_words
 
 CRITERIA: dict[str, str] = {
     "specificity": "asks for something precise, not a vague or generic request",
@@ -24,7 +26,9 @@ Point = Literal[0, 1]
 class RubricScores(BaseModel):
     """What the LLM fills in: a short analysis and 0/1 per criterion (we add them up)."""
 
-    analysis: str = Field(max_length=2000, description="two or three sentences weighing the criteria")
+    # Text, not a number: small models answer "100," here.
+    analysis: Annotated[str, AfterValidator(at_least_words(3))] = Field(
+        max_length=2000, description="two or three sentences weighing the criteria")
     specificity: Point
     domain_knowledge: Point
     complexity: Point

@@ -82,7 +82,13 @@ class LLMSettings(_Section):
                                "of a process together")
     timeout: float = Field(60.0, gt=0)
     max_retries: int = Field(4, ge=0, description="retries for 429, 5xx, timeouts, truncation")
-    reasks: int = Field(2, ge=0, description="re-asks after output that fails the schema")
+    reasks: int = Field(2, ge=0, description="re-asks after output that fails the schema or the content checks")
+    structured: Literal["auto", "json_schema", "json_object_schema", "json_object", "prompt"] = Field(
+        "auto", description="how JSON output is asked for: response_format json_schema; json_object with a schema "
+        "(llama-cpp-python); json_object; or the prompt alone (below json_schema the schema is in the prompt too); "
+        "auto starts at json_schema and steps down when the server refuses or ignores it, once per endpoint and model")
+    max_tokens_cap: int = Field(4096, ge=1, description="a reply cut at max_tokens (finish_reason=length) is asked "
+                                "once more with max_tokens doubled up to this, then dead-lettered")
     cache: bool = True
 
     def resolved_api_key(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Callable
 
 _SPACES = re.compile(r"[ \t]+")
 _INNER_SPACES = re.compile(r"(?<=\S)[ \t]+")  # every run but a line's indentation
@@ -39,3 +40,22 @@ def name_key(name: str) -> str:
 def shorten(text: str, limit: int) -> str:
     """`text` cut to at most `limit` characters, an ellipsis marking the cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_REAL_WORD = re.compile(r"[^\W\d_]{2,}")
+
+
+def real_words(text: str) -> int:
+    """Words of two letters or more: digits, punctuation and stray letters are no answer."""
+    return len(_REAL_WORD.findall(text))
+
+
+def at_least_words(minimum: int) -> Callable[[str], str]:
+    """A pydantic AfterValidator: text with fewer real words than `minimum` fails validation."""
+
+    def check(text: str) -> str:
+        if (words := real_words(text)) < minimum:
+            raise ValueError(f"needs at least {minimum} real words of text, has {words}")
+        return text
+
+    return check

@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field
 from streamer import metrics
 from streamer.config import LLMSettings
 from streamer.llm.cache import ResponseCache
-from streamer.llm.client import LLMOutputError, LLMPool, LLMRequestError, LLMUnavailableError
+from streamer.llm.client import LLMOutputError, LLMPool, LLMRequestError, LLMTruncatedError, LLMUnavailableError
+from streamer.llm.dialects import LADDER as LLM_LADDER
 from streamer.llm.simulator import STATS_KEY, SimulatorSettings, start_simulator
 
 
@@ -30,6 +31,15 @@ async def simulator(**kw):
         yield f"http://127.0.0.1:{port}/v1", runner.app[STATS_KEY]
     finally:
         await runner.cleanup()
+
+
+async def asked(url: str) -> list[dict]:
+    """The requests the simulator at `url` received lately (GET /requests)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url.removesuffix("/v1") + "/requests") as resp:
+            return await resp.json()
 
 
 def llm(url: str, **kw) -> LLMSettings:
@@ -164,16 +174,6 @@ async def test_server_errors_are_retried_then_raised():
     assert stats.requests == 3
 
 
-async def test_truncated_output_counts_as_failure_and_is_retried():
-    async with simulator() as (url, stats):
-        pool = LLMPool()
-        client = pool.client(llm(url, max_retries=1, max_tokens=2), "t-length")
-        with pytest.raises(LLMUnavailableError, match="finish_reason=length"):
-            await client.structured(ask("a long answer please"), Answer)
-        await pool.close()
-    assert stats.truncated == 2
-
-
 async def test_client_errors_are_not_retried():
     async with simulator() as (url, stats):
         pool = LLMPool()
@@ -243,3 +243,113 @@ def test_workers_opening_a_new_cache_at_once_all_get_it(tmp_path):
         for process in processes:
             process.join(timeout=60)
     assert outcomes == ["ok"] * 120, [o for o in outcomes if o != "ok"][:3]
+
+
+# --------------------------------------------------------------------------- real servers' dialects
+
+
+class Judged(BaseModel):
+    analysis: str = Field(max_length=2000)
+    score: int = Field(ge=0, le=7)
+
+
+def dialect_logs(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "structured output dialect" in r.getMessage()]
+
+
+@pytest.mark.parametrize("server, settled", [("json_object_schema", "json_object_schema"),
+                                             ("json_object", "json_object"),
+                                             ("ignored", "json_object_schema")])
+async def test_auto_steps_down_to_the_dialect_the_server_speaks_once_and_remembers_it(caplog, server, settled):
+    caplog.set_level(logging.INFO, logger="streamer.llm")
+    async with simulator(response_format=server) as (url, stats):
+        pool = LLMPool()
+        client = pool.client(llm(url), f"t-dialect-{server}")
+        first = await asyncio.gather(*(client.structured(ask(f"basalt columns {i}"), Answer) for i in range(4)))
+        refused = stats.refused_format
+        later = await pool.client(llm(url), "t-other-stage").structured(ask("obsidian glass"), Answer)
+        requests = await asked(url)
+        await pool.close()
+    assert all(isinstance(r.parsed, Answer) for r in [*first, later])
+    assert refused <= 4 * (LLM_LADDER.index(settled))  # at most once per request and rung
+    assert stats.refused_format == refused  # remembered: the later stage asks in the settled dialect at once
+    assert dialect_logs(caplog) == [f"llm {url}, model synthstream-simulator: structured output dialect {settled}"]
+    last = requests[-1]
+    assert '"properties"' in last["messages"][-1]["content"]  # below json_schema the prompt carries the schema
+    assert (last["response_format"] or {}).get("type") == {"json_object_schema": "json_object"}.get(settled, "json_object")
+
+
+async def test_a_fixed_dialect_the_server_refuses_is_a_request_error_with_the_servers_words():
+    async with simulator(response_format="json_object_schema") as (url, stats):
+        pool = LLMPool()
+        client = pool.client(llm(url, structured="json_schema", max_retries=4), "t-fixed")
+        with pytest.raises(LLMRequestError, match="HTTP 500.*Input should be 'text' or 'json_object'"):
+            await client.structured(ask("x"), Answer)
+        await pool.close()
+    assert stats.requests == 1  # a 500 naming response_format is not retried
+
+
+async def test_schemas_sent_are_grammar_friendly_and_limits_are_checked_after_parsing():
+    async with simulator(response_format="json_object_schema") as (url, _):
+        pool = LLMPool()
+        client = pool.client(llm(url, structured="json_object_schema"), "t-grammar")
+        result = await client.structured(ask("judge this"), Judged)
+        sent = (await asked(url))[-1]["response_format"]["schema"]
+        await pool.close()
+    assert "maxLength" not in sent["properties"]["analysis"]
+    assert sent["properties"]["score"] == {"maximum": 7, "minimum": 0, "title": "Score", "type": "integer"}
+    assert isinstance(result.parsed, Judged)
+    with pytest.raises(ValueError):
+        Judged(analysis="x" * 2001, score=1)  # the limit the server was not sent still holds
+
+
+async def test_replies_dressed_as_real_models_write_them_parse_without_a_reask():
+    quirks = ["think", "prose", "fence", "second_object", "control_chars", "reasoning_content"]
+    for dressing in (quirks, ["smart_quotes"]):
+        async with simulator(quirks=dressing) as (url, stats):
+            pool = LLMPool()
+            stage = f"t-dressed-{len(dressing)}"
+            result = await pool.client(llm(url), stage).structured(ask("granite weathering"), Answer)
+            await pool.close()
+        assert isinstance(result.parsed, Answer) and stats.requests == 1, dressing
+    assert metrics.total(metrics.LLM_TOKENS, stage="t-dressed-6", kind="reasoning") > 0
+    assert "<think>" not in result.content
+
+
+@pytest.mark.parametrize("quirk, reason", [("empty", "the reply was empty"),
+                                           ("echo", "the reply only repeats the prompt")])
+async def test_an_empty_or_echoed_text_reply_is_reasked_with_varied_sampling_then_fails(quirk, reason):
+    async with simulator(quirks=[quirk]) as (url, stats):
+        pool = LLMPool()
+        client = pool.client(llm(url, reasks=2, temperature=0.0, seed=7), f"t-{quirk}")
+        with pytest.raises(LLMOutputError, match=reason):
+            await client.complete(ask("explain how basalt columns form"))
+        requests = await asked(url)
+        await pool.close()
+    assert stats.requests == 3
+    if quirk == "empty":  # the same reply twice: the next ask is made hotter and with another seed
+        assert [(r["temperature"], r["seed"]) for r in requests] == [(0.0, 7), (0.0, 7), (0.3, 9)]
+
+
+async def test_a_text_reply_below_the_minimum_of_real_words_is_not_an_answer():
+    async with simulator() as (url, _):
+        pool = LLMPool()
+        client = pool.client(llm(url, reasks=0), "t-words")
+        with pytest.raises(LLMOutputError, match="real words, fewer than 500"):
+            await client.complete(ask("explain how basalt columns form"), min_words=500)
+        assert (await client.complete(ask("explain how basalt columns form"), min_words=3)).content
+        await pool.close()
+
+
+async def test_a_truncated_reply_is_asked_once_with_more_room_then_dead_lettered_with_the_length():
+    async with simulator(answer_tokens=300) as (url, stats):
+        pool = LLMPool()
+        roomy = pool.client(llm(url, max_tokens=200, max_tokens_cap=1000), "t-trunc")
+        result = await roomy.structured(ask("a long answer please"), Answer)
+        sent = [r["max_tokens"] for r in await asked(url)]
+        tight = pool.client(llm(url, max_tokens=200, max_tokens_cap=250), "t-trunc")
+        with pytest.raises(LLMTruncatedError, match="truncated at 250 tokens"):
+            await tight.structured(ask("another long answer"), Answer)
+        await pool.close()
+    assert isinstance(result.parsed, Answer) and sent == [200, 400]
+    assert stats.truncated == 3 and count("t-trunc", "truncated") == 3

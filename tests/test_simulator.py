@@ -450,3 +450,97 @@ async def test_invalid_rate_gives_json_that_breaks_the_schema_and_requests_are_l
         assert recent[-1]["messages"][0]["content"] == "<doc>tides</doc>"
     finally:
         await runner.cleanup()
+
+
+# --------------------------------------------------------------------------- dialects of real servers
+
+
+def _schema_prompt(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = json.dumps(model.model_json_schema())
+    return [{"role": "user", "content": f"{DOC}\nReply with a JSON object matching this schema:\n{schema}"}]
+
+
+@pytest.mark.asyncio
+async def test_llama_cpp_dialect_refuses_json_schema_with_500_and_fills_json_object_with_a_schema(
+        simulator: Start) -> None:
+    port = await simulator(response_format="json_object_schema")
+    body = {"model": SIMULATOR_MODEL, "messages": MESSAGES}
+    status, _, refused = await _post(port, {**body, "response_format": _json_schema_format(Lesson)})
+    assert status == 500 and "Input should be 'text' or 'json_object'" in refused["error"]["message"]
+    assert "response_format" in refused["error"]["message"]
+    fmt = {"type": "json_object", "schema": Lesson.model_json_schema()}
+    status, _, answer = await _post(port, {**body, "response_format": fmt})
+    assert status == 200
+    Lesson.model_validate_json(answer["choices"][0]["message"]["content"])
+    assert (await _get(port, "/stats"))["refused_format"] == 1
+
+
+@pytest.mark.asyncio
+async def test_json_object_only_dialect_refuses_schemas_with_400_and_follows_the_schema_in_the_prompt(
+        simulator: Start) -> None:
+    port = await simulator(response_format="json_object")
+    for fmt in (_json_schema_format(Lesson), {"type": "json_object", "schema": Lesson.model_json_schema()}):
+        status, _, refused = await _post(port, {"messages": MESSAGES, "response_format": fmt})
+        assert status == 400 and "response_format" in refused["error"]["message"], refused
+    status, _, answer = await _post(port, {"messages": _schema_prompt(Lesson), "response_format": {"type": "json_object"}})
+    assert status == 200
+    Lesson.model_validate_json(answer["choices"][0]["message"]["content"])
+
+
+@pytest.mark.asyncio
+async def test_a_server_that_ignores_response_format_answers_prose_unless_the_prompt_shows_a_schema(
+        simulator: Start) -> None:
+    port = await simulator(response_format="ignored")
+    _, _, prose = await _post(port, {"messages": MESSAGES, "response_format": _json_schema_format(Lesson)})
+    with pytest.raises(ValueError):
+        json.loads(prose["choices"][0]["message"]["content"])
+    _, _, answer = await _post(port, {"messages": _schema_prompt(Lesson), "response_format": _json_schema_format(Lesson)})
+    Lesson.model_validate_json(answer["choices"][0]["message"]["content"])
+
+
+@pytest.mark.asyncio
+async def test_quirks_dress_answers_as_real_models_write_them(simulator: Start) -> None:
+    port = await simulator(quirks=["control_chars", "second_object", "fence", "prose", "think", "reasoning_content"])
+    _, _, answer = await _post(port, {"messages": MESSAGES, "response_format": _json_schema_format(Lesson)})
+    message = answer["choices"][0]["message"]
+    content = message["content"]
+    assert content.startswith("<think>") and "```json\n{" in content and "Sure!" in content
+    body = content.split("```json\n", 1)[1].split("\n```", 1)[0]
+    first, end = json.JSONDecoder(strict=False).raw_decode(body)
+    Lesson.model_validate(first)
+    assert body[end:].strip().startswith("{")  # a second object follows
+    with pytest.raises(ValueError, match="control character"):
+        json.loads(body[:end])
+    assert message["reasoning_content"]
+    port = await simulator(quirks=["smart_quotes"])
+    _, _, answer = await _post(port, {"messages": MESSAGES, "response_format": _json_schema_format(Lesson)})
+    assert answer["choices"][0]["message"]["content"].startswith("{“name”")
+    port = await simulator(quirks=["empty"])
+    _, _, answer = await _post(port, {"messages": MESSAGES})
+    assert answer["choices"][0]["message"]["content"] == ""
+    port = await simulator(quirks=["echo"])
+    _, _, answer = await _post(port, {"messages": MESSAGES})
+    assert answer["choices"][0]["message"]["content"] == DOC
+
+
+@pytest.mark.asyncio
+async def test_a_verbose_model_stops_at_max_tokens_and_a_small_context_is_refused(simulator: Start) -> None:
+    port = await simulator(answer_tokens=300, context_tokens=200)
+    status, _, cut = await _post(port, {"messages": MESSAGES, "max_tokens": 100})
+    assert status == 200 and cut["choices"][0]["finish_reason"] == "length"
+    assert cut["usage"]["completion_tokens"] == 100
+    status, _, refused = await _post(port, {"messages": MESSAGES, "max_tokens": 190})
+    assert status == 400 and refused["error"]["code"] == "context_length_exceeded"
+    assert "maximum context length is 200 tokens" in refused["error"]["message"]
+    stats = await _get(port, "/stats")
+    assert stats["context_exceeded"] == 1 and stats["truncated"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_template_that_drops_the_system_message_neither_sees_nor_counts_it(simulator: Start) -> None:
+    long_system = [{"role": "system", "content": "Follow these rules carefully. " * 40}, MESSAGES[1]]
+    kept, dropped = await simulator(), await simulator(drop_system=True)
+    _, _, with_system = await _post(kept, {"messages": long_system})
+    _, _, without = await _post(dropped, {"messages": long_system})
+    assert without["usage"]["prompt_tokens"] == math.ceil(len(DOC) / 4)
+    assert with_system["usage"]["prompt_tokens"] > without["usage"]["prompt_tokens"] + 250

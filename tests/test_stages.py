@@ -26,7 +26,8 @@ DOC_TEXT = f"The tide tables for Harwick Bay list 2.1 m at 06:14 and 0.4 m at 12
 
 def rubric(points: int) -> dict:
     names = list(CRITERIA)
-    return {"analysis": "fine", **{name: int(i < points) for i, name in enumerate(names)}}
+    return {"analysis": "Specific and practical, with a checkable answer.",
+            **{name: int(i < points) for i, name in enumerate(names)}}
 
 
 def seed_example(text: str) -> AttributedSeed:
@@ -127,6 +128,22 @@ def test_answer_sends_the_instruction_as_the_users_turn_and_keeps_the_judge_scor
     assert llm.asked[0][1] == {"role": "user", "content": item.instruction}
     assert sample.kind == "sample" and sample.data["response"].startswith("Launch at 06:00")
     assert sample.data["meta"]["judge_score"] == 6
+
+
+@pytest.mark.parametrize(("stage", "record", "reply", "reason"), [
+    ("answer", ScoredInstruction(instruction="Plan my paddle around Saturday's tides.",
+                                 judgement=Judgement(analysis="ok", scores={}, total=6)), "  \n", "reply was empty"),
+    ("answer", ScoredInstruction(instruction="Plan my paddle around Saturday's tides.",
+                                 judgement=Judgement(analysis="ok", scores={}, total=6)), "42.", "0 real words, fewer than 3"),
+    ("judge", Instruction(instruction="How do I plan a paddle around the tide?"),
+     {**rubric(7), "analysis": "100,"}, "needs at least 3 real words of text, has 0"),
+    ("instruction", Situation(document="Tide tables.", user="a kayaker", circumstances="weekend", motivation="safety",
+                              situation="plans a paddle"),
+     {"instruction": "1234567890", "compositions": COMPOSITIONS}, "needs at least 2 real words of text, has 0"),
+])
+def test_replies_that_are_no_sample_end_in_the_dlq_with_the_reason(stage, record, reply, reason):
+    outs = run_stage(STAGES[stage], record, [reply] * 3)
+    assert [o.kind for o in outs] == [DeadLetter.kind] and reason in outs[0].data["error"], outs[0].data["error"]
 
 
 def test_output_ids_follow_the_prompt_version_and_the_model():

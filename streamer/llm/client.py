@@ -4,8 +4,11 @@ response cache.
 
 Failure policy (the stage runtime retries or dead-letters whatever escapes from here):
 - 429: wait the server's Retry-After (every caller of the endpoint pauses), then retry;
-- 5xx, timeouts, connection errors, `finish_reason=length`: back off with jitter, retry;
-- output that is not JSON or fails the schema: re-ask with the error, up to `reasks` times;
+- 5xx, timeouts, connection errors: back off with jitter, retry;
+- an error naming response_format: the next structured dialect down (auto), else raised at once;
+- `finish_reason=length`: asked once more with max_tokens doubled up to `max_tokens_cap`, then raised;
+- output that is not JSON, fails the schema or the content checks (empty, the prompt repeated, too
+  few words): re-ask with the error, up to `reasks` times, varying the sampling on a repeated reply;
 - other 4xx (bad request, auth): raised at once, a retry would not help.
 """
 
@@ -27,14 +30,18 @@ from pydantic import BaseModel, ValidationError
 from streamer import metrics
 from streamer.backoff import jittered_backoff
 from streamer.config import LLMSettings
+from streamer.llm import dialects
 from streamer.llm.cache import ResponseCache, cache_key
 from streamer.llm.fingerprint import SIMULATOR_FINGERPRINT
 from streamer.llm.limits import EndpointLimits
+from streamer.llm.replies import content_problem, extract_json, without_reasoning
 from streamer.llm.results import (  # noqa: F401 - callers import the errors from here too
     LLMError,
     LLMOutputError,
     LLMRequestError,
+    LLMPermanentError,
     LLMResult,
+    LLMTruncatedError,
     LLMUnavailableError,
 )
 
@@ -62,6 +69,7 @@ class LLMPool:
         self.cache = cache
         self._clients: dict[tuple[str | None, str], Any] = {}  # openai.AsyncOpenAI
         self._limits: dict[tuple[str | None, str], EndpointLimits] = {}
+        self._dialects: dict[tuple[str | None, str, str], dialects.DialectChoice] = {}
 
     def client(self, settings: LLMSettings, stage: str, cache_scope: str = "") -> LLMClient:
         return LLMClient(self, settings, stage, cache_scope)
@@ -92,6 +100,14 @@ class LLMPool:
             log.info("llm %s, model %s: %s", settings.base_url or "(no base_url)", settings.model,
                      self._limits[key].describe())
         return self._limits[key]
+
+    def dialect(self, settings: LLMSettings) -> dialects.DialectChoice:
+        """How this endpoint and model are asked for JSON, found once for the process."""
+        key = (settings.base_url, settings.model, settings.structured)
+        if key not in self._dialects:
+            where = f"llm {settings.base_url or '(no base_url)'}, model {settings.model}"
+            self._dialects[key] = dialects.DialectChoice(settings.structured, where)
+        return self._dialects[key]
 
     async def close(self) -> None:
         for client in self._clients.values():
@@ -126,16 +142,17 @@ class LLMClient:
         params.update({k: v for k, v in overrides.items() if v is not None})
         return params
 
-    async def complete(self, messages: list[dict[str, str]], **params: Any) -> LLMResult:
-        return await self._run(messages, self._params(params), response_model=None)
+    async def complete(self, messages: list[dict[str, str]], *, min_words: int = 0, **params: Any) -> LLMResult:
+        """Text; a reply with fewer than `min_words` real words (or empty, or the prompt repeated)
+        is asked again, then fails."""
+        return await self._run(messages, self._params(params), None, min_words)
 
     async def structured(self, messages: list[dict[str, str]], model: type[T], **params: Any) -> LLMResult:
         """Ask for JSON matching `model`'s schema; `result.parsed` is a validated instance."""
-        return await self._run(messages, self._params(params), response_model=model)
+        return await self._run(messages, self._params(params), model, 0)
 
-    async def _run(
-        self, messages: list[dict[str, str]], params: dict[str, Any], response_model: type[BaseModel] | None
-    ) -> LLMResult:
+    async def _run(self, messages: list[dict[str, str]], params: dict[str, Any],
+                   response_model: type[BaseModel] | None, min_words: int) -> LLMResult:
         schema = _schema_of(response_model) if response_model else None
         key = cache_key(self.model, messages, {**params, "schema": schema}, self.cache_scope)
         cache = self.pool.cache if self.settings.cache else None
@@ -147,37 +164,82 @@ class LLMClient:
             else:
                 self._count("cache_hit")
                 return LLMResult(hit["content"], hit["model"], hit["simulated"], True, parsed=parsed)
+        if response_model is None:
+            result = await self._ask(messages, params, None, {}, min_words=min_words)
+        else:
+            result = await self._structured(messages, params, response_model)
+        if cache is not None:
+            cache.put(key, {"content": result.content, "model": result.model, "simulated": result.simulated})
+        return result
 
-        extra: dict[str, Any] = {}
-        if response_model is not None:
-            extra["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": response_model.__name__, "schema": schema, "strict": False},
-            }
+    async def _structured(self, messages: list[dict[str, str]], params: dict[str, Any],
+                          response_model: type[BaseModel]) -> LLMResult:
+        """Asked in the endpoint's dialect; while it is still being found (auto), a refused or
+        ignored response_format moves every caller one rung down the ladder."""
+        choice = self.pool.dialect(self.settings)
+        while True:
+            dialect = choice.current
+            messages_sent, extra = dialects.request_for(dialect, messages, response_model.__name__,
+                                                        _grammar_schema_of(response_model))
+            try:
+                result = await self._ask(messages_sent, params, response_model, extra,
+                                         probing=choice.can_step_down())
+            except _FormatNotUsable as exc:
+                if choice.step_down(dialect, str(exc)):
+                    continue
+                raise LLMRequestError(f"structured output ({dialect}) not usable with this server: {exc}") from None
+            choice.settle(dialect)
+            return result
+
+    async def _ask(self, messages: list[dict[str, str]], params: dict[str, Any],
+                   response_model: type[BaseModel] | None, extra: dict[str, Any], *,
+                   probing: bool = False, min_words: int = 0) -> LLMResult:
+        """One answer, re-asked with the reason while it is unusable."""
+        params = dict(params)  # the re-asks may widen max_tokens or vary the sampling
         conversation = list(messages)
         usage = [0, 0]
         last_error = ""
+        previous: str | None = None
         for ask in range(self.settings.reasks + 1):
-            attempt = await self._request(conversation, params, extra)
+            attempt = await self._request_whole(conversation, params, extra)
             usage[0] += attempt.prompt_tokens
             usage[1] += attempt.completion_tokens
             try:
+                if (problem := content_problem(attempt.content, conversation, min_words)) is not None:
+                    raise _Unusable(problem)
                 parsed = _parse(attempt.content, response_model) if response_model else None
             except (ValueError, ValidationError) as exc:
+                if probing and ask == 0 and "{" not in attempt.content:
+                    raise _FormatNotUsable(f"the reply ignored it: {attempt.content[:80]!r}") from None
                 last_error = _short_error(exc)
                 self._count("invalid_output")
-                log.debug("stage %s: output failed validation (ask %d): %s", self.stage, ask + 1, last_error)
+                log.debug("stage %s: output unusable (ask %d): %s", self.stage, ask + 1, last_error)
                 conversation = [*messages, {"role": "assistant", "content": attempt.content[:4000]},
-                                {"role": "user", "content": _reask_message(last_error, schema)}]
+                                {"role": "user", "content": _reask_message(last_error, response_model)}]
+                if attempt.content == previous:
+                    _vary(params, ask)  # the same reply again: a model at low temperature repeats itself
+                previous = attempt.content
                 continue
-            if cache is not None:
-                entry = {"content": attempt.content, "model": attempt.model, "simulated": attempt.simulated}
-                cache.put(key, entry)
             return LLMResult(attempt.content, attempt.model, attempt.simulated, False, usage[0], usage[1], parsed)
-        raise LLMOutputError(
-            f"output failed schema {response_model.__name__ if response_model else ''} after "
-            f"{self.settings.reasks + 1} asks: {last_error}"
-        )
+        what = f"schema {response_model.__name__}" if response_model else "the content checks"
+        raise LLMOutputError(f"output failed {what} after {self.settings.reasks + 1} asks: {last_error}")
+
+    async def _request_whole(self, messages: list[dict[str, str]], params: dict[str, Any],
+                             extra: dict[str, Any]) -> _Attempt:
+        """A reply not cut at max_tokens: once cut, asked again with max_tokens doubled (up to
+        llm.max_tokens_cap; `params` keep the room for later re-asks); cut again, it fails."""
+        attempt = await self._request(messages, params, extra)
+        cap = self.settings.max_tokens_cap
+        if attempt.finish_reason == "length" and int(params.get("max_tokens") or cap) < cap:
+            params["max_tokens"] = min(cap, 2 * int(params["max_tokens"]))
+            first = attempt
+            attempt = await self._request(messages, params, extra)
+            attempt.prompt_tokens += first.prompt_tokens
+            attempt.completion_tokens += first.completion_tokens
+        if attempt.finish_reason == "length":
+            raise LLMTruncatedError(f"truncated at {params.get('max_tokens')} tokens (finish_reason=length; "
+                                    f"llm.max_tokens_cap is {cap})")
+        return attempt
 
     async def _request(
         self, messages: list[dict[str, str]], params: dict[str, Any], extra: dict[str, Any]
@@ -210,6 +272,8 @@ class LLMClient:
                 except openai.APIStatusError as exc:
                     self._count("error")
                     last = f"HTTP {exc.status_code}: {_api_message(exc)}"
+                    if "response_format" in extra and dialects.names_response_format(last):
+                        raise _FormatNotUsable(last) from None  # asking the same way again cannot help
                     if exc.status_code >= 500 or exc.status_code in (408, 409):
                         continue
                     raise LLMRequestError(last) from None
@@ -223,11 +287,7 @@ class LLMClient:
                 continue
             if self.limits.tokens is not None:
                 self.limits.tokens.settle(estimate, attempt.prompt_tokens + attempt.completion_tokens)
-            if attempt.finish_reason == "length":
-                self._count("truncated")
-                last = f"output truncated at max_tokens={params.get('max_tokens')} (finish_reason=length)"
-                continue
-            self._count("ok")
+            self._count("truncated" if attempt.finish_reason == "length" else "ok")
             return attempt
         raise LLMUnavailableError(f"{self.settings.max_retries + 1} attempts failed; last: {last}")
 
@@ -260,11 +320,17 @@ class LLMClient:
         usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
         prompt_tokens = usage.get("prompt_tokens") or 0
         completion_tokens = usage.get("completion_tokens") or 0
+        # Reasoning models think aloud before answering (<think>…</think>, or apart as
+        # reasoning_content): never parsed, counted as the tokens they cost.
+        content, thought = without_reasoning(message.get("content") or "")
+        thought_tokens = min(completion_tokens, (len(thought) + len(message.get("reasoning_content") or "")) // 4)
         labels = (self.stage, self.endpoint, self.model)
         metrics.LLM_TOKENS.labels(*labels, "prompt").inc(prompt_tokens)
-        metrics.LLM_TOKENS.labels(*labels, "completion").inc(completion_tokens)
+        metrics.LLM_TOKENS.labels(*labels, "completion").inc(completion_tokens - thought_tokens)
+        if thought_tokens:
+            metrics.LLM_TOKENS.labels(*labels, "reasoning").inc(thought_tokens)
         return _Attempt(
-            content=message.get("content") or "",
+            content=content,
             finish_reason=choice.get("finish_reason"),
             # The model that answered, as the endpoint names it (it may differ from the configured one).
             model=response["model"] if isinstance(response.get("model"), str) and response["model"] else self.model,
@@ -281,29 +347,36 @@ class _NotACompletion(ValueError):
     """A 200 reply whose body is not a chat completion (a misconfigured base_url, a proxy page)."""
 
 
-_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+class _FormatNotUsable(Exception):
+    """The server refused the requested response_format, or answered as if it had not been asked."""
+
+
+class _Unusable(ValueError):
+    """A reply that can never be a sample (empty, the prompt repeated, too few words)."""
 
 
 def _parse(content: str, model: type[BaseModel]) -> BaseModel:
-    # Many servers wrap JSON in a Markdown fence even when asked for JSON only.
-    if match := _FENCE.match(content):
-        content = match.group(1)
-    return model.model_validate(json.loads(content))
+    return model.model_validate(extract_json(content))
 
 
 def _short_error(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         parts = [f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]]
         return "; ".join(parts)
+    if isinstance(exc, _Unusable):
+        return str(exc)
     return f"not valid JSON: {exc}"
 
 
-def _reask_message(error: str, schema: dict[str, Any] | None) -> str:
-    return (
-        "Your previous reply could not be used: " + error + "\n"
-        "Reply again with only a JSON object that matches this JSON schema, no prose, no code fence:\n"
-        + json.dumps(schema, separators=(",", ":"))
-    )
+def _reask_message(error: str, model: type[BaseModel] | None) -> str:
+    if model is None:
+        return f"Your previous reply could not be used: {error}. Answer the request above in full."
+    return f"Your previous reply could not be used: {error}\n" + dialects.schema_instruction(_grammar_schema_of(model))
+
+
+def _vary(params: dict[str, Any], ask: int) -> None:
+    params["temperature"] = min(1.5, float(params.get("temperature") or 0.0) + 0.3)
+    params["seed"] = int(params.get("seed") or 0) + ask + 1
 
 
 def _retry_after(response: Any) -> float | None:
@@ -331,6 +404,12 @@ def _api_message(exc: Any) -> str:  # openai.APIStatusError
 def _schema_of(model: type[BaseModel]) -> dict[str, Any]:
     # Built once per output model: pydantic would build it anew on every call.
     return model.model_json_schema()
+
+
+@functools.lru_cache(maxsize=256)
+def _grammar_schema_of(model: type[BaseModel]) -> dict[str, Any]:
+    """What servers are sent: the schema less the limits a grammar cannot hold (checked after parsing)."""
+    return dialects.grammar_friendly(_schema_of(model))
 
 
 def sdk() -> Any:

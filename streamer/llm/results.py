@@ -15,8 +15,16 @@ class LLMUnavailableError(LLMError):
     """The endpoint kept failing (429/5xx/timeouts/truncation) through all retries."""
 
 
-class LLMRequestError(LLMError):
+class LLMPermanentError(LLMError):
+    """Asking again would get the same answer: the record goes to the dlq at once."""
+
+
+class LLMRequestError(LLMPermanentError):
     """The endpoint refused the request itself (4xx other than 429): retrying will not help."""
+
+
+class LLMTruncatedError(LLMPermanentError):
+    """The reply was cut at max_tokens even after one ask with the stage's max_tokens_cap room."""
 
 
 class LLMOutputError(LLMError):

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from streamer import metrics
 from streamer.backoff import jittered_backoff
-from streamer.llm.results import LLMRequestError
+from streamer.llm.results import LLMPermanentError
 from streamer.records import DeadLetter, Envelope, Lineage, StageStamp, derived_id, stable_hash
 from streamer.runtime.stage import BoundStage, Emit, RecordLLM, StageContext
 
@@ -96,7 +96,7 @@ class RecordProcessor:
                 return [self._wrap(envelope, emit, ctx) for emit in emits]
             except asyncio.CancelledError:
                 raise
-            except LLMRequestError as exc:  # the endpoint refuses this request: no point retrying
+            except LLMPermanentError as exc:  # the endpoint refuses it, or a reply will not fit: no point retrying
                 metrics.RECORDS_FAILED.labels(self.stage.name).inc()
                 raise _DeadLetter(str(exc), type(exc).__name__, attempt) from None
             except Exception as exc:  # noqa: BLE001 - any stage failure is retried, then dead-lettered

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from streamer.config import LLMSettings, Settings
+from streamer.llm.replies import content_problem
 from streamer.llm.results import LLMOutputError, LLMResult
 from streamer.records import Envelope, RecordData, new_root
 from streamer.runtime.processor import RecordProcessor, Source
@@ -51,8 +52,11 @@ class ScriptedLLM:
             raise reply
         return reply
 
-    async def complete(self, messages: list[dict[str, str]], **params: Any) -> LLMResult:
+    async def complete(self, messages: list[dict[str, str]], *, min_words: int = 0, **params: Any) -> LLMResult:
         reply = self._next(messages)
+        # The real client's content checks, as its last re-ask fails them.
+        if (problem := content_problem(str(reply), messages, min_words)) is not None:
+            raise LLMOutputError(f"output failed the content checks: {problem}")
         return LLMResult(str(reply), self.model, self.simulated, False)
 
     async def structured(self, messages: list[dict[str, str]], model: type[BaseModel], **params: Any) -> LLMResult:

@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 
 from streamer.llm.fingerprint import SIMULATOR_FINGERPRINT
+from streamer.llm.simulator import dialects
 from streamer.llm.simulator.faults import Faults
 from streamer.llm.simulator.schema_fill import fill_schema
 from streamer.llm.simulator.settings import SIMULATOR_MODEL, SimulatorSettings, SimulatorStats, answering_model
@@ -45,7 +46,7 @@ class _ChatRequest:
     temperature: Any
     seed: Any
     max_tokens: int | None
-    format_type: str  # "text" | "json_object" | "json_schema"
+    format_type: str  # "text" | "json_object" | "json_object_schema" (llama.cpp's) | "json_schema"
     schema: dict[str, Any] | None
 
 
@@ -87,6 +88,8 @@ def _parse_response_format(fmt: Any) -> tuple[str, dict[str, Any] | None]:
         return "text", None
     if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
         raise _BadRequest("'response_format.type' must be text, json_object or json_schema", "response_format")
+    if fmt["type"] == "json_object" and isinstance(fmt.get("schema"), dict):
+        return "json_object_schema", fmt["schema"]  # llama-cpp-python's way of asking for a schema
     if fmt["type"] != "json_schema":
         return fmt["type"], None
     spec = fmt.get("json_schema")
@@ -109,15 +112,16 @@ def _content_rng(req: _ChatRequest) -> random.Random:
     return random.Random(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
 
 
-def _build_content(req: _ChatRequest) -> str:
-    """A good answer: built from the prompt's words, deterministic per request."""
+def _build_content(req: _ChatRequest, settings: SimulatorSettings) -> tuple[str, bool]:
+    """A good answer: built from the prompt's words, deterministic per request; and whether it is JSON."""
     rng = _content_rng(req)
     words = prompt_words(req.messages)
-    if req.format_type == "json_schema" and req.schema is not None:
-        return json.dumps(fill_schema(req.schema, words, rng), ensure_ascii=False)
-    if req.format_type == "json_object":
-        return json.dumps({"text": sentence(words, rng)}, ensure_ascii=False)
-    return paragraph(words, rng)
+    format_type, schema = dialects.what_to_write(settings, req.format_type, req.schema, req.messages)
+    if format_type == "json_schema" and schema is not None:
+        return json.dumps(fill_schema(schema, words, rng), ensure_ascii=False), True
+    if format_type == "json_object":
+        return json.dumps({"text": sentence(words, rng)}, ensure_ascii=False), True
+    return paragraph(words, rng), False
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -170,8 +174,21 @@ class _Simulator:
             return _bad_request("request body is not valid JSON")
         try:
             req = _parse_request(body)
-            self.recent.append({"model": req.model, "messages": req.messages})
-            content = _build_content(req)
+            self.recent.append({"model": req.model, "messages": req.messages,
+                                "response_format": body.get("response_format"), "temperature": req.temperature,
+                                "seed": req.seed, "max_tokens": req.max_tokens})
+            if (refused := dialects.refusal(self.settings, req.format_type)) is not None:
+                self.stats.refused_format += 1
+                status, message = refused
+                kind = "server_error" if status >= 500 else "invalid_request_error"
+                return _error(status, {"message": message, "type": kind, "param": "response_format", "code": None})
+            req.messages = dialects.visible_messages(self.settings, req.messages)
+            prompt_tokens = count_tokens(sum(len(message_text(m)) for m in req.messages))
+            if (overflow := dialects.context_error(self.settings, prompt_tokens, req.max_tokens)) is not None:
+                self.stats.context_exceeded += 1
+                return _error(400, {"message": overflow, "type": "invalid_request_error", "param": "messages",
+                                    "code": "context_length_exceeded"})
+            content, is_json = _build_content(req, self.settings)
         except _BadRequest as exc:
             self.stats.errors += 1
             return _bad_request(str(exc), exc.param)
@@ -180,7 +197,7 @@ class _Simulator:
             return _bad_request(f"unusable response_format schema: {exc!r}"[:300], "response_format")
         if self.faults.server_error():
             return _error(500, {"message": "simulated server error", "type": "server_error"})
-        return web.json_response(self._completion(req, content))
+        return web.json_response(self._completion(req, content, is_json, prompt_tokens))
 
     def _rate_limited(self, wait: float) -> web.Response:
         headers = {"Retry-After": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, math.ceil(wait * 1000)))}
@@ -188,11 +205,15 @@ class _Simulator:
                    f"Please try again in {wait:.3f}s.")
         return _error(429, {"message": message, "type": "rate_limit_error", "code": "rate_limit_exceeded"}, headers)
 
-    def _completion(self, req: _ChatRequest, content: str) -> dict[str, Any]:
-        if req.format_type != "text":
+    def _completion(self, req: _ChatRequest, content: str, is_json: bool, prompt_tokens: int) -> dict[str, Any]:
+        if is_json:
             content = self.faults.spoil(content)
+        content = dialects.dress(self.settings, content, is_json, req.messages)
         content, completion_tokens, finish_reason = self.faults.truncate(content, req.max_tokens)
-        prompt_tokens = count_tokens(sum(len(message_text(m)) for m in req.messages))
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if "reasoning_content" in self.settings.quirks:  # DeepSeek-R1 style: the reasoning apart
+            message["reasoning_content"] = dialects.REASONING
+            completion_tokens += count_tokens(len(dialects.REASONING))
         self.stats.completed += 1
         return {
             "id": f"chatcmpl-sim-{uuid.uuid4().hex[:24]}",
@@ -202,7 +223,7 @@ class _Simulator:
             "system_fingerprint": SIMULATOR_FINGERPRINT,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": content},
+                "message": message,
                 "finish_reason": finish_reason,
                 "logprobs": None,
             }],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 SIMULATOR_MODEL = "synthstream-simulator"
@@ -28,6 +30,20 @@ class SimulatorSettings(BaseModel):
     invalid_rate: float = Field(0.0, ge=0, le=1, description="probability of valid JSON that breaks the schema")
     keep_requests: int = Field(200, ge=0, description="recent requests served at GET /requests")
     seed: int | None = Field(None, description="seeds fault injection (error/malformed draws)")
+    # The dialects of real servers, so every path of the client has a fast test.
+    response_format: Literal["json_schema", "json_object_schema", "json_object", "ignored"] = Field(
+        "json_schema", description="the richest response_format honoured: json_schema (hosted APIs, vLLM); "
+        "json_object_schema (llama-cpp-python: json_schema answered 500, json_object with a schema filled); "
+        "json_object (json_schema and a schema key answered 400); ignored (every response_format ignored); "
+        "below json_schema a JSON answer follows the schema found in the prompt, as a model would")
+    quirks: list[Literal["fence", "prose", "second_object", "control_chars", "smart_quotes", "think",
+                         "reasoning_content", "echo", "empty"]] = Field(
+        default_factory=list, description="how every answer is dressed, as real models write them")
+    answer_tokens: int = Field(0, ge=0, description="tokens every answer takes (a verbose model): cut at a "
+                               "smaller max_tokens with finish_reason=length; 0 = the answer's own length")
+    context_tokens: int = Field(0, ge=0, description="context window: prompt + max_tokens above it is answered "
+                                "400 with a context-length error; 0 = no limit")
+    drop_system: bool = Field(False, description="the chat template drops system messages (as Gemma's does)")
 
 
 @dataclass
@@ -41,6 +57,8 @@ class SimulatorStats:
     malformed: int = 0
     invalid: int = 0
     truncated: int = 0
+    refused_format: int = 0  # response_format answered with an error (the dialect is not spoken)
+    context_exceeded: int = 0
     # For benchmarks: how busy the endpoint was kept (wall-clock seconds since the epoch).
     in_flight: int = 0
     peak_in_flight: int = 0
