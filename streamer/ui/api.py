@@ -94,7 +94,7 @@ async def samples(request: web.Request) -> web.Response:
 
 
 async def sample(request: web.Request) -> web.Response:
-    chain = await sample_chain(settings_of(request), request.match_info["id"])
+    chain = await sample_chain(settings_of(request), request.app["store_index"], request.match_info["id"])
     if chain is None:
         return problem(404, f"no sample with id {request.match_info['id']} in the store or on the samples topic")
     return as_json(chain)

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 from streamer.config import Settings
+from streamer.storage import store
 from streamer.storage.samples import sample_view
 from streamer.ui.topics import find_on_topics, stored
 
@@ -25,10 +26,14 @@ def recent_samples(settings: Settings, limit: int = RECENT_SAMPLES) -> list[dict
     return rows[::-1]
 
 
-def _stored_sample(settings: Settings, sample_id: str) -> dict[str, Any] | None:
-    """A stored sample by its id (or by its instruction's id: what dedup decisions name)."""
-    return next((env for env in stored(settings, "samples") if sample_id in (env.get("id"), env.get("parent_id"))),
-                None)
+def _stored_sample(settings: Settings, index: store.IdIndex, sample_id: str) -> dict[str, Any] | None:
+    """A stored sample by its id, through the store's id index (one file read). By its instruction's
+    id (what dedup decisions name; the index holds record ids only) the samples are read through."""
+    found = index.find(sample_id, settings.kafka.topic_prefix)
+    if found is not None:
+        topic, env = found
+        return env if topic == "samples" else None
+    return next((env for env in stored(settings, "samples") if env.get("parent_id") == sample_id), None)
 
 
 def _attributed_seeds(settings: Settings, seed_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -41,30 +46,30 @@ def _attributed_seeds(settings: Settings, seed_ids: list[str]) -> dict[str, dict
     return found
 
 
-def chain_from_store(settings: Settings, sample_id: str) -> dict[str, Any] | None:
-    env = _stored_sample(settings, sample_id)
-    return None if env is None else chain_of(settings, env, found_in="store")
+def chain_from_store(settings: Settings, index: store.IdIndex, sample_id: str) -> dict[str, Any] | None:
+    env = _stored_sample(settings, index, sample_id)
+    return None if env is None else chain_of(settings, index, env, found_in="store")
 
 
-def chain_of(settings: Settings, env: dict[str, Any], found_in: str) -> dict[str, Any]:
+def chain_of(settings: Settings, index: store.IdIndex, env: dict[str, Any], found_in: str) -> dict[str, Any]:
     view = sample_view(env)
     seeds = view.get("seeds") or []
     seed_ids = [s.get("id") for s in seeds if isinstance(s, dict)] or (env.get("lineage") or {}).get("seed_ids") or []
     attributed = _attributed_seeds(settings, seed_ids)
     dedup = view.get("dedup") or {}
-    nearest = _stored_sample(settings, dedup["nearest_id"]) if dedup.get("nearest_id") else None
+    nearest = _stored_sample(settings, index, dedup["nearest_id"]) if dedup.get("nearest_id") else None
     return {"found_in": found_in, "view": view, "envelope": env,
             "seeds_stored": [attributed.get(i) for i in seed_ids],
             "nearest": None if nearest is None else {"id": nearest.get("id"),
                                                      "instruction": (nearest.get("data") or {}).get("instruction")}}
 
 
-async def sample_chain(settings: Settings, sample_id: str) -> dict[str, Any] | None:
+async def sample_chain(settings: Settings, index: store.IdIndex, sample_id: str) -> dict[str, Any] | None:
     """The chain of a stored sample, or of one still only on the `samples` topic."""
-    chain = await asyncio.to_thread(chain_from_store, settings, sample_id)
+    chain = await asyncio.to_thread(chain_from_store, settings, index, sample_id)
     if chain is not None:
         return chain
     found = await find_on_topics(settings, sample_id, topics=("samples",))
     if found is None:
         return None
-    return await asyncio.to_thread(chain_of, settings, found["envelope"], "topic")
+    return await asyncio.to_thread(chain_of, settings, index, found["envelope"], "topic")
