@@ -177,3 +177,20 @@ def dead_letters_at_instruction(pipeline, start_simulator, tmp_path: Path, docum
     pipeline.feed(tmp_path, texts, seeds=3)
     pipeline.cli("run", *UPSTREAM, "--stage", "sink", "--until-idle", "--no-progress", timeout=180)
     return texts
+
+
+def probe_broker(bootstrap: str):
+    """One metadata round trip with the project's own BrokerProbe: its cluster id, among others."""
+    from streamer.config import KafkaSettings
+    from streamer.kafka.topic_ids import BrokerProbe
+
+    probe = BrokerProbe(KafkaSettings(bootstrap_servers=bootstrap))
+
+    async def ask() -> None:
+        try:
+            await probe.ask([])
+        finally:
+            probe.close()
+
+    asyncio.run(ask())
+    return probe

@@ -15,11 +15,10 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from helpers import endings, envelopes, expected_ids, make_texts, stop_process, wait_for
+from helpers import endings, envelopes, expected_ids, make_texts, probe_broker, stop_process, wait_for
 from streamer.kafka.apache import KafkaCluster, broker_settings
 from streamer.kafka.broker import free_port, port_open
 from streamer.kafka.incarnation import incarnations, short
-from streamer.kafka.topic_ids import BrokerProbe
 
 pytestmark = pytest.mark.slow
 
@@ -42,23 +41,8 @@ def test_the_cluster_runs_the_deployed_settings_on_three_nodes(kafka_cluster):
         assert node.running()
         written = node.properties_path.read_text().splitlines()
         assert {f"{k}={v}" for k, v in settings.items()} <= set(written), node.node_id
-    probe = BrokerProbe_for(kafka_cluster)
+    probe = probe_broker(kafka_cluster.bootstrap_servers)
     assert not probe.cluster_id.startswith("tansu")
-
-
-def BrokerProbe_for(cluster: KafkaCluster) -> BrokerProbe:  # noqa: N802
-    from streamer.config import KafkaSettings
-
-    probe = BrokerProbe(KafkaSettings(bootstrap_servers=cluster.bootstrap_servers))
-
-    async def ask() -> None:
-        try:
-            await probe.ask([])
-        finally:
-            probe.close()
-
-    asyncio.run(ask())
-    return probe
 
 
 def test_without_java_the_kafka_tests_are_skipped_saying_why(tmp_path):

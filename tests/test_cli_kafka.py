@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from helpers import CLI, expected_ids, make_texts, read_topic, stop_process, wait_for, write_jsonl
+from helpers import CLI, expected_ids, make_texts, probe_broker, read_topic, stop_process, wait_for, write_jsonl
 from streamer.kafka.broker import BrokerError, EmbeddedBroker, free_port, port_open
 
 
@@ -106,22 +106,11 @@ def test_feed_seeds_from_stdin_collapses_exact_duplicates(pipeline, broker):
 def test_the_embedded_broker_is_recognised_as_tansu_and_gets_short_group_timing(broker):
     """tansu holds a group join for half the session timeout: workers against it use 2 s sessions
     unless the settings name their own, so joins take about a second, not five."""
-    import asyncio
-
     from streamer.config import KafkaSettings
     from streamer.kafka.clients import is_tansu, use_fast_group_timing
-    from streamer.kafka.topic_ids import BrokerProbe
 
     kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
-    probe = BrokerProbe(kafka)
-
-    async def ask() -> None:
-        try:
-            await probe.ask([])
-        finally:
-            probe.close()
-
-    asyncio.run(ask())
+    probe = probe_broker(broker.bootstrap_servers)
     assert is_tansu(probe.cluster_id), probe.cluster_id
     use_fast_group_timing(kafka)
     assert (kafka.session_timeout_ms, kafka.heartbeat_interval_ms) == (2000, 500)

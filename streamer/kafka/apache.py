@@ -24,9 +24,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-from streamer.kafka.broker import BrokerError, die_with_parent, free_port, port_open
+from streamer.kafka.broker import BrokerError, die_with_parent, free_port, port_open, running
 from streamer.user_cache import cache_dir
 
 log = logging.getLogger(__name__)
@@ -296,10 +295,14 @@ class KafkaCluster:
 
 
 def _cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, base64url without padding (what `kafka-storage random-uuid` prints)."""
+    """A Kafka cluster id: 16 random bytes, base64url without padding (what `kafka-storage random-uuid`
+    prints). Never one starting with '-': the storage tool would read it as an option (one in 64 did)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _brokers_seen(address: str) -> set[int] | None:
@@ -339,14 +342,8 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def kafka_cluster(root: Path, size: int = 3) -> Iterator[KafkaCluster]:
-    cluster = KafkaCluster(root, size)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+def kafka_cluster(root: Path, size: int = 3) -> contextlib.AbstractContextManager[KafkaCluster]:
+    return running(KafkaCluster(root, size))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +127,14 @@ class EmbeddedBroker:
 
 
 @contextlib.contextmanager
-def embedded_broker(host: str = "127.0.0.1", port: int = 0) -> Iterator[EmbeddedBroker]:
-    broker = EmbeddedBroker(host, port)
+def running(broker: Any) -> Iterator[Any]:
+    """A broker (anything with start() and stop(): tansu, an Apache Kafka cluster) started for a block."""
     broker.start()
     try:
         yield broker
     finally:
         broker.stop()
+
+
+def embedded_broker(host: str = "127.0.0.1", port: int = 0) -> contextlib.AbstractContextManager[EmbeddedBroker]:
+    return running(EmbeddedBroker(host, port))
