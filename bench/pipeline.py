@@ -25,7 +25,13 @@ process, standing in for the remote endpoint) and synthstream's real CLI process
     peak RSS of a process that loaded the encoder and encoded every instruction <= 250 MB.
 
     python bench/pipeline.py                                  # 600 documents, 1.0 s latency
+(4) With --kafka, the same chain (same documents, a fresh simulator) on a 3-node Apache Kafka cluster
+    (streamer.kafka.apache: replication 3, min.insync.replicas 2) in the same bench run: its span
+    and ratio to the plain client (target <= 1.1), launch -> first request (<= 3 s) and last
+    completion -> exit of `run --until-idle` (<= 1 s).
+
     python bench/pipeline.py --docs 5000 --latency 0.02       # CPU per document at volume
+    python bench/pipeline.py --kafka                          # tansu, Kafka and the plain client
 """
 
 from __future__ import annotations
@@ -51,13 +57,15 @@ from consumers.attribution import AttributionOutput  # noqa: E402
 from consumers.instruction import InstructionOutput  # noqa: E402
 from consumers.rubric import RubricScores  # noqa: E402
 from consumers.situation import SituationOutput  # noqa: E402
+from streamer.kafka.apache import KafkaCluster  # noqa: E402
 from streamer.kafka.broker import EmbeddedBroker, free_port, port_open  # noqa: E402
 
 CLI = [sys.executable, "-m", "streamer.cli"]
 LLM_STAGES = ("attribution", "situation", "instruction", "judge", "answer")
 PER_DOCUMENT = (SituationOutput, InstructionOutput, RubricScores, None)  # None: the answer, plain text
 TARGETS = {"ratio": 1.25, "cpu_ms_per_doc": 50, "run_cpu_ms_per_doc": 10, "run_rss_mb": 400, "stage_rss_mb": 150,
-           "encoder_rss_mb": 250, "start_s": 2.0, "stop_s": 1.0, "refill_p50_ms": 10}
+           "encoder_rss_mb": 250, "start_s": 2.0, "stop_s": 1.0, "refill_p50_ms": 10,
+           "kafka_ratio": 1.1, "kafka_start_s": 3.0}
 
 WORDS = ("kernel scheduler memory page cache file system socket buffer thread process signal "
          "package dependency install version build compile link library module function class "
@@ -195,7 +203,7 @@ async def plain_client(url: str, docs: list[str], seeds: list[str], concurrency:
 
 # The bench ---------------------------------------------------------------------------------------
 
-def pipeline_env(broker: EmbeddedBroker, sim: Simulator, data_dir: Path, concurrency: int,
+def pipeline_env(broker: EmbeddedBroker | KafkaCluster, sim: Simulator, data_dir: Path, concurrency: int,
                  overrides: list[str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNTHSTREAM_", "OPENAI_"))}
     env.update({
@@ -256,6 +264,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
         out["broker_rss_mb"] = proc_peak_rss_mb(broker.process.pid)
     finally:
         broker.stop()
+    if args.kafka:
+        out["kafka"] = chain_on_kafka(args, workdir, docs, seeds)
     if not args.skip_plain:
         plain_sim = Simulator(args.latency, workdir)
         print("running the plain client ...", flush=True)
@@ -263,6 +273,27 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
         out["plain_sim"] = plain_sim.stats()
         plain_sim.stop()
     return out
+
+
+def chain_on_kafka(args: argparse.Namespace, workdir: Path, docs: list[str], seeds: list[str]) -> dict:
+    """The same feed and `run --until-idle` on a 3-node Apache Kafka cluster, with a fresh simulator."""
+    print("starting a 3-node Kafka cluster ...", flush=True)
+    cluster = KafkaCluster(workdir / "kafka", 3)
+    cluster.start()
+    try:
+        sim = Simulator(args.latency, workdir)
+        env = pipeline_env(cluster, sim, workdir / "kafka-data", args.concurrency, args.set)
+        # Kafka refuses sessions under group.min.session.timeout.ms (6 s); every topic on all three brokers.
+        env.update({"SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "6000", "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+                    "SYNTHSTREAM_KAFKA__REPLICATION_FACTOR": "3"})
+        feed(env, workdir, docs, seeds)
+        print(f"running the pipeline on {args.docs} documents on Kafka ...", flush=True)
+        run = run_to_exit([*args.run_args, "run", "--until-idle", "--no-progress"], env, workdir / "kafka-run.log")
+        result = {"run": run, "sim": sim.stats()}
+        sim.stop()
+        return result
+    finally:
+        cluster.stop()
 
 
 def answer_stage_alone(args: argparse.Namespace, broker: EmbeddedBroker, env: dict[str, str], workdir: Path) -> dict:
@@ -326,6 +357,20 @@ def report(args: argparse.Namespace, m: dict) -> None:
                 f"<= {TARGETS['refill_p50_ms']} ms")
     else:
         print("    slot refill: no stage reached its concurrency limit")
+    if kafka := m.get("kafka"):
+        krun, ksim = kafka["run"], kafka["sim"]
+        kspan = ksim["last_completion_at"] - ksim["first_request_at"]
+        print(f"(4) on 3 Kafka brokers: first request -> last completion {kspan:.1f}s, {ksim['completed']} requests "
+              f"(tansu: {span:.1f}s, ratio Kafka / tansu {kspan / span:.2f})")
+        if "plain_sim" in m:
+            verdict(f"    ratio Kafka / plain = {kspan / plain_span:.2f}", kspan / plain_span <= TARGETS["kafka_ratio"],
+                    f"<= {TARGETS['kafka_ratio']}")
+        kstart = ksim["first_request_at"] - krun["launched"]
+        verdict(f"    launch -> first request {kstart:.2f}s", kstart <= TARGETS["kafka_start_s"],
+                f"<= {TARGETS['kafka_start_s']} s")
+        kstop = krun["exited"] - ksim["last_completion_at"]
+        verdict(f"    --until-idle: last completion -> exit {kstop:.2f}s", kstop <= TARGETS["stop_s"],
+                f"<= {TARGETS['stop_s']} s")
     if stage := m.get("stage"):
         ssim = stage["sim"]
         verdict(f"    answer stage alone: launch -> first request {ssim['first_request_at'] - stage['launched']:.2f}s",
@@ -353,6 +398,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="records in flight per LLM stage")
     parser.add_argument("--skip-plain", action="store_true", help="no plain-client comparison")
     parser.add_argument("--skip-stage", action="store_true", help="no answer-stage-alone run")
+    parser.add_argument("--kafka", action="store_true", help="also run the chain on a 3-node Apache Kafka cluster")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, store)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for the synthstream processes, e.g. stages.situation.demo_selection=random")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -286,6 +287,63 @@ class KafkaCluster:
                 raise BrokerError(f"Kafka nodes {sorted(wanted)} not ready within {timeout:.0f}s:\n"
                                   f"{self.nodes[0].log_tail()}")
             time.sleep(0.2)
+
+    def restart(self, node: KafkaNode, timeout: float = 60.0) -> None:
+        """Start a stopped or killed node again on its data dir, until every node sees it registered."""
+        node.start(self.jars or fetch_jars())
+        self.wait_ready(timeout)
+
+    def active_controller(self) -> KafkaNode:
+        """The KRaft quorum's leader. Not what clients are told: since KIP-919 DescribeCluster and
+        Metadata name a random broker as "controller". Each voter records the leader it follows in
+        its quorum-state file; the highest epoch among the running nodes is the current one."""
+        states = []
+        for node in self.nodes:
+            if node.running():
+                with contextlib.suppress(OSError, ValueError):
+                    state = json.loads((node.data_dir / "log" / "__cluster_metadata-0" / "quorum-state").read_text())
+                    states.append((state["leaderEpoch"], state["leaderId"]))
+        live = {n.node_id for n in self.nodes if n.running()}
+        leaders = [leader for _, leader in sorted(states, reverse=True)[:1] if leader in live]
+        if not leaders:
+            raise BrokerError(f"no running node leads the KRaft quorum (states: {states})")
+        return self.node(leaders[0])
+
+    async def partition_leader(self, topic: str, partition: int = 0) -> KafkaNode:
+        """The node leading `topic`'s partition, as the cluster's metadata says."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+        await admin.start()
+        try:
+            [described] = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        leader = next(p["leader"] for p in described["partitions"] if p["partition"] == partition)
+        if leader < 0:
+            raise BrokerError(f"{topic}-{partition} has no leader")
+        return self.node(leader)
+
+    async def wait_in_sync(self, timeout: float = 60.0) -> None:
+        """Until no partition is under-replicated: every replica is back in its ISR. A rolling restart
+        waits for this before the next node, or a second node down would leave partitions with one
+        in-sync replica, under min.insync.replicas, and acks=all producers would stall."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+        await admin.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                lagging = [(t["topic"], p["partition"]) for t in await admin.describe_topics(await admin.list_topics())
+                           for p in t["partitions"] if set(p["isr"]) != set(p["replicas"])]
+                if not lagging:
+                    return
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"partitions still under-replicated after {timeout:.0f}s: {lagging[:10]}")
+                await asyncio.sleep(0.3)
+        finally:
+            await admin.close()
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -45,6 +45,35 @@ class _MetadataWithoutCreation(MetadataRequest):
 aiokafka.client.MetadataRequest = _MetadataWithoutCreation  # the one name its client builds requests from
 
 
+# Kafka's own clients' reconnect.backoff.ms / reconnect.backoff.max.ms defaults. aiokafka has no
+# reconnect backoff: every loop that wants a connection to a node that is gone tries it again
+# right away (and logs an error and forces a metadata refresh each time), so an idle worker made
+# ~450 connection attempts a second during a broker outage and burnt 10% of a core.
+RECONNECT_BACKOFF = 0.05
+RECONNECT_BACKOFF_MAX = 1.0
+_connect_unbacked = aiokafka.client.AIOKafkaClient._get_conn
+
+
+async def _connect_with_backoff(self: aiokafka.client.AIOKafkaClient, node_id: Any, **kwargs: Any) -> Any:
+    """`_get_conn`, refusing (None: "not ready", which every caller handles) a node whose last
+    connection failed less than its backoff ago; the backoff doubles per failure up to the max
+    and is forgotten on success, so a broker that comes back is reached within a second."""
+    failures: dict[Any, tuple[float, float]] = self.__dict__.setdefault("_synthstream_failures", {})
+    loop_time = asyncio.get_running_loop().time()
+    failed_at, backoff = failures.get(node_id, (0.0, 0.0))
+    if loop_time < failed_at + backoff:
+        return None
+    conn = await _connect_unbacked(self, node_id, **kwargs)
+    if conn is None:
+        failures[node_id] = (loop_time, min(RECONNECT_BACKOFF_MAX, max(RECONNECT_BACKOFF, 2 * backoff)))
+    else:
+        failures.pop(node_id, None)
+    return conn
+
+
+aiokafka.client.AIOKafkaClient._get_conn = _connect_with_backoff  # noqa: SLF001 - every client connects through it
+
+
 class TopicNames:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix

@@ -1,0 +1,177 @@
+"""Broker failures the way Kafka's replication system tests make them, on the session's 3-node
+cluster while two workers run: SIGKILL the leader of `instructions.embedded`, then the active
+controller, then a rolling restart of all three. Nothing acknowledged may be lost or repeated."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from helpers import checksums, endings, expected_ids, make_texts, stop_process, wait_for
+from streamer.kafka.apache import KafkaCluster, missing_tools
+
+pytestmark = pytest.mark.slow
+
+BATCH = 12  # documents fed before each disruption
+
+
+class CompletionClock:
+    """When the simulator finished each LLM request (polled every 50 ms): the pipeline's heartbeat,
+    from which the stall a disruption caused is read (the longest time without a completion)."""
+
+    def __init__(self, url: str) -> None:
+        self.stats_url = url.replace("/v1", "/stats")
+        self.ticks: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def completed(self) -> int:
+        with urllib.request.urlopen(self.stats_url, timeout=5) as resp:
+            return json.load(resp)["completed"]
+
+    def _poll(self) -> None:
+        last = -1
+        while not self._stop.wait(0.05):
+            count = self.completed()
+            if count != last:
+                self.ticks.append((time.monotonic(), count))
+                last = count
+
+    def longest_gap(self, start: float, end: float) -> float:
+        moments = [start, *(t for t, _ in self.ticks if start < t < end), end]
+        return max(b - a for a, b in zip(moments, moments[1:]))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_leader_kill_controller_kill_and_rolling_restart_end_every_document_exactly_once(
+        kafka_pipeline, kafka_cluster: KafkaCluster, start_simulator, tmp_path):
+    sim = start_simulator("--latency", "0.3")  # every document spends seconds in the chain: kills land mid-work
+    kafka_pipeline.env["SYNTHSTREAM_LLM__BASE_URL"] = sim.url
+    clock = CompletionClock(sim.url)
+    texts = make_texts(3 * BATCH)
+    fed: list[str] = []
+    stalls: dict[str, tuple[float, float]] = {}
+    stored_before: dict[Path, str] = {}
+    store = kafka_pipeline.data_dir / "store"
+    embedded = kafka_pipeline.prefix + "instructions.embedded"
+
+    def feed_batch() -> float:
+        """The next batch onto `docs`; returns once its LLM work is under way."""
+        batch = texts[len(fed):len(fed) + BATCH]
+        batch_dir = tmp_path / f"batch-{len(fed) // BATCH}"
+        batch_dir.mkdir()
+        kafka_pipeline.feed(batch_dir, batch, seeds=0 if fed else 3)
+        fed.extend(batch)
+        under_way = clock.completed() + 3
+        wait_for(lambda: clock.completed() >= under_way, 60, what="the batch's first LLM completions")
+        stored_before.update(checksums(store))
+        return time.monotonic()
+
+    def disrupted(name: str, started: float) -> None:
+        """Wait for every fed document to end; record the longest time without progress since `started`."""
+        wait_for(lambda: set(endings(kafka_pipeline)) == expected_ids(fed), 120,
+                 what=lambda: f"every document fed before the {name} to end: {len(endings(kafka_pipeline))}/{len(fed)}")
+        done = time.monotonic()
+        stalls[name] = (clock.longest_gap(started, done), done - started)
+        print(f"{name}: longest stall {stalls[name][0]:.1f}s, all fed documents ended {stalls[name][1]:.1f}s after")
+
+    # The README's multi-process shape: every stage in one worker, a second sharing the LLM and embed
+    # stages' partitions (dedup has one writer per data dir).
+    shared = [arg for stage in ("attribution", "situation", "instruction", "judge", "embed", "answer")
+              for arg in ("--stage", stage)]
+    workers = [kafka_pipeline.start("run", "--no-progress"), kafka_pipeline.start("run", *shared, "--no-progress")]
+    try:
+        wait_for(lambda: all("assigned partitions" in kafka_pipeline.log_of(w) for w in workers), 90,
+                 what="both workers to join")
+
+        started = feed_batch()
+        leader = asyncio.run(kafka_cluster.partition_leader(embedded))
+        leader.kill()
+        disrupted(f"SIGKILL of node {leader.node_id}, leader of instructions.embedded", started)
+        kafka_cluster.restart(leader)
+        asyncio.run(kafka_cluster.wait_in_sync())
+
+        started = feed_batch()
+        controller = kafka_cluster.active_controller()
+        controller.kill()
+        disrupted(f"SIGKILL of node {controller.node_id}, the active controller", started)
+        kafka_cluster.restart(controller)
+        asyncio.run(kafka_cluster.wait_in_sync())
+
+        started = feed_batch()
+        for node in kafka_cluster.nodes:  # one at a time, each back in sync before the next goes
+            node.stop()
+            kafka_cluster.restart(node)
+            asyncio.run(kafka_cluster.wait_in_sync())
+        disrupted("rolling restart of nodes 1, 2, 3", started)
+
+        for worker in workers:
+            assert worker.poll() is None, kafka_pipeline.log_of(worker)[-3000:]
+        ended = endings(kafka_pipeline)
+        assert set(ended) == expected_ids(texts) and set(ended.values()) == {1}, ended
+        after = checksums(store)
+        changed = [p.name for p, digest in stored_before.items() if after.get(p) != digest]
+        assert not changed, changed
+        for worker in workers:
+            assert stop_process(worker) == 0, kafka_pipeline.log_of(worker)[-3000:]
+    finally:
+        clock.close()
+        for node in kafka_cluster.nodes:  # the cluster is the session's: whole again for the next test
+            if not node.running():
+                kafka_cluster.restart(node)
+    print(f"{len(texts)} documents fed, {sum(ended.values())} ended, 0 duplicates, {len(stored_before)} stored files unchanged")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def core_share(pid: int, seconds: float) -> float:
+    before = cpu_seconds(pid)
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - before) / seconds
+
+
+def test_a_worker_whose_kafka_broker_is_gone_sleeps_instead_of_spinning(start_simulator, tmp_path):
+    """SIGKILL the (single) broker under an idle worker: its clients back off instead of reconnecting
+    hundreds of times a second (issue 20: 10.5% of a core measured on tansu), and it waits for the
+    broker (kafka.unavailable_timeout) rather than exiting."""
+    from conftest import new_pipeline
+
+    if reason := missing_tools():
+        pytest.skip(f"Apache Kafka tests skipped: {reason}")
+    cluster = KafkaCluster.single_node(tmp_path / "kafka", 0)
+    cluster.start()
+    pipeline = new_pipeline(cluster, tmp_path)
+    try:
+        pipeline.env["SYNTHSTREAM_KAFKA__REPLICATION_FACTOR"] = "1"
+        pipeline.env["SYNTHSTREAM_LLM__BASE_URL"] = start_simulator().url
+        texts = make_texts(4)
+        pipeline.feed(tmp_path, texts, seeds=2)
+        worker = pipeline.start("run", "--no-progress")
+        wait_for(lambda: set(endings(pipeline)) == expected_ids(texts), 90, what="the documents to end")
+        idle_share = core_share(worker.pid, 5)
+        cluster.nodes[0].kill()
+        time.sleep(3)  # every client has found the broker gone
+        away_share = core_share(worker.pid, 10)
+        print(f"worker CPU: {idle_share:.1%} of a core idle with the broker up, {away_share:.1%} with it gone")
+        assert worker.poll() is None, pipeline.log_of(worker)[-3000:]
+        assert away_share <= 0.05, pipeline.log_of(worker)[-3000:]
+    finally:
+        for proc in pipeline.procs:
+            stop_process(proc, signal.SIGKILL)
+        cluster.stop()
