@@ -132,12 +132,20 @@ def test_the_multi_process_recipe_runs_every_stage_and_names_the_llm():
             section, f"the recipe's section does not state the default {key} ({getattr(defaults, key)})"
 
 
-def test_following_the_multi_process_recipe_gives_a_sample_for_every_fed_document(recipe: Shell):
+def test_following_the_multi_process_recipe_ends_every_fed_document_once(recipe: Shell):
+    """Every document ends as a sample, or as dedup's rejection naming the instruction it duplicates
+    (the simulator writes its instructions from the prompt's words, so two documents now and then
+    get the same one); none is lost, none ends twice."""
     bootstrap = recipe.env["SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS"]
     documents = {r["id"] for r in read_topic(bootstrap, "synth.docs")}
     assert len(documents) == len(list((REPO / "examples" / "docs").iterdir()))
     samples = stored_rows(recipe.cwd / "synthstream-data", "synth.samples")
-    assert {row["root_id"] for row in samples} == documents
+    duplicates = [row for row in stored_rows(recipe.cwd / "synthstream-data", "synth.rejected")
+                  if json.loads(row["envelope"])["data"]["stage"] == "dedup"]
+    # By record id: a redelivered batch may be stored again under the same ids.
+    ended = [*{row["id"]: row["root_id"] for row in samples}.values(),
+             *{row["id"]: row["root_id"] for row in duplicates}.values()]
+    assert sorted(ended) == sorted(documents) and len(duplicates) <= 2, (len(samples), len(duplicates))
     exported = [json.loads(line) for line in (recipe.cwd / "dataset.jsonl").read_text().splitlines()]
     assert len(exported) == len({row["id"] for row in samples})
     for proc in recipe.background:
