@@ -6,6 +6,7 @@ import asyncio
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
 import orjson
 import pytest
@@ -44,9 +45,16 @@ def test_a_killed_broker_command_takes_tansu_with_it(tmp_path):
     proc = subprocess.Popen([*CLI, "broker", "--port", str(port)], cwd=tmp_path, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: port_open("127.0.0.1", port), 20, what="broker port")
+        children = [int(pid) for task in Path(f"/proc/{proc.pid}/task").iterdir()
+                    for pid in (task / "children").read_text().split()]
+        assert children, "the broker command should run tansu as its child"
     finally:
-        stop_process(proc, signal.SIGKILL)
+        code = stop_process(proc, signal.SIGKILL)
+    assert code == -signal.SIGKILL
     wait_for(lambda: not port_open("127.0.0.1", port), 10, what="tansu to end with its parent")
+    assert not port_open("127.0.0.1", port)
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()
+                and "zombie" not in Path(f"/proc/{pid}/status").read_text()], "tansu outlived its parent"
 
 
 def test_a_port_taken_by_a_socket_not_yet_listening_is_reported_as_in_use():
