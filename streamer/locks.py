@@ -1,11 +1,14 @@
-"""One writer per file: an exclusive, non-blocking lock held for as long as the file is open; and
-whether the process a file names (by pid) is still there."""
+"""Files more than one process touches: one writer per file (an exclusive, non-blocking lock held
+for as long as the file is open), whole files only (written under a temporary name and renamed into
+place), and whether the process a file names (by pid) is still there."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import socket
+import tempfile
+from pathlib import Path
 from typing import IO, Any
 
 
@@ -39,3 +42,18 @@ def process_alive(pid: int, host: str | None = None) -> bool:
     except PermissionError:  # alive, run by another user
         return True
     return True
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """`data` at `path`, written under a temporary name in the same directory and renamed into place:
+    a reader, or a process writing the same file at the same time, never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(handle, 0o644)  # readable by others, as a plain write would leave it (mkstemp: 0600)
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -18,7 +18,6 @@ incarnation instead:
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +30,7 @@ from streamer.config import Settings
 from streamer.kafka.clients import TopicNames, make_producer
 from streamer.kafka.reader import first_value
 from streamer.kafka.topic_ids import BrokerProbe
+from streamer.locks import write_atomically
 from streamer.records import stable_hash
 
 log = logging.getLogger(__name__)
@@ -141,10 +141,7 @@ class SeenIncarnations:
                 seen[topic] = {"id": incarnation, "since": now}
                 changed = True
         if changed:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
-            tmp.write_bytes(orjson.dumps(seen, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-            os.replace(tmp, self.path)
+            write_atomically(self.path, orjson.dumps(seen, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
 
 
 def replaced_line(servers: str | None, replaced: list[str], prefix: str) -> str:

@@ -18,7 +18,7 @@ import orjson
 
 from streamer.config import Settings
 from streamer.metrics.endpoint import current
-from streamer.locks import process_alive
+from streamer.locks import process_alive, write_atomically
 from streamer.metrics.runs import run_of
 
 
@@ -37,9 +37,7 @@ def announce(settings: Settings, stages: list[str]) -> None:
     entry = {"pid": os.getpid(), "host": socket.gethostname(), "url": endpoint.url,
              "prefix": settings.kafka.topic_prefix, "stages": list(stages), "started": time.time(),
              "run": run.run_id}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(orjson.dumps(entry))
-    os.replace(tmp, path)  # readers never see half a file
+    write_atomically(path, orjson.dumps(entry))  # readers never see half a file
     endpoint.registration = path
 
 

@@ -30,7 +30,7 @@ import orjson
 from prometheus_client import REGISTRY
 
 from streamer.config import Settings
-from streamer.locks import process_alive, try_lock, unlock
+from streamer.locks import process_alive, try_lock, unlock, write_atomically
 from streamer.metrics import REQUEST_OUTCOMES
 
 log = logging.getLogger(__name__)
@@ -134,9 +134,7 @@ def run_of(settings: Settings) -> RunFile:
 
 
 def write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-    tmp.write_bytes(orjson.dumps(value))
-    os.replace(tmp, path)  # readers never see half a file
+    write_atomically(path, orjson.dumps(value))  # readers never see half a file
 
 
 # Reading and folding --------------------------------------------------------------------------

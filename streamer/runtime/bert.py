@@ -28,7 +28,7 @@ from tokenizers import Tokenizer
 from tokenizers.normalizers import Lowercase, Sequence
 
 from streamer.user_cache import cache_dir
-from streamer.runtime.model_files import write_atomically
+from streamer.locks import write_atomically
 
 log = logging.getLogger(__name__)
 
