@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,7 +20,7 @@ from consumers.payloads import AttributedSeed, DocumentRef, SeedRef, Situation
 from streamer.runtime.embedding import DEFAULT_MODEL, Encoder, shared_encoder
 from streamer.records import Document
 from streamer.text import shorten
-from streamer.runtime.stage import Emit, Prompt, Stage, StageContext
+from streamer.runtime.stage import Emit, Prompt, RecordFailed, Stage, StageContext
 from streamer.state.table import TopicTable
 from streamer.runtime.tokens import count_tokens, truncate_tokens
 
@@ -133,15 +133,18 @@ def render_example(seed: AttributedSeed, prompt: Prompt) -> str:
     return EXAMPLE.format(**{k: prompt.defuse(v) for k, v in fields.items()})
 
 
-def fit_budget(prompt: Prompt, document: str, examples: list[str], opts: SituationOptions) -> tuple[str, list[str]]:
-    """Document and examples within the token budget: examples (least relevant last in the list)
-    are dropped while the document would get less than its minimum share; then the document is cut."""
+def fit_budget(prompt: Prompt, document: str, examples: list[str], opts: SituationOptions,
+               budget: int | None = None) -> tuple[str, list[str]]:
+    """Document and examples within the token budget (`token_budget` unless given): examples (least
+    relevant last in the list) are dropped while the document would get less than its minimum
+    share; then the document is cut."""
+    budget = opts.token_budget if budget is None else budget
     fixed = count_tokens(prompt.system + prompt.user)
     example_tokens = [count_tokens(e) for e in examples]
-    floor = int(opts.token_budget * opts.min_document_share)
-    while examples and opts.token_budget - fixed - sum(example_tokens) < floor:
+    floor = int(budget * opts.min_document_share)
+    while examples and budget - fixed - sum(example_tokens) < floor:
         examples, example_tokens = examples[:-1], example_tokens[:-1]
-    room = max(0, opts.token_budget - fixed - sum(example_tokens))
+    room = max(0, budget - fixed - sum(example_tokens))
     return truncate_tokens(document, room), examples
 
 
@@ -150,6 +153,8 @@ async def choose_examples(doc: Document, ctx: StageContext) -> list[str]:
     opts: SituationOptions = ctx.options
     table: TopicTable = ctx.tables[SEEDS_TABLE]
     if not await table.wait_for(opts.min_examples, opts.examples_wait):
+        if (why := getattr(table, "empty_reason", None)) is not None:
+            raise RecordFailed(f"{SEEDS_TABLE} will stay empty: {why}")
         raise RuntimeError(f"only {len(table.rows)} attributed seeds after {opts.examples_wait:.0f}s; "
                            f"need {opts.min_examples} (feed seeds and run the attribution stage)")
     selector: ExampleSelector = ctx.resources
@@ -172,11 +177,28 @@ async def make_situation(doc: Document, ctx: StageContext) -> list[Emit]:
     opts: SituationOptions = ctx.options
     table: TopicTable = ctx.tables[SEEDS_TABLE]
     seed_ids: list[str] = ctx.prepared
-    examples = [render_example(table.rows[i][1], ctx.prompt) for i in seed_ids]
-    document, examples = fit_budget(ctx.prompt, doc.text, examples, opts)
+    candidates = [render_example(table.rows[i][1], ctx.prompt) for i in seed_ids]
+    sent: dict[str, Any] = {}
+
+    def fitted(budget: int) -> list[dict[str, str]]:
+        document, examples = fit_budget(ctx.prompt, doc.text, candidates, opts, budget)
+        messages = ctx.prompt.messages(examples="\n".join(examples) or "(none)",
+                                       document=ctx.prompt.delimit(document, "document"))
+        sent.update(document=document, examples=examples, messages=messages)
+        return messages
+
+    def refit(share: float) -> tuple[list[dict[str, str]], dict[str, Any]] | None:
+        """Over the model's context window: fewer examples first, then less of the document."""
+        before = dict(sent)
+        messages = fitted(int(sum(count_tokens(m["content"]) for m in before["messages"]) * share))
+        if sent["document"] == before["document"] and len(sent["examples"]) == len(before["examples"]):
+            return None  # nothing more to leave out
+        return messages, {"examples": [len(before["examples"]), len(sent["examples"])],
+                          "document_chars": [len(before["document"]), len(sent["document"])]}
+
+    out: SituationOutput = await ctx.llm.structured(fitted(opts.token_budget), SituationOutput, refit=refit)
+    document, examples = sent["document"], sent["examples"]
     seed_ids = seed_ids[: len(examples)]
-    messages = ctx.prompt.messages(examples="\n".join(examples) or "(none)", document=ctx.prompt.delimit(document, "document"))
-    out: SituationOutput = await ctx.llm.structured(messages, SituationOutput)
     situation = Situation(document=document, **out.model_dump())
     used = [table.rows[i][0] for i in seed_ids]
     details = {"demo_selection": opts.demo_selection, "document_source": doc.source,

@@ -80,7 +80,11 @@ class LLMSettings(_Section):
     tokens_per_minute: int = Field(0, ge=0, description="0 = no token budget")
     max_in_flight: int = Field(512, ge=1, description="requests in flight per endpoint and model, all stages "
                                "of a process together")
-    timeout: float = Field(60.0, gt=0)
+    timeout: float = Field(60.0, gt=0, description="seconds a request may take at least; longer when its max_tokens "
+                           "at the endpoint's tokens/s needs more (see tokens_per_second)")
+    tokens_per_second: float | None = Field(None, gt=0, description="the endpoint's generation speed per request, "
+                                            "for sizing timeouts (max_tokens / this x 2); unset: measured from "
+                                            "replies (the slowest of the last 16)")
     max_retries: int = Field(4, ge=0, description="retries for 429, 5xx, timeouts, truncation")
     reasks: int = Field(2, ge=0, description="re-asks after output that fails the schema or the content checks")
     structured: Literal["auto", "json_schema", "json_object_schema", "json_object", "prompt"] = Field(
@@ -89,6 +93,11 @@ class LLMSettings(_Section):
         "auto starts at json_schema and steps down when the server refuses or ignores it, once per endpoint and model")
     max_tokens_cap: int = Field(4096, ge=1, description="a reply cut at max_tokens (finish_reason=length) is asked "
                                 "once more with max_tokens doubled up to this, then dead-lettered")
+    context_tokens: int | None = Field(None, ge=1, description="the model's context window, used when a server's "
+                                       "context-length error does not say it; unset: each overflow halves the prompt")
+    system_role: Literal["auto", "system", "user"] = Field(
+        "auto", description="system: send the system message as it is; user: merge it into the first user message "
+        "(for chat templates that drop or refuse it); auto: one probe per endpoint and model finds out")
     cache: bool = True
 
     def resolved_api_key(self) -> str:
@@ -117,6 +126,14 @@ class RuntimeSettings(_Section):
     def drain_budget(self) -> float:
         """Of drain_timeout, the part for finishing in-flight records; the rest is for committing and leaving."""
         return max(0.5, self.drain_timeout - min(2.0, self.drain_timeout / 4))
+
+
+class RunSettings(_Section):
+    """How `run --until-idle` judges the run it made."""
+
+    max_dlq_share: float = Field(0.5, ge=0, le=1, description="`run --until-idle` exits non-zero when a stage "
+                                 "dead-lettered more than this share of the records it was given (or all of "
+                                 "them; 1 = only then)")
 
 
 class FiltersSettings(_Section):
@@ -202,6 +219,7 @@ class Settings(_Section):
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    run: RunSettings = Field(default_factory=RunSettings)
     feed: FeedSettings = Field(default_factory=FeedSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

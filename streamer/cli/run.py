@@ -34,11 +34,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = _without_running_writers(settings, [s for s in PIPELINE if not names or s.name in names], names)
     sink = not names or "sink" in names
 
-    async def body(ready: Settings) -> None:
-        await Worker(ready, stages, sink=sink, until_idle=args.until_idle, progress=not args.no_progress).run()
+    async def body(ready: Settings) -> list:
+        worker = Worker(ready, stages, sink=sink, until_idle=args.until_idle, progress=not args.no_progress)
+        await worker.run()
+        return worker.failed_stages()
 
     with serve_metrics(args, settings):
-        with_kafka(settings, "this run", body)
+        failed = with_kafka(settings, "this run", body)
+    if args.until_idle and failed:
+        # A run whose records end in the dlq made no data: say so, and fail (scripts and CI see it).
+        share = settings.run.max_dlq_share
+        raise CommandError("run failed: " + "; ".join(o.describe() for o in failed)
+                           + f" (run.max_dlq_share is {share:g}); see `synthstream dlq list`")
     return 0
 
 

@@ -6,6 +6,13 @@ Failure policy (the stage runtime retries or dead-letters whatever escapes from 
 - 429: wait the server's Retry-After (every caller of the endpoint pauses), then retry;
 - 5xx, timeouts, connection errors: back off with jitter, retry;
 - an error naming response_format: the next structured dialect down (auto), else raised at once;
+- an error naming the context length: LLMContextError with the window and prompt size the server
+  gave (the runtime cuts the prompt and asks again); the window is remembered, so a reply asked
+  again with more room never asks for more than fits;
+- timeouts: each request may take `llm.timeout` or, when longer, its max_tokens at the endpoint's
+  tokens/s (configured, else measured) twice over; after a timeout the next try waits as long as
+  the one abandoned (the server may still be generating it: a retry at once would queue behind
+  it) and may take twice as long;
 - `finish_reason=length`: asked once more with max_tokens doubled up to `max_tokens_cap`, then raised;
 - output that is not JSON, fails the schema or the content checks (empty, the prompt repeated, too
   few words): re-ask with the error, up to `reasks` times, varying the sampling on a repeated reply;
@@ -30,12 +37,13 @@ from pydantic import BaseModel, ValidationError
 from streamer import metrics
 from streamer.backoff import jittered_backoff
 from streamer.config import LLMSettings
-from streamer.llm import dialects
+from streamer.llm import context, dialects, roles
 from streamer.llm.cache import ResponseCache, cache_key
 from streamer.llm.fingerprint import SIMULATOR_FINGERPRINT
 from streamer.llm.limits import EndpointLimits
 from streamer.llm.replies import content_problem, extract_json, without_reasoning
 from streamer.llm.results import (  # noqa: F401 - callers import the errors from here too
+    LLMContextError,
     LLMError,
     LLMOutputError,
     LLMRequestError,
@@ -48,6 +56,9 @@ from streamer.llm.results import (  # noqa: F401 - callers import the errors fro
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 120.0
+SPEED_SAMPLES = 16  # replies whose tokens/s size later timeouts: the slowest of these counts
+MIN_SPEED_TOKENS = 32  # shorter replies say more about latency than about speed
+PROBE_STAGE = "llm-probe"  # the stage label of the system-role probe's request
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -70,6 +81,9 @@ class LLMPool:
         self._clients: dict[tuple[str | None, str], Any] = {}  # openai.AsyncOpenAI
         self._limits: dict[tuple[str | None, str], EndpointLimits] = {}
         self._dialects: dict[tuple[str | None, str, str], dialects.DialectChoice] = {}
+        self._roles: dict[tuple[str | None, str, str], roles.RoleChoice] = {}
+        self._speeds: dict[tuple[str | None, str], list[float]] = {}  # recent tokens/s of replies
+        self.context_limits: dict[tuple[str | None, str], int] = {}  # windows servers have named
 
     def client(self, settings: LLMSettings, stage: str, cache_scope: str = "") -> LLMClient:
         return LLMClient(self, settings, stage, cache_scope)
@@ -108,6 +122,25 @@ class LLMPool:
             where = f"llm {settings.base_url or '(no base_url)'}, model {settings.model}"
             self._dialects[key] = dialects.DialectChoice(settings.structured, where)
         return self._dialects[key]
+
+    def role(self, settings: LLMSettings) -> roles.RoleChoice:
+        """Where this endpoint and model get the system message, found once for the process."""
+        key = (settings.base_url, settings.model, settings.system_role)
+        if key not in self._roles:
+            self._roles[key] = roles.RoleChoice(settings.system_role,
+                                                f"llm {settings.base_url or '(no base_url)'}, model {settings.model}")
+        return self._roles[key]
+
+    def note_speed(self, settings: LLMSettings, completion_tokens: int, seconds: float) -> None:
+        if completion_tokens >= MIN_SPEED_TOKENS and seconds > 0:
+            speeds = self._speeds.setdefault((settings.base_url, settings.model), [])
+            speeds.append(completion_tokens / seconds)
+            del speeds[:-SPEED_SAMPLES]
+
+    def timeout_for(self, settings: LLMSettings, max_tokens: int) -> float:
+        """`llm.timeout`, or max_tokens at the endpoint's speed twice over when that is longer."""
+        speed = settings.tokens_per_second or min(self._speeds.get((settings.base_url, settings.model)) or [0.0])
+        return max(settings.timeout, 2 * max_tokens / speed) if speed else settings.timeout
 
     async def close(self) -> None:
         for client in self._clients.values():
@@ -230,6 +263,8 @@ class LLMClient:
         llm.max_tokens_cap; `params` keep the room for later re-asks); cut again, it fails."""
         attempt = await self._request(messages, params, extra)
         cap = self.settings.max_tokens_cap
+        if (window := self.pool.context_limits.get((self.settings.base_url, self.model))) and attempt.prompt_tokens:
+            cap = min(cap, window - attempt.prompt_tokens - max(16, window // 32))  # more would not fit
         if attempt.finish_reason == "length" and int(params.get("max_tokens") or cap) < cap:
             params["max_tokens"] = min(cap, 2 * int(params["max_tokens"]))
             first = attempt
@@ -242,15 +277,20 @@ class LLMClient:
         return attempt
 
     async def _request(
-        self, messages: list[dict[str, str]], params: dict[str, Any], extra: dict[str, Any]
+        self, messages: list[dict[str, str]], params: dict[str, Any], extra: dict[str, Any], *, as_is: bool = False
     ) -> _Attempt:
         http = self.pool._http(self.settings)  # noqa: SLF001 - pool and client are one unit
         openai = sdk()
+        if not as_is and await self.pool.role(self.settings).resolve(self._probe_system_role) == "user":
+            messages = roles.merged(messages)
         estimate = sum(len(m["content"]) for m in messages) // 4 + int(params.get("max_tokens", 0))
+        timeout = self.pool.timeout_for(self.settings, int(params.get("max_tokens") or self.settings.max_tokens))
         last = "no attempt made"
+        backoff: float | None = None
         for retry in range(self.settings.max_retries + 1):
             if retry:
-                await asyncio.sleep(jittered_backoff(retry))
+                await asyncio.sleep(jittered_backoff(retry) if backoff is None else backoff)
+            backoff = None
             async with self._limited(estimate):
                 started = time.monotonic()
                 try:
@@ -258,20 +298,34 @@ class LLMClient:
                     # chat.completions.create, without walking the request through its typed
                     # transforms or building pydantic models of the reply (half its CPU, measured).
                     response = await http.post("/chat/completions", cast_to=object,
-                                               body={"model": self.model, "messages": messages, **params, **extra})
+                                               body={"model": self.model, "messages": messages, **params, **extra},
+                                               options={"timeout": timeout})
                 except openai.RateLimitError as exc:
                     wait = _retry_after(exc.response) or jittered_backoff(retry + 1)
                     self.limits.pause(wait)
                     self._count("rate_limited")
                     last = f"429 rate limited (retry after {wait:.2f}s)"
                     continue
-                except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                except openai.APITimeoutError as exc:
+                    self._count("error")
+                    last = f"{type(exc).__name__} after {timeout:.0f}s: {exc}"
+                    # The server may still be generating the abandoned request: sent again at once,
+                    # the retry would queue behind it. It waits as long, and may take twice as long.
+                    backoff, timeout = timeout, 2 * timeout
+                    continue
+                except openai.APIConnectionError as exc:
                     self._count("error")
                     last = f"{type(exc).__name__}: {exc}"
                     continue
                 except openai.APIStatusError as exc:
-                    self._count("error")
                     last = f"HTTP {exc.status_code}: {_api_message(exc)}"
+                    max_tokens = params.get("max_tokens")
+                    if (overflow := context.overflow_in(last, exc.body, max_tokens)) is not None:
+                        self._count("context_exceeded")
+                        if overflow.limit:
+                            self.pool.context_limits[(self.settings.base_url, self.model)] = overflow.limit
+                        raise LLMContextError(last, overflow.limit, overflow.prompt_tokens, max_tokens) from None
+                    self._count("error")
                     if "response_format" in extra and dialects.names_response_format(last):
                         raise _FormatNotUsable(last) from None  # asking the same way again cannot help
                     if exc.status_code >= 500 or exc.status_code in (408, 409):
@@ -287,9 +341,32 @@ class LLMClient:
                 continue
             if self.limits.tokens is not None:
                 self.limits.tokens.settle(estimate, attempt.prompt_tokens + attempt.completion_tokens)
+            self.pool.note_speed(self.settings, attempt.completion_tokens, time.monotonic() - started)
             self._count("truncated" if attempt.finish_reason == "length" else "ok")
             return attempt
         raise LLMUnavailableError(f"{self.settings.max_retries + 1} attempts failed; last: {last}")
+
+    async def _probe_system_role(self) -> str | None:
+        """"system" if a code word given only in the system message comes back, else "user"; None
+        when the endpoint could not be asked (the next request asks again)."""
+        key = cache_key(self.model, roles.PROBE, {"probe": "system_role"})
+        cache = self.pool.cache if self.settings.cache else None
+        if cache is not None and (hit := cache.get(key)) is not None and hit.get("role") in ("system", "user"):
+            return str(hit["role"])
+        probe = LLMClient(self.pool, self.settings, PROBE_STAGE)
+        try:
+            attempt = await probe._request(roles.PROBE, {"temperature": 0.0, "max_tokens": 64}, {}, as_is=True)
+        except LLMRequestError as exc:
+            if not roles.refuses_system(str(exc)):
+                return None
+            found = "user"
+        except LLMError:
+            return None
+        else:
+            found = "system" if roles.arrived(without_reasoning(attempt.content)[0]) else "user"
+        if cache is not None:
+            cache.put(key, {"role": found})
+        return found
 
     @contextlib.asynccontextmanager
     async def _limited(self, estimate: int) -> AsyncIterator[None]:

@@ -27,6 +27,18 @@ class LLMTruncatedError(LLMPermanentError):
     """The reply was cut at max_tokens even after one ask with the stage's max_tokens_cap room."""
 
 
+class LLMContextError(LLMPermanentError):
+    """The prompt and completion do not fit the model's context window (the server's words); the
+    runtime cuts the prompt and asks again before this becomes a dead letter."""
+
+    def __init__(self, message: str, limit: int | None = None, prompt_tokens: int | None = None,
+                 max_tokens: int | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+
+
 class LLMOutputError(LLMError):
     """The model's output failed JSON/schema validation through all re-asks."""
 

@@ -22,11 +22,12 @@ CONSUMER_LAG = Gauge("synthstream_consumer_lag", "End offset minus committed off
                      ["stage", "topic", "partition"])
 
 # outcome: ok, rate_limited (HTTP 429), error (5xx, timeouts, other 4xx), truncated (finish_reason=length),
-# invalid_output (an ok reply that failed the schema: counted again here), cache_hit (no request made).
+# context_exceeded (a context-length error: the prompt is cut and sent again), invalid_output (an ok reply
+# that failed the schema or the content checks: counted again here), cache_hit (no request made).
 LLM_REQUESTS = Counter(
     "synthstream_llm_requests", "LLM requests by outcome", ["stage", "endpoint", "model", "outcome"]
 )
-REQUEST_OUTCOMES = ("ok", "rate_limited", "error", "truncated")  # the ones that were HTTP requests
+REQUEST_OUTCOMES = ("ok", "rate_limited", "error", "truncated", "context_exceeded")  # the ones that were HTTP requests
 LLM_TOKENS = Counter("synthstream_llm_tokens", "LLM tokens used", ["stage", "endpoint", "model", "kind"])
 LLM_LATENCY = Histogram(
     "synthstream_llm_latency_seconds", "LLM request latency", ["endpoint", "model"],

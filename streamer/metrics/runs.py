@@ -36,7 +36,11 @@ from streamer.metrics import REQUEST_OUTCOMES
 log = logging.getLogger(__name__)
 
 WRITE_EVERY = 2.0  # seconds between writes: what a SIGKILL can lose
-COUNTERS = ("requests", "rate_limited", "cache_hits", "tokens", "limiter_wait_s")
+COUNTERS = ("requests", "rate_limited", "cache_hits", "tokens", "limiter_wait_s", "truncated", "invalid",
+            "context_exceeded")
+# Request outcomes counted apart, by the name they have among the counters.
+OUTCOME_COUNTERS = {"rate_limited": "rate_limited", "cache_hit": "cache_hits", "truncated": "truncated",
+                    "invalid_output": "invalid", "context_exceeded": "context_exceeded"}
 WAITING: dict[str, str] = {}  # stage -> what it waits for now (set by progress), written with the counters
 
 
@@ -64,7 +68,7 @@ def _counted_as(name: str, outcome: str | None) -> list[str]:
     if name == "synthstream_llm_limiter_wait_seconds_total":
         return ["limiter_wait_s"]
     keys = ["requests"] if outcome in REQUEST_OUTCOMES else []
-    return keys + {"rate_limited": ["rate_limited"], "cache_hit": ["cache_hits"]}.get(outcome or "", [])
+    return keys + ([OUTCOME_COUNTERS[outcome]] if outcome in OUTCOME_COUNTERS else [])
 
 
 def add_counters(into: dict[str, dict[str, float]], more: dict[str, dict[str, float]]) -> None:

@@ -21,7 +21,7 @@ from streamer import metrics
 from streamer.backoff import jittered_backoff
 from streamer.llm.results import LLMPermanentError
 from streamer.records import DeadLetter, Envelope, Lineage, StageStamp, derived_id, stable_hash
-from streamer.runtime.stage import BoundStage, Emit, RecordLLM, StageContext
+from streamer.runtime.stage import BoundStage, Emit, RecordFailed, RecordLLM, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class RecordProcessor:
                 return [self._wrap(envelope, emit, ctx) for emit in emits]
             except asyncio.CancelledError:
                 raise
-            except LLMPermanentError as exc:  # the endpoint refuses it, or a reply will not fit: no point retrying
+            except (LLMPermanentError, RecordFailed) as exc:  # refused, or a reply will not fit: no point retrying
                 metrics.RECORDS_FAILED.labels(self.stage.name).inc()
                 raise _DeadLetter(str(exc), type(exc).__name__, attempt) from None
             except Exception as exc:  # noqa: BLE001 - any stage failure is retried, then dead-lettered
@@ -126,6 +126,10 @@ class RecordProcessor:
         if emit.seed_ids is not None:
             lineage.seed_ids = list(emit.seed_ids)
         lineage.details.update(emit.details)
+        if ctx.llm.cuts:  # what was left out of the prompt to fit the model's context window
+            cuts = dict(lineage.details.get("context_cuts") or {})
+            cuts[self.stage.name] = list(ctx.llm.cuts)
+            lineage.details["context_cuts"] = cuts
         out = Envelope(
             id=derived_id(parent.id, self.stage.name, self.bound.identity, emit.variant),
             kind=emit.data.kind, root_id=parent.root_id, parent_id=parent.id,

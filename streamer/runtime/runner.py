@@ -10,6 +10,7 @@ partitions are paused while the poll loop keeps the group membership alive.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any
@@ -25,8 +26,9 @@ from streamer.kafka.clients import TopicNames
 from streamer.kafka.group import GroupMember, abandon
 from streamer.kafka.health import BROKER_VERDICTS, BrokerWatch
 from streamer.llm.client import LLMPool
+from streamer.runtime import outcomes
 from streamer.runtime.processor import Output, RecordProcessor, Source
-from streamer.runtime.stage import BoundStage, Stage
+from streamer.runtime.stage import BoundStage, Stage, writers_of
 from streamer.state.manager import StateLockedError, StateManager
 from streamer.state.table import TopicTable
 from streamer.storage.generation import LLM_CARD_KEYS, endpoint_of, record_generation
@@ -74,6 +76,11 @@ class StageRunner(GroupMember):
         self.max_in_flight = stage.max_in_flight(self.bound.settings.concurrency)
         self._slot_freed = asyncio.Event()  # set when a record finishes: wakes a full loop at once
         self._slot_freed_at: float | None = None
+        self.outcome = outcomes.of(stage.name)  # records given and dead-lettered in this process
+        self.outcome.idle = lambda: self.in_flight == 0 and self.last_lag == 0
+        for table in self.tables.values():
+            table.hopeless = functools.partial(self._table_hopeless, table.name)
+        self._said_hopeless: set[str] = set()
 
     @property
     def in_flight(self) -> int:
@@ -210,6 +217,15 @@ class StageRunner(GroupMember):
         if self.state is not None and partitions:
             await self.state.restore()
 
+    def _table_hopeless(self, name: str) -> str | None:
+        """Why table `name` will stay empty (its writers here dead-letter everything), said once."""
+        why = outcomes.hopeless(writers_of(name))
+        if why is not None and name not in self._said_hopeless:
+            self._said_hopeless.add(name)
+            log.warning("stage %s: %s will stay empty: %s; its records go to the dlq at once instead of waiting",
+                        self.stage.name, name, why)
+        return why
+
     # One record ---------------------------------------------------------------------------
     def _resources(self) -> Any:
         return self.state.state if self.state is not None else self.resources
@@ -224,6 +240,7 @@ class StageRunner(GroupMember):
             return  # stopping while the broker is away: left unfinished, so it is redelivered
         for output in outputs:
             metrics.RECORDS_OUT.labels(self.stage.name, output.topic).inc()
+        self.outcome.note(outputs)
         metrics.RECORDS_DONE.labels(self.stage.name).inc()
         metrics.LATENCY.labels(self.stage.name).observe(time.monotonic() - started)
         self.processed_partitions[tp.partition] = self.processed_partitions.get(tp.partition, 0) + 1

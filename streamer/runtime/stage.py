@@ -7,6 +7,7 @@ wraps them in envelopes with deterministic ids and lineage, produces them and co
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from typing import Any, Awaitable, Callable, Iterable
 from pydantic import BaseModel, ConfigDict
 
 from streamer.config import ConfigError, Settings, StageSettings
-from streamer.llm.results import LLMResult
+from streamer.llm import context
+from streamer.llm.results import LLMContextError, LLMResult
 from streamer.records import Envelope, RecordData, stable_hash
 
 
@@ -66,6 +68,8 @@ class Prompt:
         except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
             raise ConfigError(f"prompt file {path}: needs TOML keys version, system and user ({exc!r})") from None
 
+
+log = logging.getLogger(__name__)
 
 # Completion budget for answers that are long lists (subjects, syllabi, taxonomies): the usual
 # per-call default would truncate them. A larger configured max_tokens still wins.
@@ -214,14 +218,27 @@ class BoundStage:
         return self.stage.expect(self.options, handled)
 
 
+class RecordFailed(Exception):
+    """A failure another attempt cannot mend (e.g. a table that will stay empty): dead-lettered at once."""
+
+
+# A stage's way of sending less when the prompt does not fit the model's context window: given the
+# share of the last prompt that fits, the messages to send instead and what was left out (for the
+# record's lineage), or None when nothing more can go. Without one, the runtime cuts the longest
+# delimited blocks (documents, examples) of the messages.
+Refit = Callable[[float], "tuple[list[dict[str, str]], dict[str, Any]] | None"]
+
+
 class RecordLLM:
-    """The stage's LLM client, remembering per record which model answered and whether it was simulated."""
+    """The stage's LLM client, remembering per record which model answered and whether it was
+    simulated, and what was cut from its prompts to fit the model's context window."""
 
     def __init__(self, client: Any) -> None:  # streamer.llm.client.LLMClient, or a scripted one
         self._client = client
         self.simulated = False
         self.models: set[str] = set()
         self.calls = 0
+        self.cuts: list[dict[str, Any]] = []  # lineage.details["context_cuts"][stage] of the outputs
 
     @property
     def model(self) -> str:
@@ -240,12 +257,47 @@ class RecordLLM:
         self.models.add(result.model)
         return result
 
-    async def complete(self, messages: list[dict[str, str]], **params: Any) -> LLMResult:
-        return self._note(await self._client.complete(messages, **params))
+    async def complete(self, messages: list[dict[str, str]], *, refit: Refit | None = None, **params: Any
+                       ) -> LLMResult:
+        return self._note(await self._fitted(self._client.complete, messages, refit, params))
 
-    async def structured(self, messages: list[dict[str, str]], model: type[BaseModel], **params: Any) -> Any:
+    async def structured(self, messages: list[dict[str, str]], model: type[BaseModel], *,
+                         refit: Refit | None = None, **params: Any) -> Any:
         """Validated instance of `model`."""
-        return self._note(await self._client.structured(messages, model, **params)).parsed
+        async def ask(sent: list[dict[str, str]], **p: Any) -> LLMResult:
+            return await self._client.structured(sent, model, **p)
+
+        return self._note(await self._fitted(ask, messages, refit, params)).parsed
+
+    async def _fitted(self, ask: Callable[..., Awaitable[LLMResult]], messages: list[dict[str, str]],
+                      refit: Refit | None, params: dict[str, Any]) -> LLMResult:
+        """The call; when the server says the prompt does not fit its context window, the prompt
+        cut (by the stage's `refit`, else its longest delimited blocks) and asked again, up to
+        context.MAX_SHRINKS times; then the server's error stands (a dead letter)."""
+        for shrink in range(context.MAX_SHRINKS + 1):
+            try:
+                return await ask(messages, **params)
+            except LLMContextError as exc:
+                if shrink == context.MAX_SHRINKS:
+                    raise
+                settings = getattr(self._client, "settings", None)
+                max_tokens = exc.max_tokens or params.get("max_tokens") or getattr(settings, "max_tokens", 1024)
+                overflow = context.Overflow(exc.limit, exc.prompt_tokens)
+                fit = context.fit(overflow, sum(len(m.get("content") or "") for m in messages), int(max_tokens),
+                                  getattr(settings, "context_tokens", None))
+                if fit.max_tokens is not None:
+                    params = {**params, "max_tokens": fit.max_tokens}
+                cut: dict[str, Any] = {}
+                if fit.share < 1.0:
+                    shrunk = refit(fit.share) if refit is not None else context.cut_blocks(messages, fit.share)
+                    if shrunk is None:
+                        raise  # nothing left to cut: the server's words go to the dead letter
+                    messages, cut = shrunk
+                self.cuts.append({"limit": fit.limit, "prompt_tokens": exc.prompt_tokens, "share": round(fit.share, 3),
+                                  **({"max_tokens": fit.max_tokens} if fit.max_tokens is not None else {}), **cut})
+                log.info("prompt over the context window (%s); asking again with %s", str(exc)[:160],
+                         f"{fit.share:.0%} of it" + (f", max_tokens {fit.max_tokens}" if fit.max_tokens else ""))
+        raise AssertionError("unreachable")
 
     def list_budget(self) -> int:
         """max_tokens for an answer that is a long list (see LIST_OUTPUT_TOKENS)."""

@@ -28,6 +28,7 @@ from streamer.kafka.health import BrokerWatch
 from streamer.kafka.incarnation import SeenIncarnations, replaced_line
 from streamer.llm.cache import ResponseCache
 from streamer.llm.client import LLMPool, preload_sdk
+from streamer.runtime import outcomes
 from streamer.runtime.embedding import encoder_summaries
 from streamer.runtime.progress import Progress
 from streamer.runtime.runner import StageRunner
@@ -159,6 +160,10 @@ class Worker:
     async def _on_verdict(self, broker: BrokerWatch) -> None:
         await broker.failed.wait()  # members read the verdict themselves (GroupMember.fenced)
         self.stop.set()
+
+    def failed_stages(self) -> list[outcomes.Outcome]:
+        """Stages of this worker that dead-lettered all they were given, or more than `run.max_dlq_share`."""
+        return outcomes.failed_stages([s.name for s in self.stages], self.settings.run.max_dlq_share)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("received %s: stopping intake, draining in-flight work", sig.name)

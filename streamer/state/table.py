@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
@@ -22,6 +22,8 @@ from streamer.kafka.reader import TopicReader
 from streamer.records import Envelope, RecordData
 
 log = logging.getLogger(__name__)
+
+HOPELESS_EVERY = 0.5  # seconds between looks at whether a short table can still fill
 
 
 class TopicTable:
@@ -37,6 +39,9 @@ class TopicTable:
         self._reader = TopicReader(settings)
         self._task: asyncio.Task[None] | None = None
         self._grew = asyncio.Condition()
+        # Set by the runtime: why the table will stay empty (its writer dead-letters everything), or None.
+        self.hopeless: Callable[[], str | None] = lambda: None
+        self.empty_reason: str | None = None
 
     async def start(self) -> None:
         """Stored records, then every partition up to its current end; then follow in the background."""
@@ -98,13 +103,27 @@ class TopicTable:
             self._grew.notify_all()
 
     async def wait_for(self, count: int, timeout: float) -> bool:
-        """Wait until the table holds at least `count` records; False on timeout."""
+        """Wait until the table holds at least `count` records; False on timeout, or at once when
+        it will stay short (`hopeless` says why; kept in `empty_reason`)."""
         async def enough() -> None:
             async with self._grew:
                 await self._grew.wait_for(lambda: len(self.rows) >= count)
 
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(enough(), timeout)
+        async def hopeless() -> None:
+            while (reason := self.hopeless()) is None:
+                await asyncio.sleep(HOPELESS_EVERY)
+            self.empty_reason = reason
+
+        self.empty_reason = None
+        if len(self.rows) >= count:
+            return True
+        waits = [asyncio.ensure_future(enough()), asyncio.ensure_future(hopeless())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
         return len(self.rows) >= count
 
     async def stop(self) -> None:

@@ -9,6 +9,7 @@ them has a fast test over real HTTP.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from streamer.llm.simulator.settings import SimulatorSettings
@@ -74,6 +75,21 @@ def visible_messages(settings: SimulatorSettings, messages: list[dict[str, Any]]
     if not settings.drop_system:
         return messages
     return [m for m in messages if m.get("role") != "system"]
+
+
+_CODE_WORD = re.compile(r"\bcode word is ([A-Z0-9][A-Z0-9-]{2,40})")
+
+
+def code_word(messages: list[dict[str, Any]]) -> str | None:
+    """A model asked for a code word it was told (in any message it sees) repeats it: how a client
+    finds out whether the system message reaches the model."""
+    users = [message_text(m) for m in messages if m.get("role") == "user"]
+    if not users or "code word" not in users[-1].lower():
+        return None
+    for message in messages:
+        if (match := _CODE_WORD.search(message_text(message))) is not None:
+            return match.group(1)
+    return None
 
 
 def context_error(settings: SimulatorSettings, prompt_tokens: int, max_tokens: int | None) -> str | None:

@@ -117,6 +117,8 @@ def _build_content(req: _ChatRequest, settings: SimulatorSettings) -> tuple[str,
     rng = _content_rng(req)
     words = prompt_words(req.messages)
     format_type, schema = dialects.what_to_write(settings, req.format_type, req.schema, req.messages)
+    if format_type == "text" and (word := dialects.code_word(req.messages)) is not None:
+        return word, False
     if format_type == "json_schema" and schema is not None:
         return json.dumps(fill_schema(schema, words, rng), ensure_ascii=False), True
     if format_type == "json_object":

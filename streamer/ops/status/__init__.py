@@ -44,7 +44,7 @@ from streamer.ops.status.sample import Sample, Sampler
 
 NO_WORKERS = "n/a (no worker serving metrics; start workers with --metrics-port)"
 COLUMNS = ("stage", "lag", "in", "in/s", "out", "out/s", "in flight", "dlq", "rejected",
-           "LLM calls", "tokens", "429s", "limiter wait", "lag by partition")
+           "LLM calls", "tokens", "429s", "truncated", "limiter wait", "lag by partition")
 
 
 @dataclass
@@ -121,7 +121,8 @@ def _cells(row: Figures) -> tuple[str, ...]:
         _num(row.produced, "-"), "-" if row.out_rate is None else f"{row.out_rate:.1f}",
         _num(row.in_flight, stage_only), _num(row.dlq, "-"), _num(row.rejected, "-"),
         _num(llm.get("requests"), stage_only), _num(llm.get("tokens"), stage_only),
-        _num(llm.get("rate_limited"), stage_only), _limiter(llm, stage_only), _partition_lags(row),
+        _num(llm.get("rate_limited"), stage_only), _num(llm.get("truncated"), stage_only), _limiter(llm, stage_only),
+        _partition_lags(row),
     )
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamer.metrics import REQUEST_OUTCOMES
-from streamer.metrics.runs import COUNTERS
+from streamer.metrics.runs import COUNTERS, OUTCOME_COUNTERS
 from streamer.ops.status.sample import Sample, Watched
 
 
@@ -82,8 +82,8 @@ def worker_figures(group: Watched, s: Sample) -> tuple[int | None, dict[str, flo
 
     counters = dict.fromkeys(COUNTERS, 0.0) if past is None else dict(past)
     counters["requests"] += sum(live("synthstream_llm_requests_total", outcome=o) for o in REQUEST_OUTCOMES)
-    counters["rate_limited"] += live("synthstream_llm_requests_total", outcome="rate_limited")
-    counters["cache_hits"] += live("synthstream_llm_requests_total", outcome="cache_hit")
+    for outcome, counter in OUTCOME_COUNTERS.items():  # 429s, cache hits, truncated, invalid, context cuts
+        counters[counter] += live("synthstream_llm_requests_total", outcome=outcome)
     counters["tokens"] += live("synthstream_llm_tokens_total")
     # Waiting on this process's own limits, not on the server: seconds so far, calls now.
     counters["limiter_wait_s"] += live("synthstream_llm_limiter_wait_seconds_total")
