@@ -44,7 +44,7 @@ async def asked(url: str) -> list[dict]:
 
 def llm(url: str, **kw) -> LLMSettings:
     base = dict(base_url=url, model="synthstream-simulator", requests_per_minute=6000, cache=False,
-                max_retries=2, reasks=1, api_key="sk-test-secret-abcdef")
+                max_retries=2, reasks=1, api_key="sk-test-secret-abcdef", system_role="system")
     return LLMSettings(**{**base, **kw})
 
 
