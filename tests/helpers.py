@@ -175,7 +175,11 @@ def dead_letters_at_instruction(pipeline, start_simulator, tmp_path: Path, docum
                          "SYNTHSTREAM_STAGES__INSTRUCTION__ATTEMPTS": "1"})
     texts = make_texts(documents)
     pipeline.feed(tmp_path, texts, seeds=3)
-    pipeline.cli("run", *UPSTREAM, "--stage", "sink", "--until-idle", "--no-progress", timeout=180)
+    run = pipeline.cli("run", *UPSTREAM, "--stage", "sink", "--until-idle", "--no-progress", timeout=180,
+                       check=False)
+    # A run whose stage dead-letters all it was given is a failed run, and says so.
+    assert run.returncode == 1 and f"instruction dead-lettered all {documents} records" in run.stderr.decode(), \
+        run.stderr.decode()[-3000:]
     return texts
 
 
