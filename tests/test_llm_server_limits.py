@@ -299,3 +299,16 @@ def test_a_writer_still_reading_or_not_dead_lettering_everything_leaves_the_tabl
         assert [o.stage for o in outcomes.failed_stages(["t-writer"], 1.0)] == ["t-writer"]  # all: always
     finally:
         del outcomes._OUTCOMES["t-writer"]  # noqa: SLF001
+
+
+async def test_a_reply_asked_again_with_more_room_never_asks_for_more_than_the_window_holds():
+    async with simulator(context_tokens=600, answer_tokens=500) as (url, stats):
+        pool = LLMPool()
+        record_llm = RecordLLM(pool.client(llm(url, max_tokens=1000), "t-context-room"))
+        result = await record_llm.complete([{"role": "user", "content": QUESTION}])
+        sent = [r["max_tokens"] for r in await asked(url)]
+        await pool.close()
+    # 1000 is over the window (600 named): lowered to 300, cut at 300 tokens, asked again with what the
+    # window still holds beside the prompt, not with twice 300 (which would overflow again).
+    assert sent[:2] == [1000, 300] and 500 <= sent[2] < 600 - count_tokens(len(QUESTION)), sent
+    assert len(sent) == 3 and stats.context_exceeded == 1 and stats.truncated == 1 and result.content
