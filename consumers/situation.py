@@ -191,8 +191,9 @@ async def make_situation(doc: Document, ctx: StageContext) -> list[Emit]:
         """Over the model's context window: fewer examples first, then less of the document."""
         before = dict(sent)
         messages = fitted(int(sum(count_tokens(m["content"]) for m in before["messages"]) * share))
-        if sent["document"] == before["document"] and len(sent["examples"]) == len(before["examples"]):
-            return None  # nothing more to leave out
+        if not sent["document"].strip() or (sent["document"] == before["document"]
+                                            and len(sent["examples"]) == len(before["examples"])):
+            return None  # nothing more to leave out, or nothing of the document left to ground a situation on
         return messages, {"examples": [len(before["examples"]), len(sent["examples"])],
                           "document_chars": [len(before["document"]), len(sent["document"])]}
 

@@ -184,25 +184,30 @@ def role_logs(caplog) -> list[str]:
 @pytest.mark.parametrize("drop_system", [True, False])
 async def test_auto_system_role_probes_once_and_merges_the_system_text_where_it_is_dropped(caplog, drop_system):
     caplog.set_level(logging.INFO, logger="streamer.llm")
-    async with simulator(drop_system=drop_system) as (url, stats):
+    messages = [{"role": "system", "content": "Answer as a geologist."},
+                {"role": "user", "content": "Why do basalt columns form hexagons?"}]
+    merged = [{"role": "user", "content": "Answer as a geologist.\n\nWhy do basalt columns form hexagons?"}]
+    async with simulator(drop_system=drop_system, latency=0.5) as (url, stats):
         pool = LLMPool()
         client = pool.client(llm(url, system_role="auto"), f"t-role-{drop_system}")
-        messages = [{"role": "system", "content": "Answer as a geologist."},
-                    {"role": "user", "content": "Why do basalt columns form hexagons?"}]
-        await asyncio.gather(*(client.complete(messages, temperature=0.1 * i) for i in range(4)))
+        first = await asyncio.gather(*(client.complete(messages, temperature=0.1 * i) for i in range(4)))
+        peak = stats.peak_in_flight
+        later = await client.complete(messages, temperature=0.9)
         sent = await asked(url)
         await pool.close()
     probes = [r for r in sent if "code word" in r["messages"][-1]["content"]]
-    assert len(probes) == 1 and stats.requests == 5  # one probe, however many requests came together
-    asked_after = [r["messages"] for r in sent if r not in probes]
-    if drop_system:
-        assert all(m == [{"role": "user", "content": "Answer as a geologist.\n\nWhy do basalt columns form "
-                                                       "hexagons?"}] for m in asked_after)
+    others = [r["messages"] for r in sent if r not in probes]
+    assert len(probes) == 1  # one probe, however many requests came together
+    # Sent as they are beside the probe: a server that keeps the system message waits for nothing.
+    assert others[:4] == [messages] * 4 and peak == 5, peak
+    if drop_system:  # ... and only where it is dropped are they sent again, merged, as is every later one
+        assert others[4:] == [merged] * 5 and stats.requests == 10
         assert role_logs(caplog) == [f"llm {url}, model synthstream-simulator: system messages do not arrive "
                                      "(dropped or refused by the chat template): merged into the first user message"]
     else:
-        assert all(m == messages for m in asked_after)
+        assert others[4:] == [messages] and stats.requests == 6
         assert role_logs(caplog) == [f"llm {url}, model synthstream-simulator: system messages arrive"]
+    assert all(r.content for r in [*first, later])
     assert metrics.total(metrics.LLM_REQUESTS, stage="llm-probe", outcome="ok") >= 1
 
 
@@ -215,7 +220,9 @@ async def test_the_system_role_finding_is_kept_in_the_response_cache_for_the_nex
                                    {"role": "user", "content": f"Name a volcanic rock ({_})."}])
             await pool.close()
         sent = await asked(url)
-    assert [("code word" in r["messages"][-1]["content"]) for r in sent] == [True, False, False]
+    probes = [r for r in sent if "code word" in r["messages"][-1]["content"]]
+    # The first process: the probe, the request as it is beside it, then merged; the next: merged at once.
+    assert len(probes) == 1 and len(sent) == 4, sent
     assert sent[-1]["messages"] == [{"role": "user", "content": "Be brief.\n\nName a volcanic rock (1)."}]
 
 
