@@ -335,3 +335,17 @@ async def test_a_reply_asked_again_with_more_room_never_asks_for_more_than_the_w
     # window still holds beside the prompt, not with twice 300 (which would overflow again).
     assert sent[:2] == [1000, 300] and 500 <= sent[2] < 600 - count_tokens(len(QUESTION)), sent
     assert len(sent) == 3 and stats.context_exceeded == 1 and stats.truncated == 1 and result.content
+
+
+def test_progress_and_status_say_a_table_will_stay_empty_rather_than_that_the_stage_waits_for_it():
+    from types import SimpleNamespace
+
+    from streamer.runtime.progress import blocked_on
+
+    seeds = SimpleNamespace(name="seeds.attributed", rows={}, hopeless=lambda: None)
+    member = SimpleNamespace(name="t-hopeless", stage=object(), tables={"seeds.attributed": seeds},
+                             broker_away=False, in_flight=2, last_lag=5)
+    assert blocked_on(member).startswith("waiting for attributed seeds")
+    seeds.hopeless = lambda: "attribution dead-lettered all 3 records it was given"
+    assert blocked_on(member) == ("seeds.attributed will stay empty (attribution dead-lettered all 3 records it "
+                                  "was given): its records go to the dlq")
