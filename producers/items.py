@@ -110,15 +110,16 @@ def _utf8_size(text: str) -> int:
 def item_from_text(text: str, location: str, meta: dict[str, Any], opts: ReadOptions,
                    extraction: Extraction | None = None, url: str | None = None) -> FeedItem:
     """The one place a text becomes an item: size limit, normalisation, emptiness. Indentation
-    is kept (code blocks); record ids do not depend on it (streamer.records.content_id)."""
+    and fenced code blocks are kept as written; record ids do not depend on them
+    (streamer.records.content_id)."""
     size = _utf8_size(text)
-    if size > opts.max_bytes:  # before normalising, so a huge text is not run through NFKC
+    if size > opts.max_bytes:  # before normalising, so a huge text is not run through NFC
         raise _too_large(size, opts)
     text = normalise_text(text, keep_indent=True)
     if not text:
         raise Rejected("empty document")
     size = _utf8_size(text)
-    if size > opts.max_bytes:  # NFKC expands a few characters (ligatures, fractions, ...)
+    if size > opts.max_bytes:  # NFC composes, but a few characters expand
         raise _too_large(size, opts)
     return FeedItem(text=text, location=location, meta=meta, extraction=extraction, url=url)
 

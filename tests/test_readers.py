@@ -210,7 +210,8 @@ def test_directory_of_text_markdown_html_and_data_files(tmp_path: Path) -> None:
     ("  a \t b  ", "a b"),
     ("line one   \r\nline two\r\n\r\n\r\n\r\nline three", "line one\nline two\n\nline three"),
     ("a\n \n\t\n \nb", "a\n\nb"),
-    ("ﬁne\u00a0print　wide", "fine print wide"),  # NFKC: ligature, no-break and ideographic space
+    ("ﬁne\u00a0print　wide", "ﬁne\u00a0print　wide"),  # Unicode as written: no NFKC
+    ("e\u0301 2⁻⁵³ ſ \u212a Ⅰ", "\u00e9 2⁻⁵³ ſ \u212a Ⅰ"),  # NFC composes, nothing changes meaning
     ("\n\n  \n", ""),
 ])
 def test_normalise_text(raw: str, expected: str) -> None:
