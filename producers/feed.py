@@ -28,7 +28,8 @@ import orjson
 
 from consumers.payloads import Discipline, Rejection
 from producers.counting import count_items
-from producers.filters import DocumentFilters, Verdict, split_text
+from producers.filters import DocumentFilters, Verdict
+from producers.parts import split_sections
 from producers.items import Item, Skipped
 from producers.near_duplicates import NearDuplicates
 from producers.readers import BadInput, FeedItem, ReadOptions, follow_paths, read_paths
@@ -124,14 +125,18 @@ def rejection_record(document: Envelope, verdict: Verdict) -> Envelope:
                     data=rejection.model_dump(mode="json"))
 
 
-def part_records(document: Envelope, limit: int, truncate: bool) -> list[Envelope]:
-    """A document longer than `limit` characters as parts of at most `limit` (or its first part only).
-    A part's id hashes the whole document's id and the part's number, so it is the same on every feed;
-    `meta.document_id` names the whole document."""
+def part_records(document: Envelope, limit: int, truncate: bool, min_chars: int = 0) -> list[Envelope]:
+    """A document longer than `limit` characters as parts cut by sections (producers.parts), each
+    after the first opening with its heading path (or its first part only). A part's id hashes the
+    whole document's id and the part's number, so it is the same on every feed; `meta.document_id`
+    names the whole document (the page), `meta.part` and `meta.parts` place the part in it."""
     payload = Document.model_validate(document.data)
     if not limit or len(payload.text) <= limit:
         return [document]
-    parts = split_text(payload.text, limit)
+    title = payload.meta.get("title")
+    parts = split_sections(payload.text, limit, title=title if isinstance(title, str) else None, min_chars=min_chars)
+    if len(parts) == 1 and not truncate:
+        return [document]
     if truncate:
         meta = {**payload.meta, "truncated": True, "original_chars": len(payload.text),
                 "document_id": document.id}
@@ -280,7 +285,7 @@ class _Checks:
             self.report.rejected[verdict.filter] += 1
             return []
         settings = self.filters.settings
-        parts = part_records(document, settings.max_chars, settings.long_documents == "truncate")
+        parts = part_records(document, settings.max_chars, settings.long_documents == "truncate", settings.min_chars)
         if parts[0] is not document:
             self.report.split += len(parts) > 1
             self.report.truncated += settings.long_documents == "truncate"

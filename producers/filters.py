@@ -1,4 +1,4 @@
-"""Document filters the feed applies before any LLM call, and the split of long documents.
+"""Document filters the feed applies before any LLM call (long documents are cut by producers.parts).
 
 Every rule is a small pure function of the document's `TextStats` and a threshold returning
 `(passed, measured_value)`; `DocumentFilters.check` runs them in a fixed order (cheap ones first,
@@ -221,46 +221,3 @@ class DocumentFilters:
             if language not in self.languages:
                 return Verdict("language", language, sorted(self.languages))
         return None
-
-
-# --- long documents ---------------------------------------------------------------------------------
-
-PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
-SENTENCE_END = re.compile(r"[.!?…。！？][\"'”’)]*\s+")
-WHITESPACE = re.compile(r"\s+")
-
-
-def _outside_code(text: str, position: int) -> bool:
-    """Is `position` outside fenced code blocks (an even number of fences before it)?"""
-    return sum(1 for line in text[:position].splitlines() if _fenced(line)) % 2 == 0
-
-
-def _cut_position(text: str, limit: int) -> int:
-    """Where to end the next part (≤ limit): the last paragraph break (outside code if possible),
-    else the last sentence end, else the last whitespace, else the limit itself."""
-    window = text[:limit + 1]
-    breaks = [m.start() for m in PARAGRAPH_BREAK.finditer(window) if m.start() > 0]
-    outside = [b for b in breaks if _outside_code(text, b)]
-    if outside or breaks:
-        return (outside or breaks)[-1]
-    for pattern in (SENTENCE_END, WHITESPACE):
-        ends = [m.end() for m in pattern.finditer(window) if 0 < m.end() <= limit]
-        if ends:
-            return ends[-1]
-    return limit
-
-
-def split_text(text: str, limit: int) -> list[str]:
-    """`text` in parts of at most `limit` characters, cut at paragraph boundaries where it can;
-    only the whitespace at each cut is lost."""
-    parts: list[str] = []
-    rest = text.strip()
-    while len(rest) > limit:
-        cut = _cut_position(rest, limit)
-        part = rest[:cut].rstrip()
-        if part:
-            parts.append(part)
-        rest = rest[cut:].lstrip()
-    if rest:
-        parts.append(rest)
-    return parts

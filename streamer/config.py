@@ -131,7 +131,9 @@ class FiltersSettings(_Section):
                            "6000 characters ≈ 1500 tokens, the document's least share of the situation stage's "
                            "prompt (token_budget 3000 × min_document_share 0.5); 0 = no limit")
     long_documents: Literal["split", "truncate"] = Field(
-        "split", description="split: parts at paragraph boundaries, each its own document (meta.part, meta.parts); "
+        "split", description="split: parts cut by sections (headings, then paragraphs; never inside code or "
+                             "tables), each opening with its heading path, each its own document (meta.part, meta.parts, "
+                             "meta.document_id); "
                              "truncate: the first part only (meta.truncated)")
     languages: list[str] = Field(default_factory=list, description="ISO 639-1 codes of the languages to keep "
                                  "(detected with lingua, recorded in meta.language); empty: keep all, detect none")

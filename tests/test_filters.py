@@ -12,7 +12,8 @@ import pytest
 from helpers import read_topic, write_jsonl
 
 from producers.feed import part_records, rejection_record, to_record
-from producers.filters import DocumentFilters, split_text
+from producers.filters import DocumentFilters
+from producers.parts import split_sections, split_text
 from producers.readers import FeedItem, ReadOptions, read_paths
 from streamer.config import FiltersSettings
 from streamer.records import Document, new_root
@@ -113,7 +114,7 @@ def test_a_paragraph_longer_than_the_limit_is_cut_at_sentences_then_words():
 def test_split_does_not_cut_inside_a_code_block_when_it_can_avoid_it():
     code = "```python\n" + "\n\n".join(f"x{i} = {i}" for i in range(30)) + "\n```"
     text = "Intro text here.\n\n" + code + "\n\nAfter the code."
-    parts = split_text(text, len(code) + 5)
+    parts = split_sections(text, len(code) + 5)
     assert code in parts
 
 
@@ -126,7 +127,8 @@ def test_long_document_parts_have_deterministic_ids_and_part_numbers():
     assert [p.data["meta"]["part"] for p in parts] == list(range(1, len(parts) + 1))
     assert {p.data["meta"]["parts"] for p in parts} == {len(parts)}
     assert all(p.root_id == p.id and p.data["meta"]["document_id"] == document.id for p in parts)
-    assert _squeezed("".join(p.data["text"] for p in parts)) == _squeezed(text)
+    assert all(p.data["text"].startswith("T\n\n") for p in parts[1:])  # the heading path: the title alone here
+    assert _squeezed("".join(p.data["text"].removeprefix("T\n\n") for p in parts)) == _squeezed(text)
     [first] = part_records(document, 1000, truncate=True)
     assert first.data["text"] == parts[0].data["text"] and first.data["meta"]["truncated"] is True
     assert part_records(document, 0, truncate=False) == [document]
