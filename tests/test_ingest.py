@@ -337,3 +337,15 @@ def test_feed_docs_from_a_warc_puts_clean_documents_with_url_and_title_on_the_do
     assert len(lines) == len(data)
     for d in data:
         assert any(f"{d['meta']['title']} | {d['meta']['url']}: " in line for line in lines), d["meta"]
+
+
+def test_no_date_is_taken_from_the_text_of_a_page():
+    body = ("<p>This page was fetched 2024-05-01 and last edited on March 3, 2023 by the team.</p>"
+            + "<p>A paragraph with enough text to count as the page's content, and a little more.</p>" * 3)
+    for page in (f"<html><head><title>T</title></head><body><main>{body}</main></body></html>",
+                 f"<html><head><title>T</title></head><body><article>{body}</article></body></html>"):
+        found = extract(page)
+        assert found is not None and "fetched 2024-05-01" in found.text
+        assert found.date is None and "date" not in found.meta()
+    declared = "<html><head><meta name='date' content='2021-05-04'></head><body><main>" + body + "</main></body></html>"
+    assert extract(declared).date == "2021-05-04"  # what the page declares in its head still counts
