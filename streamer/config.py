@@ -137,11 +137,16 @@ class FiltersSettings(_Section):
                              "truncate: the first part only (meta.truncated)")
     languages: list[str] = Field(default_factory=list, description="ISO 639-1 codes of the languages to keep "
                                  "(detected with lingua, recorded in meta.language); empty: keep all, detect none")
+    max_navigation_chars: float = Field(0.6, ge=0, le=1, description="most share of prose characters in link-list "
+                                        "entries (list items and table rows of at most 10 words ending no sentence): "
+                                        "index, module-index and table-of-contents pages")
     max_symbol_word_ratio: float = Field(0.1, ge=0, description="most '#' and ellipses per prose word (Gopher)")
     min_terminal_punctuation_lines: float = Field(0.12, ge=0, le=1, description="least share of prose lines "
-                                                  "ending in . ! ? or a closing quote (FineWeb): link lists end none")
-    max_duplicate_lines: float = Field(0.3, ge=0, le=1, description="most share of prose lines repeating an earlier "
-                                       "one (Gopher)")
+                                                  "(hard-wrapped lines joined into their paragraph) ending in . ! ? or "
+                                                  "a closing quote (FineWeb; a closing bracket alone ends none): link "
+                                                  "lists end none")
+    max_duplicate_lines: float = Field(0.3, ge=0, le=1, description="most share of prose characters in lines "
+                                       "(paragraphs) repeating an earlier one (Gopher's character fraction)")
     max_top_2gram_chars: float = Field(0.2, ge=0, le=1, description="most share of prose characters in the most "
                                        "frequent word pair (Gopher)")
     max_bullet_lines: float = Field(0.9, ge=0, le=1, description="most share of prose lines that are list items "
