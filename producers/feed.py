@@ -200,7 +200,8 @@ async def feed(settings: Settings, kind: FeedKind, paths: list[str], *, text_fie
     await ensure_topics(settings, TOPICS)
     await note_incarnations(settings, out)
     default_field = settings.feed.text_field if kind == "docs" else settings.feed.seed_text_field
-    opts = ReadOptions(text_field=text_field or default_field, max_bytes=settings.feed.max_doc_bytes)
+    opts = ReadOptions(text_field=text_field or default_field, max_bytes=settings.feed.max_doc_bytes,
+                       max_record_bytes=settings.feed.max_record_bytes, max_file_bytes=settings.feed.max_file_bytes)
     report = FeedReport(topic=topics(kind))
     finished: set[bytes] = (await asyncio.to_thread(finished_roots, settings.storage.store_dir,
                                                     settings.kafka.topic_prefix, kind)) if resume else set()

@@ -30,6 +30,7 @@ from producers.items import (
     BadInput,
     FeedItem,
     Item,
+    OverCap,
     ReadOptions,
     Rejected,
     attempt,
@@ -158,10 +159,36 @@ def read_jsonl(f: BinaryIO, name: str, opts: ReadOptions) -> Iterator[Item]:
     yield from jsonl_items(f, name, LineCursor(), opts, final=True)
 
 
+class _CappedLines:
+    """A decompressing stream's lines, counted: past `cap` bytes the file's reading ends (a gzip
+    bomb of one endless line is skipped in chunks, but not for ever)."""
+
+    def __init__(self, stream: BinaryIO, cap: int) -> None:
+        self.stream = stream
+        self.cap = cap
+        self.read = 0
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self.stream.readline(size)
+        self.read += len(line)
+        if self.read > self.cap:
+            raise OverCap(f"file decompresses to more than {self.cap} bytes (feed.max_file_bytes): the rest of it "
+                          f"is skipped")
+        return line
+
+
 def _read_jsonl_file(path: str, opts: ReadOptions) -> Iterator[Item]:
-    opener = gzip.open if path.lower().endswith(".gz") else open
-    with opener(path, "rb") as f:
-        yield from read_jsonl(f, path, opts)  # type: ignore[arg-type]
+    if not path.lower().endswith(".gz"):
+        with open(path, "rb") as f:
+            yield from read_jsonl(f, path, opts)
+        return
+    with gzip.open(path, "rb") as f:
+        capped = _CappedLines(f, opts.max_file_bytes)
+        cursor = LineCursor()
+        try:
+            yield from jsonl_items(capped, path, cursor, opts, final=True)  # type: ignore[arg-type]
+        except OverCap as over:
+            yield BadInput(f"{path}:{cursor.line_no + 1}", str(over))
 
 
 # Parquet and documents ----------------------------------------------------------------------------
@@ -203,7 +230,24 @@ def _read_document(path: str, kind: Kind, opts: ReadOptions) -> FeedItem:
 
 # One file, whatever its format ----------------------------------------------------------------------
 def read_file(path: str, kind: Kind, opts: ReadOptions) -> Iterator[Item]:
-    """Every item of one file of a known kind; problems (read errors included) are BadInput."""
+    """Every item of one file of a known kind; problems (read errors included) are BadInput, and
+    so is a file with nothing in it (empty, or nothing once decompressed): it says so."""
+    try:
+        empty = os.path.getsize(path) == 0
+    except OSError:
+        empty = False  # the reader reports why it cannot read it
+    if empty:
+        yield BadInput(path, "empty file: nothing to read")
+        return
+    found = False
+    for item in guarded(path, _file_items(path, kind, opts)):
+        found = True
+        yield item
+    if not found:
+        yield BadInput(path, "nothing to read in it (empty once decompressed, or blank lines only)")
+
+
+def _file_items(path: str, kind: Kind, opts: ReadOptions) -> Iterator[Item]:
     if kind == "jsonl":
         items = _read_jsonl_file(path, opts)
     elif kind == "parquet":
@@ -212,7 +256,7 @@ def read_file(path: str, kind: Kind, opts: ReadOptions) -> Iterator[Item]:
         items = read_warc_file(path, opts)
     else:
         items = _document_items(path, kind, opts)
-    yield from guarded(path, items)
+    yield from items
 
 
 def _document_items(path: str, kind: Kind, opts: ReadOptions) -> Iterator[Item]:

@@ -62,6 +62,8 @@ class Skipped:
 class ReadOptions:
     text_field: str = "text"
     max_bytes: int = 1_000_000  # UTF-8 size of a text; larger -> BadInput
+    max_record_bytes: int = 64 << 20  # decompressed bytes of one web-archive record; more -> BadInput, file ends
+    max_file_bytes: int = 16 << 30  # decompressed bytes of one compressed file; more -> BadInput, file ends
     encoding_errors: str = "strict"  # only strict is used; undecodable -> BadInput
 
 
@@ -70,6 +72,11 @@ Item = FeedItem | BadInput | Skipped
 
 class Rejected(Exception):
     """One input is bad; the message is the BadInput reason."""
+
+
+class OverCap(Exception):
+    """A file decompresses to more than a cap allows (a gzip bomb, say): its reading ends; the
+    message is the BadInput reason."""
 
 
 def attempt(location: str, make: Callable[..., FeedItem], *args: Any) -> Item:

@@ -165,6 +165,12 @@ class FeedSettings(_Section):
     text_field: str = Field("text", description="field holding a document's text in JSONL/Parquet")
     seed_text_field: str = Field("instruction", description="field holding a seed's instruction")
     max_doc_bytes: int = Field(1_000_000, ge=1)
+    max_record_bytes: int = Field(64 << 20, ge=1, description="most bytes one web-archive record may decompress to "
+                                  "(headers and payload); checked while reading: a larger one (a gzip bomb) is "
+                                  "skipped with its file and offset, and the rest of that file with it")
+    max_file_bytes: int = Field(16 << 30, ge=1, description="most bytes one compressed input file (.gz, web archive) "
+                                "may decompress to; checked while reading: beyond it the file's reading stops, "
+                                "said with its file and offset")
     filters: FiltersSettings = Field(default_factory=FiltersSettings)
 
 

@@ -195,8 +195,8 @@ def test_directory_of_text_markdown_html_and_data_files(tmp_path: Path) -> None:
         BadInput(str(tmp_path / "binary.txt"), "not valid UTF-8 (byte 0x89 at offset 0)"),
         BadInput(str(tmp_path / "empty.md"), "empty document"),
         BadInput(str(tmp_path / "nul.txt"), "binary file (contains NUL bytes)"),
-        # main content by trafilatura (producers.extract), as Markdown; the title is the page's one <h1>
-        FeedItem("# Article heading\n\nFirst paragraph with élève and\n**bold** words.\n\nSecond paragraph.\n\n"
+        # the page's <main> (producers.extract), as Markdown, a paragraph a line; the title is its one <h1>
+        FeedItem("# Article heading\n\nFirst paragraph with élève and **bold** words.\n\nSecond paragraph.\n\n"
                  "Short related teaser.", str(tmp_path / "sub" / "c.html"), {"title": "Article heading"},
                  extraction="main"),
         FeedItem("from jsonl", f"{tmp_path / 'sub' / 'd.jsonl'}:1", {}),
