@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fidelity import KINDS, Share, measure
 
-from producers.feed import part_records, to_record
+from producers.root_records import part_records, to_record
 from producers.items import ReadOptions, item_from_page
 from streamer.config import FiltersSettings
 

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from helpers import read_topic, write_jsonl
 
-from producers.feed import part_records, rejection_record, to_record
+from producers.root_records import part_records, rejection_record, to_record
 from producers.filters import DocumentFilters
 from producers.parts import split_sections, split_text
 from producers.readers import FeedItem, ReadOptions, read_paths

@@ -294,7 +294,7 @@ def test_stdin_starting_with_warc_magic_is_read_as_a_web_archive(tmp_path, monke
 
 
 def test_a_page_is_known_by_its_url_and_a_row_by_its_line_with_its_url_kept():
-    from producers.feed import to_record
+    from producers.root_records import to_record
 
     row = FeedItem("text", "rows.jsonl:3", {"url": "https://a.example/x", "title": "X"})
     record = to_record("docs", row).data

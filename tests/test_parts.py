@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from producers.feed import part_records, to_record
+from producers.root_records import part_records, to_record
 from producers.items import FeedItem, ReadOptions, item_from_page
 from producers.parts import PATH_SEPARATOR, blocks_of, split_sections
 

@@ -1,5 +1,6 @@
-"""Web archives as feed items: WARC files (WET ones too) and ARC files, gzip-compressed or not,
-read record by record with warcio (from a file or any binary stream, never whole).
+"""Web archives as feed items: WARC files (WET ones too: crawl.warc.wet.gz) and ARC files,
+gzip-compressed or not, read record by record with warcio (from a file or any binary stream, never
+whole). Their records are only known by reading them through, so they are not counted ahead.
 
 - `response` (and `resource`) records of HTML with HTTP status 200: the page's main content
   (producers.extract); meta url = WARC-Target-URI, date = WARC-Date (ARC: its URL and archive date;
@@ -30,6 +31,7 @@ from warcio.recordloader import ArcWarcRecord
 from warcio.statusandheaders import StatusAndHeadersParserException
 from warcio.timeutils import timestamp_to_iso_date
 
+from producers.formats.base import InputFormat, not_cheap
 from producers.items import (
     BadInput,
     FeedItem,
@@ -244,3 +246,6 @@ def _fetched(record: ArcWarcRecord) -> str | None:
         stamp = record.rec_headers.get_header("archive-date")
         return timestamp_to_iso_date(stamp) if stamp else None
     return record.rec_headers.get_header("WARC-Date")
+
+
+WEB_ARCHIVE = InputFormat("web archive", (".warc", ".arc", ".wet"), read_warc_file, not_cheap, gzip=True)
