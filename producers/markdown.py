@@ -11,7 +11,8 @@ terms, doctest blocks inside tables, ...).
 - Tables: a data table (header cells, or single-line cells) as a Markdown table with its separator
   row; a layout table (cells holding blocks: code, lists, paragraphs) as its cells' blocks in order.
 - Lists as `- ` / `1. ` items, nested ones indented; quotes as `> `; links as their text; images,
-  scripts, forms and hidden elements left out.
+  scripts, forms, hidden elements (a hidden tab panel is content) and furniture some sites keep in
+  their main element (breadcrumbs, share buttons, related links: by class) left out.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _BLOCKS = frozenset({"p", "div", "section", "article", "main", "header", "footer
                      "tr", "td", "th", "caption", "pre", "hr", "address", "details", "summary", "fieldset",
                      "legend", "center", "body", "html", *_HEADINGS})
 _CODE = frozenset({"code", "tt", "kbd", "samp", "var"})
+_FURNITURE = ("breadcrumb", "share", "sharing", "social", "cookie", "newsletter", "related", "comments")
 _EMPHASIS = {"em": "*", "i": "*", "strong": "**", "b": "**"}
 _SPACES = re.compile(r"\s+")
 _BREAK = "\ue000"  # a <br> while inline text is gathered (private use: no page's text)
@@ -47,6 +49,14 @@ def to_markdown(element: HtmlElement) -> str:
 
 def _tag(element: HtmlElement) -> str:
     return element.tag.lower() if isinstance(element.tag, str) else ""
+
+
+def _boilerplate(element: HtmlElement) -> bool:
+    """Page furniture some sites keep inside their main element: breadcrumbs, share and social
+    buttons, cookie banners, newsletter boxes, related links, comment threads, by their class (not
+    their id: a section's id is its heading's slug)."""
+    names = (element.get("class") or "").lower().replace("_", "-").split()
+    return any(name.startswith(_FURNITURE) for name in names)
 
 
 def _hidden(element: HtmlElement) -> bool:
@@ -125,7 +135,7 @@ def _blocks(element: HtmlElement) -> list[str]:
 
     for child in element:
         tag = _tag(child)
-        if not tag or tag in _SKIP or _hidden(child):
+        if not tag or tag in _SKIP or _hidden(child) or _boilerplate(child):
             pass
         elif tag in _BLOCKS:
             end_run()

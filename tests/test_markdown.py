@@ -57,3 +57,10 @@ def test_a_page_without_declared_main_content_goes_through_trafilatura_with_its_
     found = extract(page)
     assert found is not None and not found.fallback
     assert all(f"### Question {i}: how do I do it?" in found.text for i in range(3)), found.text
+
+
+def test_furniture_inside_the_main_element_is_left_out():
+    text = md("<p class='breadcrumbs'><a href='/'>Home</a> › Birds</p><h1>Birds</h1><p>Body text.</p>"
+              "<div class='share-buttons'>Share on X</div><section id='related-work'><h2>Related work</h2>"
+              "<p>Kept: a section's id is its heading's slug.</p></section><div class='related-posts'>More</div>")
+    assert text == "# Birds\n\nBody text.\n\n## Related work\n\nKept: a section's id is its heading's slug."
