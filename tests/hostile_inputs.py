@@ -16,6 +16,7 @@ from warcio.warcwriter import WARCWriter
 
 CRAWL = Path(__file__).parent / "data" / "crawl"
 GOOD_PAGES = ["python-flask-doc/views.html", "python3.11-doc/faq/general.html", "python-requests-doc/user/quickstart.html"]
+WHOLE_GZIP_PAGES = ["python3.11-doc/faq/gui.html", "python3.11-doc/faq/installed.html", "python-flask-doc/server.html"]
 DATE = "2024-03-01T12:00:00Z"
 _CHUNK = 1 << 20
 
@@ -57,7 +58,7 @@ def make_hostile_directory(root: Path, bomb_bytes: int) -> dict[str, object]:
     gzip_bomb(root / "bomb.warc.gz", bomb_bytes)
     gzip_bomb(root / "bomb-record.warc.gz", bomb_bytes, b"WARC/1.0\r\nWARC-Type: resource\r\nWARC-Target-URI: ")
     gzip_bomb(root / "bomb.jsonl.gz", bomb_bytes)
-    (root / "whole.warc.gz").write_bytes(gzip.compress(warc_bytes(GOOD_PAGES, gzip_records=False)))
+    (root / "whole.warc.gz").write_bytes(gzip.compress(warc_bytes(WHOLE_GZIP_PAGES, gzip_records=False)))
     for name in ("empty.jsonl", "empty.warc.gz", "empty.jsonl.gz", "empty.warc"):
         (root / name).write_bytes(b"")
     (root / "hollow.jsonl.gz").write_bytes(gzip.compress(b""))
@@ -65,4 +66,5 @@ def make_hostile_directory(root: Path, bomb_bytes: int) -> dict[str, object]:
     bad = sorted(["bomb.warc.gz", "bomb-record.warc.gz", "bomb.jsonl.gz", "whole.warc.gz", "empty.jsonl",
                   "empty.warc.gz", "empty.jsonl.gz", "empty.warc", "hollow.jsonl.gz"])
     return {"urls": [f"https://docs.example.org/{page}" for page in GOOD_PAGES],
+            "unsent_urls": [f"https://docs.example.org/{page}" for page in WHOLE_GZIP_PAGES],
             "texts": [*GOOD_ROWS, GOOD_ROWS[0] + " The last file."], "bad": bad}
