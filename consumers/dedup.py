@@ -28,7 +28,7 @@ from streamer.runtime.embedding import unpack_vector
 from streamer.records import Envelope, stable_hash
 from streamer.runtime.stage import Emit, Stage, StageContext
 from streamer.state.manager import StateSpec
-from streamer.text import normalise_text
+from streamer.text import fold_text
 
 if TYPE_CHECKING:
     import faiss
@@ -66,7 +66,7 @@ class Decision:
 
 
 def text_key(text: str) -> str:
-    return stable_hash(normalise_text(text).casefold())
+    return stable_hash(fold_text(text).casefold())
 
 
 class DedupIndex:

@@ -68,6 +68,11 @@ class DocumentRef(BaseModel):
     title: str | None = None
     url: str | None = None
     source: str
+    # A part of a long document (producers.parts): the whole document's (the page's) id, the part's
+    # number (1-based) and the part count; None for a document sent whole.
+    page_id: str | None = None
+    part: int | None = None
+    parts: int | None = None
 
 
 class SeedRef(BaseModel):

@@ -171,8 +171,14 @@ def document_reference(doc: Document) -> DocumentRef:
         value = doc.meta.get(key)
         return value if isinstance(value, str) and value.strip() else None
 
+    def number(key: str) -> int | None:
+        value = doc.meta.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
     url = text("url") or (doc.source if doc.source.startswith(("http://", "https://")) else None)
-    return DocumentRef(title=text("title"), url=url, source=doc.source)
+    part, parts = number("part"), number("parts")
+    page_id = text("document_id") if part is not None else None
+    return DocumentRef(title=text("title"), url=url, source=doc.source, page_id=page_id, part=part, parts=parts)
 
 
 async def make_situation(doc: Document, ctx: StageContext) -> list[Emit]:

@@ -1,21 +1,24 @@
 """The main content of a web page as Markdown-ish text, with its title, URL, date and language.
 
-trafilatura finds the main content and writes it as Markdown: headings as `#`, tables as `| a | b |`
-rows, lists, inline code; links as their text only. Around it this module does three things:
-
 - Before: ARIA landmarks that are never content (navigation, search, banner, contentinfo,
-  complementary) and <nav> are removed, and so are permalink anchors ("¶" after headings). On index
-  pages trafilatura otherwise falls back to its whole-page extraction and keeps the sidebars.
-- Code: trafilatura re-flows <pre> text (blank lines go, and a <pre> without highlighting becomes a
-  quote). Each <pre> is swapped for a marker plus its text before extraction and put back verbatim
-  afterwards, fenced with ``` and the language the page names (class "highlight-python",
-  "language-python", ...).
-- Fallback: a page trafilatura returns nothing for (very short, or markup it rejects) goes through the
-  hand-written `producers.html_text`, and the result says so (`fallback`), for the feed to count.
+  complementary) and <nav> are removed, and so are permalink anchors ("¶" after headings).
+- A page that names its main content (`role="main"`, else one `<main>`) is trusted: that element is
+  written out whole by `producers.markdown` (every heading, term, code block and character of it).
+- Other pages: trafilatura finds the main content and writes it as Markdown (headings, tables,
+  lists, inline code; links as their text only), in precision mode. Links inside headings are
+  unwrapped first (its link-density rule drops them otherwise: FAQ questions), and so are line
+  breaks inside inline code (it makes a fenced block of them mid-sentence). Its <pre> handling
+  re-flows code, so each <pre> is swapped for a marker plus its text before extraction and put
+  back verbatim afterwards, fenced with ``` and the language the page names.
+- Fallback: a page neither finds any text in goes through the hand-written `producers.html_text`,
+  and the result says so (`fallback`), for the feed to count.
+- Dates: only what the page's <head> declares (meta tags, JSON-LD there) or its URL says; never
+  a date from its text.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from dataclasses import dataclass
@@ -23,12 +26,14 @@ from typing import Any
 
 import trafilatura
 from lxml import etree
+from lxml import html as lxml_html
 from lxml.html import HtmlElement
 from htmldate import find_date
 from trafilatura.metadata import examine_meta, extract_meta_json, extract_title, extract_url
 from trafilatura.utils import decode_file, load_html
 
 from producers.html_text import extract_main_text
+from producers.markdown import code_language, to_markdown
 
 __all__ = ["Extracted", "extract"]
 
@@ -41,14 +46,13 @@ _NOT_CONTENT = etree.XPath(
 _PERMALINKS = etree.XPath(
     "//a[contains(concat(' ', normalize-space(@class), ' '), ' headerlink ')"
     " or (starts-with(@href, '#') and (normalize-space(.) = '¶' or normalize-space(.) = '§'))]")
+_DECLARED_MAIN = etree.XPath("//*[@role='main'] | //main")
+_HEADING_LINKS = etree.XPath("//h1//a | //h2//a | //h3//a | //h4//a | //h5//a | //h6//a")
+_INLINE_CODE = etree.XPath("//code[not(ancestor::pre)] | //tt[not(ancestor::pre)]")
 _DECLARED_LANGUAGE = etree.XPath(
     "string((/html/@lang | /html/@xml:lang"
     " | //head/meta[translate(@http-equiv, 'CONTENT-LANGUAGE', 'content-language')='content-language']/@content"
     " | //head/meta[@property='og:locale']/@content)[1])")
-# Classes naming a code block's language: Sphinx (highlight-python), highlight.js/Prism
-# (language-python, lang-python), pandoc (sourceCode python).
-_LANGUAGE_CLASS = re.compile(r"^(?:highlight|language|lang)-([\w+#.-]+)$")
-_NO_LANGUAGE = frozenset({"default", "none", "nohighlight", "plain", "plaintext"})
 _DATES = {"extensive_search": False, "original_date": True}  # declared dates only: guessing is slow and wrong
 _MARKER = "SYNTHSTREAMPRE{}END"
 _FENCED_MARKER = re.compile(r"^(`{3,}|~{3,})[^\n]*\nSYNTHSTREAMPRE(\d+)END\n.*?^\1[ \t]*$", re.DOTALL | re.MULTILINE)
@@ -67,7 +71,7 @@ class Extracted:
     url: str | None = None
     date: str | None = None  # as the page declares it (ISO), never guessed from its text
     language: str | None = None  # as the page declares it (<html lang>, Content-Language)
-    fallback: bool = False  # trafilatura found nothing: this is html_text's plain text
+    fallback: bool = False  # no main content found: this is html_text's plain text
 
     def meta(self) -> dict[str, str]:
         """title, url, date and language, those that are known."""
@@ -94,10 +98,32 @@ def extract(html: str | bytes, url: str | None = None) -> Extracted | None:
     for element in [*_NOT_CONTENT(tree), *_PERMALINKS(tree)]:
         if element.getparent() is not None:
             element.drop_tree()
-    # Code blocks are taken out first (a marker stays in each): the metadata is read from the page
-    # without them, so a timestamp in a code sample is not the page's date; then they go back in.
-    blocks = _mark_code_blocks(tree)
     title, page_url, date = _page_meta(tree, url)
+    main = _declared_main(tree)
+    text = to_markdown(main) if main is not None else ""
+    if not text:
+        text = _trafilatura_text(tree, url)
+    if not text:
+        return _fallback(page, url, language)
+    return Extracted(text=text, title=title, url=page_url, date=date, language=language)
+
+
+def _declared_main(tree: HtmlElement) -> HtmlElement | None:
+    """The element the page calls its main content (the first, outermost one)."""
+    found = _DECLARED_MAIN(tree)
+    return found[0] if found else None
+
+
+def _trafilatura_text(tree: HtmlElement, url: str | None) -> str:
+    for link in _HEADING_LINKS(tree):
+        link.drop_tag()
+    for code in _INLINE_CODE(tree):
+        for node in code.iter():
+            if node.text:
+                node.text = node.text.replace("\n", " ")
+            if node is not code and node.tail:
+                node.tail = node.tail.replace("\n", " ")
+    blocks = _mark_code_blocks(tree)
     for block in blocks:
         block.span.text += f"\n{block.code}"
     # favor_precision: for training data a missed aside costs less than kept boilerplate, and the
@@ -106,10 +132,7 @@ def extract(html: str | bytes, url: str | None = None) -> Extracted | None:
         tree, url=url, favor_precision=True, include_formatting=True, include_tables=True, include_links=False,
         include_comments=False, include_images=False)
     text = _restore_code_blocks(document.text, blocks).strip() if document is not None and document.text else ""
-    text = _with_table_headers(text)
-    if not text:
-        return _fallback(page, url, language)
-    return Extracted(text=text, title=title, url=page_url, date=date, language=language)
+    return _with_table_headers(text)
 
 
 def _page_meta(tree: HtmlElement, url: str | None) -> tuple[str | None, str | None, str | None]:
@@ -123,7 +146,16 @@ def _page_meta(tree: HtmlElement, url: str | None) -> tuple[str | None, str | No
         pass
     title = _clean(metadata.title) or _clean(extract_title(tree))
     page_url = url or _clean(metadata.url) or _clean(extract_url(tree))
-    return title, page_url, _clean(find_date(tree, url=page_url, **_DATES))
+    return title, page_url, _clean(find_date(_head_only(tree), url=page_url, **_DATES))
+
+
+def _head_only(tree: HtmlElement) -> HtmlElement:
+    """A page of the tree's <head> alone: what the page declares, none of its text."""
+    page = lxml_html.fromstring("<html><body></body></html>")
+    head = tree.find(".//head")
+    if head is not None:
+        page.insert(0, copy.deepcopy(head))
+    return page
 
 
 def _fallback(page: str, url: str | None, language: str | None) -> Extracted | None:
@@ -153,7 +185,7 @@ def _mark_code_blocks(tree: HtmlElement) -> list[_CodeBlock]:
         if any(ancestor.tag == "pre" for ancestor in pre.iterancestors()):
             continue
         code = pre.text_content().strip("\n")
-        language = _code_language(pre)
+        language = code_language(pre)
         for child in list(pre):
             pre.remove(child)
         # A <pre> holding one <span> is what trafilatura reliably takes for code.
@@ -161,22 +193,6 @@ def _mark_code_blocks(tree: HtmlElement) -> list[_CodeBlock]:
         pre.text, span.text = None, _MARKER.format(len(blocks))
         blocks.append(_CodeBlock(code, language, span))
     return blocks
-
-
-def _code_language(pre: HtmlElement) -> str | None:
-    """The language named by the classes of the <pre>, its <code> child or two ancestors."""
-    code = pre.find("code")
-    elements = [pre, *([code] if code is not None else []), *list(pre.iterancestors())[:2]]
-    for element in elements:
-        classes = (element.get("class") or "").split()
-        for index, name in enumerate(classes):
-            match = _LANGUAGE_CLASS.match(name)
-            language = match.group(1) if match else None
-            if name == "sourceCode" and index + 1 < len(classes):
-                language = classes[index + 1]
-            if language and language.lower() not in _NO_LANGUAGE:
-                return language.lower()
-    return None
 
 
 def _fence(block: _CodeBlock) -> str:

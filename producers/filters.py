@@ -1,11 +1,13 @@
-"""Document filters the feed applies before any LLM call, and the split of long documents.
+"""Document filters the feed applies before any LLM call (long documents are cut by producers.parts).
 
 Every rule is a small pure function of the document's `TextStats` and a threshold returning
 `(passed, measured_value)`; `DocumentFilters.check` runs them in a fixed order (cheap ones first,
 language detection last) and returns the first failing `Verdict`, or None. The quality rules follow
 Gopher (Rae et al. 2021) and FineWeb (datatrove's GopherQualityFilter / FineWebQualityFilter), but
 are measured on the document's *prose*: the feed's extractor writes Markdown, so fenced code blocks
-are left out of the line and word rules and `#` heading markers are not counted as symbols.
+are left out of the line and word rules, `#` heading markers are not counted as symbols, and
+hard-wrapped lines are joined into their paragraph before any line rule. Index and navigation pages
+are recognised by their structure (`max_navigation_chars`), not by prose rules.
 """
 
 from __future__ import annotations
@@ -21,15 +23,31 @@ from typing import Any
 
 from streamer.config import ConfigError, FiltersSettings
 
-FENCE = re.compile(r"^ *(`{3,}|~{3,})")
+FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})")
 HEADING_MARKER = re.compile(r"^#{1,6}\s+")
-TERMINAL_PUNCTUATION = (".", "!", "?", "…", '"', "”", "'", "’", ")", "»", "。", "！", "？")
+LIST_ITEM = re.compile(r"^(?:[-*+•‣–]|\d{1,3}[.)])\s+")
+# A line ends a sentence with one of these, or with a closing quote (FineWeb counts quotes); a
+# closing bracket after a sentence end ("(see below.)") still ends one, but a bracket alone does
+# not: "abs() (in module operator)" is an index entry, not a sentence.
+SENTENCE_ENDS = (".", "!", "?", "…", "。", "！", "？")
+CLOSING_QUOTES = ('"', "'", "”", "’", "»")
+CLOSING_BRACKETS = ")]}"
 BULLETS = ("- ", "* ", "+ ", "• ", "‣ ", "– ")
+NAVIGATION_ENTRY_WORDS = 10  # a list item or table row this short, ending no sentence, is a link-list entry
 LANGUAGE_SAMPLE_CHARS = 2000  # detecting on the start of the prose is as good and much cheaper
 
 
 def _fenced(line: str) -> bool:
     return FENCE.match(line) is not None
+
+
+def ends_sentence(line: str) -> bool:
+    return line.endswith(CLOSING_QUOTES) or line.rstrip(CLOSING_BRACKETS).endswith(SENTENCE_ENDS)
+
+
+def _entry(line: str) -> bool:
+    """A list item or table row (the kinds of line navigation is made of)."""
+    return line.startswith("|") or LIST_ITEM.match(line) is not None
 
 
 class TextStats:
@@ -46,15 +64,27 @@ class TextStats:
 
     @cached_property
     def prose_lines(self) -> list[str]:
-        """Non-empty lines outside fenced code blocks, heading markers removed."""
-        lines, in_code = [], False
+        """The prose as FineWeb measures it, by lines of meaning: outside fenced code blocks,
+        heading markers removed, and hard-wrapped lines joined into their paragraph (a line is
+        joined to the one before when that one ends no sentence and is no heading or table row,
+        and it starts no list item, heading, table row or quote)."""
+        lines: list[str] = []
+        in_code = joinable = False
         for line in self.text.splitlines():
             if _fenced(line):
-                in_code = not in_code
+                in_code, joinable = not in_code, False
                 continue
             stripped = line.strip()
-            if stripped and not in_code:
+            if in_code or not stripped:
+                joinable = False
+                continue
+            heading = HEADING_MARKER.match(stripped) is not None
+            starts_block = heading or _entry(stripped) or stripped.startswith(">")
+            if joinable and not starts_block:
+                lines[-1] += " " + stripped
+            else:
                 lines.append(HEADING_MARKER.sub("", stripped))
+            joinable = not heading and not stripped.startswith("|") and not ends_sentence(lines[-1])
         return lines
 
     @cached_property
@@ -93,15 +123,38 @@ def max_symbol_word_ratio(stats: TextStats, limit: float) -> tuple[bool, float]:
 
 
 def min_terminal_punctuation_lines(stats: TextStats, limit: float) -> tuple[bool, float]:
-    """Share of prose lines ending a sentence (FineWeb: 0.12): menus and link lists end none."""
-    ending = sum(1 for line in stats.prose_lines if line.endswith(TERMINAL_PUNCTUATION))
+    """Share of prose lines (paragraphs, hard wraps joined) ending a sentence (FineWeb: 0.12):
+    menus and link lists end none. A closing bracket alone ends none."""
+    ending = sum(1 for line in stats.prose_lines if ends_sentence(line))
     value = _ratio(ending, len(stats.prose_lines))
     return value >= limit, value
 
 
 def max_duplicate_lines(stats: TextStats, limit: float) -> tuple[bool, float]:
-    """Share of prose lines that repeat an earlier one (Gopher: 0.3)."""
-    value = _ratio(len(stats.prose_lines) - len(set(stats.prose_lines)), len(stats.prose_lines))
+    """Share of prose characters in lines (paragraphs) that repeat an earlier one (Gopher's
+    duplicate-line character fraction): boilerplate repeated across a page. By characters, not
+    lines, so that a short sentence repeated under every entry of a reference page (a field's
+    description) weighs what it is, not one line in three."""
+    seen: set[str] = set()
+    repeated = 0
+    for line in stats.prose_lines:
+        if line in seen:
+            repeated += len(line)
+        seen.add(line)
+    value = _ratio(repeated, sum(len(line) for line in stats.prose_lines))
+    return value <= limit, value
+
+
+def max_navigation_chars(stats: TextStats, limit: float) -> tuple[bool, float]:
+    """Share of prose characters in link-list entries: list items and table rows of at most
+    NAVIGATION_ENTRY_WORDS words that end no sentence (index, module-index, table-of-contents
+    and link-list pages, recognised by their structure rather than by prose rules)."""
+    entries = 0
+    for line in stats.prose_lines:
+        if _entry(line) and not ends_sentence(line.rstrip("| ")):
+            words = sum(1 for token in line.split() if any(c.isalnum() for c in token))
+            entries += len(line) if words <= NAVIGATION_ENTRY_WORDS else 0
+    value = _ratio(entries, sum(len(line) for line in stats.prose_lines))
     return value <= limit, value
 
 
@@ -194,6 +247,7 @@ class DocumentFilters:
         self.rules: list[tuple[str, Rule, Any]] = [
             ("min_chars", min_chars, s.min_chars),
             ("min_words", min_words, s.min_words),
+            ("max_navigation_chars", max_navigation_chars, s.max_navigation_chars),
             ("max_symbol_word_ratio", max_symbol_word_ratio, s.max_symbol_word_ratio),
             ("min_terminal_punctuation_lines", min_terminal_punctuation_lines, s.min_terminal_punctuation_lines),
             ("max_duplicate_lines", max_duplicate_lines, s.max_duplicate_lines),
@@ -221,46 +275,3 @@ class DocumentFilters:
             if language not in self.languages:
                 return Verdict("language", language, sorted(self.languages))
         return None
-
-
-# --- long documents ---------------------------------------------------------------------------------
-
-PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
-SENTENCE_END = re.compile(r"[.!?…。！？][\"'”’)]*\s+")
-WHITESPACE = re.compile(r"\s+")
-
-
-def _outside_code(text: str, position: int) -> bool:
-    """Is `position` outside fenced code blocks (an even number of fences before it)?"""
-    return sum(1 for line in text[:position].splitlines() if _fenced(line)) % 2 == 0
-
-
-def _cut_position(text: str, limit: int) -> int:
-    """Where to end the next part (≤ limit): the last paragraph break (outside code if possible),
-    else the last sentence end, else the last whitespace, else the limit itself."""
-    window = text[:limit + 1]
-    breaks = [m.start() for m in PARAGRAPH_BREAK.finditer(window) if m.start() > 0]
-    outside = [b for b in breaks if _outside_code(text, b)]
-    if outside or breaks:
-        return (outside or breaks)[-1]
-    for pattern in (SENTENCE_END, WHITESPACE):
-        ends = [m.end() for m in pattern.finditer(window) if 0 < m.end() <= limit]
-        if ends:
-            return ends[-1]
-    return limit
-
-
-def split_text(text: str, limit: int) -> list[str]:
-    """`text` in parts of at most `limit` characters, cut at paragraph boundaries where it can;
-    only the whitespace at each cut is lost."""
-    parts: list[str] = []
-    rest = text.strip()
-    while len(rest) > limit:
-        cut = _cut_position(rest, limit)
-        part = rest[:cut].rstrip()
-        if part:
-            parts.append(part)
-        rest = rest[cut:].lstrip()
-    if rest:
-        parts.append(rest)
-    return parts

@@ -1,5 +1,6 @@
 """Following the feeder's inputs (`feed --follow`): everything present now, then new files in
-followed directories and lines appended to followed JSONL files, until stopped. The blocking
+followed directories and what is appended to followed files of a format that registers a tail
+(JSON lines: producers.formats.jsonl), until stopped. The blocking
 readers run in worker threads a batch at a time, so the event loop stays free."""
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import os
 import threading
 from collections.abc import AsyncIterator, Iterator
 
-from producers.formats import READ_ERRORS, LineCursor, file_kind, jsonl_items, read_file
-from producers.items import BadInput, FeedItem, Item, ReadOptions, describe_error
+from producers.formats import Tail, format_of, read_file
+from producers.items import BadInput, FeedItem, Item, ReadOptions
 from producers.paths import STDIN, read_path, supported_files
 
 _BATCH_ITEMS = 256
@@ -76,17 +77,17 @@ class _DirWatcher:
         self.pending: dict[str, tuple[int, int]] = {}  # new file -> (size, mtime) at last poll
 
     def initial(self) -> Iterator[Item]:
-        for path, kind in supported_files(self.root):
+        for path, fmt in supported_files(self.root):
             self.seen.add(path)
-            yield from read_file(path, kind, self.opts)
+            yield from read_file(path, fmt, self.opts)
 
     def poll(self) -> Iterator[Item]:
         present: set[str] = set()
-        for path, kind in supported_files(self.root):
+        for path, fmt in supported_files(self.root):
             present.add(path)
             if path not in self.seen and self._settled(path):
                 self.seen.add(path)
-                yield from read_file(path, kind, self.opts)
+                yield from read_file(path, fmt, self.opts)
         for gone in self.pending.keys() - present:
             del self.pending[gone]
 
@@ -103,53 +104,16 @@ class _DirWatcher:
         return False
 
 
-class _JsonlTail:
-    """A JSONL file followed like `tail -F`: complete lines appended later are read as they come.
-    A file that shrank (truncated) or was replaced (rotated) is read again from its start."""
-
-    def __init__(self, path: str, opts: ReadOptions) -> None:
-        self.path = path
-        self.opts = opts
-        self.cursor = LineCursor()
-        self.identity: tuple[int, int] | None = None
-        self.failing = False  # a read error is reported once, not at every poll
-
-    def initial(self) -> Iterator[Item]:
-        return self.poll()
-
-    def poll(self) -> Iterator[Item]:
-        try:
-            yield from self._new_lines()
-            self.failing = False
-        except FileNotFoundError:
-            pass  # moved away mid-rotation: its successor is picked up when it appears
-        except READ_ERRORS as error:
-            if not self.failing:
-                self.failing = True
-                yield BadInput(self.path, f"cannot read: {describe_error(error)}")
-
-    def _new_lines(self) -> Iterator[Item]:
-        with open(self.path, "rb") as f:
-            st = os.fstat(f.fileno())
-            identity = (st.st_dev, st.st_ino)
-            if self.identity not in (None, identity) or st.st_size < self.cursor.offset:
-                self.cursor = LineCursor()
-            self.identity = identity
-            if st.st_size == self.cursor.offset:
-                return
-            f.seek(self.cursor.offset)
-            yield from jsonl_items(f, self.path, self.cursor, self.opts, final=False)
-
-
-_Watcher = _DirWatcher | _JsonlTail
+_Watcher = _DirWatcher | Tail
 
 
 def _watcher(path: str, opts: ReadOptions) -> _Watcher | None:
     if os.path.isdir(path):
         return _DirWatcher(path, opts)
-    if os.path.isfile(path) and file_kind(path) == "jsonl" and not path.lower().endswith(".gz"):
-        return _JsonlTail(path, opts)
-    return None  # read once: stdin, gzip, Parquet, text and HTML files, missing paths
+    fmt = format_of(path) if os.path.isfile(path) else None
+    if fmt is not None and fmt.tail is not None and fmt.follows(path):
+        return fmt.tail(path, opts)
+    return None  # read once: stdin, gzip files, formats without a tail (Parquet, documents), missing paths
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:

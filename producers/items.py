@@ -62,6 +62,8 @@ class Skipped:
 class ReadOptions:
     text_field: str = "text"
     max_bytes: int = 1_000_000  # UTF-8 size of a text; larger -> BadInput
+    max_record_bytes: int = 64 << 20  # decompressed bytes of one web-archive record; more -> BadInput, file ends
+    max_file_bytes: int = 16 << 30  # decompressed bytes of one compressed file; more -> BadInput, file ends
     encoding_errors: str = "strict"  # only strict is used; undecodable -> BadInput
 
 
@@ -70,6 +72,11 @@ Item = FeedItem | BadInput | Skipped
 
 class Rejected(Exception):
     """One input is bad; the message is the BadInput reason."""
+
+
+class OverCap(Exception):
+    """A file decompresses to more than a cap allows (a gzip bomb, say): its reading ends; the
+    message is the BadInput reason."""
 
 
 def attempt(location: str, make: Callable[..., FeedItem], *args: Any) -> Item:
@@ -110,15 +117,16 @@ def _utf8_size(text: str) -> int:
 def item_from_text(text: str, location: str, meta: dict[str, Any], opts: ReadOptions,
                    extraction: Extraction | None = None, url: str | None = None) -> FeedItem:
     """The one place a text becomes an item: size limit, normalisation, emptiness. Indentation
-    is kept (code blocks); record ids do not depend on it (streamer.records.content_id)."""
+    and fenced code blocks are kept as written; record ids do not depend on them
+    (streamer.records.content_id)."""
     size = _utf8_size(text)
-    if size > opts.max_bytes:  # before normalising, so a huge text is not run through NFKC
+    if size > opts.max_bytes:  # before normalising, so a huge text is not run through NFC
         raise _too_large(size, opts)
     text = normalise_text(text, keep_indent=True)
     if not text:
         raise Rejected("empty document")
     size = _utf8_size(text)
-    if size > opts.max_bytes:  # NFKC expands a few characters (ligatures, fractions, ...)
+    if size > opts.max_bytes:  # NFC composes, but a few characters expand
         raise _too_large(size, opts)
     return FeedItem(text=text, location=location, meta=meta, extraction=extraction, url=url)
 

@@ -7,10 +7,12 @@ location (path:line, path:row or path) and the reading goes on; no input makes t
 This module is their public face; the work is split by job:
 - `producers.items`: FeedItem, BadInput, Skipped (an archive record that is no document, with
   why), ReadOptions and the checks every text goes through;
-- `producers.formats`: parsing each format (JSON lines, gzip, Parquet, .txt/.md/.html, archives);
-- `producers.extract`: a page's main content (trafilatura; `html_text` as the counted fallback);
-- `producers.warc`: web-archive records, streamed (warcio);
-- `producers.paths`: the inputs given (files, directories, stdin), read once: `read_paths`;
+- `producers.formats`: the formats, each registered once in its own module (suffixes, reader,
+  cheap count, tail for --follow): JSON lines, Parquet, .txt/.md/.html documents, web archives;
+- `producers.extract`: a page's main content (`producers.markdown` for a page that names it,
+  trafilatura otherwise; `html_text` as the counted fallback);
+- `producers.paths`: the inputs given (files, directories, stdin), read once: `read_paths`, and
+  counted ahead when cheap: `count_items`;
 - `producers.follow`: the same inputs followed as they grow: `follow_paths`.
 """
 

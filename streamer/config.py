@@ -148,15 +148,22 @@ class FiltersSettings(_Section):
                            "6000 characters ≈ 1500 tokens, the document's least share of the situation stage's "
                            "prompt (token_budget 3000 × min_document_share 0.5); 0 = no limit")
     long_documents: Literal["split", "truncate"] = Field(
-        "split", description="split: parts at paragraph boundaries, each its own document (meta.part, meta.parts); "
+        "split", description="split: parts cut by sections (headings, then paragraphs; never inside code or "
+                             "tables), each opening with its heading path, each its own document (meta.part, meta.parts, "
+                             "meta.document_id); "
                              "truncate: the first part only (meta.truncated)")
     languages: list[str] = Field(default_factory=list, description="ISO 639-1 codes of the languages to keep "
                                  "(detected with lingua, recorded in meta.language); empty: keep all, detect none")
+    max_navigation_chars: float = Field(0.6, ge=0, le=1, description="most share of prose characters in link-list "
+                                        "entries (list items and table rows of at most 10 words ending no sentence): "
+                                        "index, module-index and table-of-contents pages")
     max_symbol_word_ratio: float = Field(0.1, ge=0, description="most '#' and ellipses per prose word (Gopher)")
     min_terminal_punctuation_lines: float = Field(0.12, ge=0, le=1, description="least share of prose lines "
-                                                  "ending in . ! ? or a closing quote (FineWeb): link lists end none")
-    max_duplicate_lines: float = Field(0.3, ge=0, le=1, description="most share of prose lines repeating an earlier "
-                                       "one (Gopher)")
+                                                  "(hard-wrapped lines joined into their paragraph) ending in . ! ? or "
+                                                  "a closing quote (FineWeb; a closing bracket alone ends none): link "
+                                                  "lists end none")
+    max_duplicate_lines: float = Field(0.3, ge=0, le=1, description="most share of prose characters in lines "
+                                       "(paragraphs) repeating an earlier one (Gopher's character fraction)")
     max_top_2gram_chars: float = Field(0.2, ge=0, le=1, description="most share of prose characters in the most "
                                        "frequent word pair (Gopher)")
     max_bullet_lines: float = Field(0.9, ge=0, le=1, description="most share of prose lines that are list items "
@@ -175,6 +182,12 @@ class FeedSettings(_Section):
     text_field: str = Field("text", description="field holding a document's text in JSONL/Parquet")
     seed_text_field: str = Field("instruction", description="field holding a seed's instruction")
     max_doc_bytes: int = Field(1_000_000, ge=1)
+    max_record_bytes: int = Field(64 << 20, ge=1, description="most bytes one web-archive record may decompress to "
+                                  "(headers and payload); checked while reading: a larger one (a gzip bomb) is "
+                                  "skipped with its file and offset, and the rest of that file with it")
+    max_file_bytes: int = Field(16 << 30, ge=1, description="most bytes one compressed input file (.gz, web archive) "
+                                "may decompress to; checked while reading: beyond it the file's reading stops, "
+                                "said with its file and offset")
     filters: FiltersSettings = Field(default_factory=FiltersSettings)
 
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from streamer.text import normalise_text
+from streamer.text import fold_text
 
 SCHEMA_VERSION = 1
 
@@ -27,8 +27,9 @@ def stable_hash(*parts: str, length: int = 16) -> str:
 
 
 def content_id(text: str) -> str:
-    """Id of a fed text: hash of its normalised form, so exact duplicates collapse."""
-    return stable_hash(normalise_text(text))
+    """Id of a fed text: hash of its folded form (streamer.text.fold_text), so exact duplicates
+    collapse, whatever spacing, line endings or compatibility characters they differ in."""
+    return stable_hash(fold_text(text))
 
 
 def derived_id(parent_id: str, stage: str, stage_version: str, variant: str | int = 0) -> str:

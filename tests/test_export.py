@@ -166,7 +166,7 @@ def test_a_sample_carries_its_whole_chain_as_the_topics_had_it(run: Run, tmp_pat
         assert {stage for stage, model in row["models"].items() if model} == set(LLM_STAGES)
         doc = docs[row["root_id"]]["data"]
         assert row["document"] == {"id": row["root_id"], "title": doc["meta"]["title"], "url": doc["meta"]["url"],
-                                   "source": doc["source"]}
+                                   "source": doc["source"], "page_id": None, "part": None, "parts": None}
         fed = {k: v for k, v in situations[row["root_id"]]["data"].items() if k != "document"}
         assert row["situation"] == fed
         # Up to 3 examples: a document may be handled while only some seeds are attributed yet.
@@ -207,7 +207,7 @@ def test_the_dataset_card_lists_the_right_counts(run: Run, tmp_path: Path):
     assert CARD_MARK in (tmp_path / "README.md").read_text().splitlines()[1]
     assert meta["dataset_info"]["splits"] == [{"name": "train", "num_examples": len(rows)}]
     assert meta["configs"][0]["data_files"] == [{"split": "train", "path": "dataset.parquet"}]
-    assert "simulated" in meta["tags"] and meta["synthstream"]["export_schema_version"] == 2
+    assert "simulated" in meta["tags"] and meta["synthstream"]["export_schema_version"] == 3
     assert table_counts(body, "method") == Counter(r["method"] for r in rows)
     assert table_counts(body, "model (answering)") == Counter(r["model"] for r in rows)
     assert f"- rows: {len(rows)}" in body and f"- simulated rows: {len(rows)}" in body
@@ -323,7 +323,8 @@ def test_samples_stored_before_the_chain_export_with_nulls(tmp_path: Path, fmt: 
     ds = datasets.load_dataset("json" if fmt == "jsonl" else "parquet", data_files=str(out), split="train")
     rows = {r["id"]: r for r in ds}
     old = rows[sample_envelope(1).id]
-    assert old["document"] == {"id": "doc0001", "title": None, "url": None, "source": None}
+    assert old["document"] == {"id": "doc0001", "title": None, "url": None, "source": None, "page_id": None,
+                               "part": None, "parts": None}
     assert old["judge"] is None and old["dedup"] is None and old["situation"] is None and old["seeds"] == []
     assert old["model"] == "m" and old["stage_versions"] == {"standin": "1-abc"}
     assert rows["odd"]["judge"] == {"scores": None, "total": 3, "analysis": None}
@@ -352,7 +353,8 @@ def test_a_document_without_title_or_url_fields_is_referenced_by_its_source():
     from streamer.records import Document
 
     page = document_reference(Document(text="x", source="https://a.example/p", meta={"title": "  "}))
-    assert page.model_dump() == {"title": None, "url": "https://a.example/p", "source": "https://a.example/p"}
+    assert page.model_dump() == {"title": None, "url": "https://a.example/p", "source": "https://a.example/p",
+                                 "page_id": None, "part": None, "parts": None}
     assert document_reference(Document(text="x", source="notes.md")).url is None
 
 

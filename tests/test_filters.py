@@ -11,8 +11,9 @@ import orjson
 import pytest
 from helpers import read_topic, write_jsonl
 
-from producers.feed import part_records, rejection_record, to_record
-from producers.filters import DocumentFilters, split_text
+from producers.root_records import part_records, rejection_record, to_record
+from producers.filters import DocumentFilters
+from producers.parts import split_sections, split_text
 from producers.readers import FeedItem, ReadOptions, read_paths
 from streamer.config import FiltersSettings
 from streamer.records import Document, new_root
@@ -28,6 +29,7 @@ GOOD = "\n\n".join(f"Paragraph {i}. " + " ".join(SENTENCE.replace("fox", f"fox{i
 FAILING = {
     "min_chars": "Too short.",
     "min_words": "Supercalifragilisticexpialidocious-antidisestablishmentarianism " * 4 + "end.",
+    "max_navigation_chars": "Chapters of the manual.\n\n" + "\n".join(f"- Chapter {i}: installing the tool" for i in range(30)),
     "max_symbol_word_ratio": GOOD + "\n\n" + " ".join(["#tag"] * 40) + ".",
     "min_terminal_punctuation_lines": "\n".join(f"Menu entry number {i} for the site" for i in range(60)),
     "max_duplicate_lines": "\n".join([SENTENCE] * 20 + [f"Unique sentence number {i} here." for i in range(10)]),
@@ -113,7 +115,7 @@ def test_a_paragraph_longer_than_the_limit_is_cut_at_sentences_then_words():
 def test_split_does_not_cut_inside_a_code_block_when_it_can_avoid_it():
     code = "```python\n" + "\n\n".join(f"x{i} = {i}" for i in range(30)) + "\n```"
     text = "Intro text here.\n\n" + code + "\n\nAfter the code."
-    parts = split_text(text, len(code) + 5)
+    parts = split_sections(text, len(code) + 5)
     assert code in parts
 
 
@@ -126,7 +128,8 @@ def test_long_document_parts_have_deterministic_ids_and_part_numbers():
     assert [p.data["meta"]["part"] for p in parts] == list(range(1, len(parts) + 1))
     assert {p.data["meta"]["parts"] for p in parts} == {len(parts)}
     assert all(p.root_id == p.id and p.data["meta"]["document_id"] == document.id for p in parts)
-    assert _squeezed("".join(p.data["text"] for p in parts)) == _squeezed(text)
+    assert all(p.data["text"].startswith("T\n\n") for p in parts[1:])  # the heading path: the title alone here
+    assert _squeezed("".join(p.data["text"].removeprefix("T\n\n") for p in parts)) == _squeezed(text)
     [first] = part_records(document, 1000, truncate=True)
     assert first.data["text"] == parts[0].data["text"] and first.data["meta"]["truncated"] is True
     assert part_records(document, 0, truncate=False) == [document]
@@ -145,7 +148,91 @@ def test_a_rejection_looks_like_a_stage_rejection_and_ends_the_document_for_resu
     assert _of_kind(rejection.model_dump(mode="json"), "docs")
 
 
+# --- prose as FineWeb measures it ---------------------------------------------------------------------
+
+
+def test_hard_wrapped_prose_is_judged_by_its_paragraphs(filters):
+    import textwrap
+
+    from producers.filters import TextStats, min_terminal_punctuation_lines
+
+    text = _crawl_text("python3.11-doc/tutorial/floatingpoint.html")
+    lines, in_code = [], False
+    for line in text.split("\n"):  # the prose wrapped at 60 columns, code and tables as they are
+        in_code ^= line.lstrip().startswith("```")
+        lines.append(line if in_code or line.lstrip().startswith(("```", "|")) else textwrap.fill(line, 60))
+    wrapped = "\n".join(lines)
+    assert wrapped.count("\n") > 1.5 * text.count("\n")  # really hard-wrapped
+    # Line by line, most wrapped lines end mid-sentence; joined into paragraphs, the page measures
+    # as it does unwrapped (a wrap that happens to fall after a sentence end splits a paragraph).
+    wrapped_lines = [line for line in TextStats(wrapped).prose_lines for line in textwrap.wrap(line, 60)]
+    naive = sum(line.rstrip().endswith((".", "!", "?")) for line in wrapped_lines) / len(wrapped_lines)
+    joined = min_terminal_punctuation_lines(TextStats(wrapped), 0.12)[1]
+    unwrapped = min_terminal_punctuation_lines(TextStats(text), 0.12)[1]
+    assert naive < 0.8 * unwrapped and abs(joined - unwrapped) < 0.05, (naive, joined, unwrapped)
+    assert filters.check(wrapped, {}) is None
+    # a plain-text page wrapped at 72 columns, as mailing-list archives and RFCs are
+    essay = "\n\n".join(textwrap.fill(f"Paragraph {i}. " + SENTENCE * 6, 72) for i in range(6))
+    assert TextStats(essay).prose_lines == [f"Paragraph {i}. " + (SENTENCE * 6).strip() for i in range(6)]
+    assert filters.check(essay, {}) is None
+
+
+def test_a_closing_bracket_alone_does_not_end_a_sentence():
+    from producers.filters import ends_sentence
+
+    assert not ends_sentence("abs() (in module operator)") and not ends_sentence("- ABC (class in abc)")
+    assert ends_sentence("It is kept (see below.)") and ends_sentence("He said “yes.”") and ends_sentence("Done!")
+
+
+def test_a_sentence_repeated_under_every_entry_of_a_reference_page_is_no_boilerplate(filters):
+    from producers.filters import TextStats, max_duplicate_lines
+
+    entries = [f"## builder_{i}\n\nThe builder_{i} writes its output as format number {i}, with its own options, "
+               f"templates and file names chosen for that format, described in its own section below.\n\n"
+               f"The name of the builder, for the command line."
+               for i in range(30)]
+    page = "# Builders\n\n" + "\n\n".join(entries)
+    stats = TextStats(page)
+    repeated_lines = 1 - len(set(stats.prose_lines)) / len(stats.prose_lines)
+    assert repeated_lines > 0.3  # counted by lines (Gopher's line fraction) this page would be boilerplate
+    passed, value = max_duplicate_lines(stats, 0.3)
+    assert passed and value < 0.3
+    assert filters.check(page, {}) is None
+    looped = "\n\n".join(["Buy the best watches online today at the lowest prices."] * 20 + [GOOD])
+    assert filters.check(looped, {}).filter == "max_duplicate_lines"
+
+
 # --- the real crawl pages -----------------------------------------------------------------------------
+
+VERDICTS = Path(__file__).parent / "data" / "crawl-verdicts.tsv"
+
+
+def _crawl_text(name: str) -> str:
+    from producers.items import item_from_page
+
+    return item_from_page((CRAWL / name).read_bytes(), name, ReadOptions()).text
+
+
+def test_the_committed_table_of_crawl_verdicts_holds(filters):
+    rows = [line.split("\t") for line in VERDICTS.read_text().splitlines() if line and not line.startswith("#")]
+    header, rows = rows[0], rows[1:]
+    assert header == ["page", "kind", "verdict"]
+    table = {page: (kind, verdict) for page, kind, verdict in rows}
+    pages = sorted(str(p.relative_to(CRAWL)) for p in CRAWL.rglob("*.html"))
+    assert sorted(table) == pages  # every page of the crawls, once
+    for page in pages:
+        verdict = filters.check(_crawl_text(page), {})
+        assert (verdict.filter if verdict else "kept") == table[page][1], (page, verdict)
+    kinds = {kind for kind, _ in table.values()}
+    assert {"prose", "index", "search"} <= kinds
+    assert all(verdict == "kept" for kind, verdict in table.values() if kind == "prose")  # no prose page rejected
+    assert all(verdict != "kept" for kind, verdict in table.values() if kind != "prose")
+    # index pages are recognised as index pages, by structure, whatever their size
+    indexes = [page for page, (kind, _) in table.items() if kind == "index"]
+    assert all(table[page][1] in ("max_navigation_chars", "min_chars") for page in indexes)
+    assert sum(table[page][1] == "max_navigation_chars" for page in indexes) >= 6
+    assert sum(kind == "prose" for kind, _ in table.values()) >= 70
+
 
 
 def test_index_search_and_404_pages_are_rejected_and_manual_pages_kept(filters):

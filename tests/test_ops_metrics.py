@@ -19,7 +19,7 @@ import pytest
 from helpers import make_texts, stop_process, wait_for, write_jsonl, write_seeds
 from prometheus_client.parser import text_string_to_metric_families
 
-from producers.counting import count_items
+from producers.paths import count_items
 from streamer.runtime.progress import Progress, Snapshot, format_eta
 
 Samples = list[tuple[str, dict[str, str], float]]

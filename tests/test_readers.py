@@ -195,8 +195,8 @@ def test_directory_of_text_markdown_html_and_data_files(tmp_path: Path) -> None:
         BadInput(str(tmp_path / "binary.txt"), "not valid UTF-8 (byte 0x89 at offset 0)"),
         BadInput(str(tmp_path / "empty.md"), "empty document"),
         BadInput(str(tmp_path / "nul.txt"), "binary file (contains NUL bytes)"),
-        # main content by trafilatura (producers.extract), as Markdown; the title is the page's one <h1>
-        FeedItem("# Article heading\n\nFirst paragraph with élève and\n**bold** words.\n\nSecond paragraph.\n\n"
+        # the page's <main> (producers.extract), as Markdown, a paragraph a line; the title is its one <h1>
+        FeedItem("# Article heading\n\nFirst paragraph with élève and **bold** words.\n\nSecond paragraph.\n\n"
                  "Short related teaser.", str(tmp_path / "sub" / "c.html"), {"title": "Article heading"},
                  extraction="main"),
         FeedItem("from jsonl", f"{tmp_path / 'sub' / 'd.jsonl'}:1", {}),
@@ -210,7 +210,8 @@ def test_directory_of_text_markdown_html_and_data_files(tmp_path: Path) -> None:
     ("  a \t b  ", "a b"),
     ("line one   \r\nline two\r\n\r\n\r\n\r\nline three", "line one\nline two\n\nline three"),
     ("a\n \n\t\n \nb", "a\n\nb"),
-    ("ﬁne\u00a0print　wide", "fine print wide"),  # NFKC: ligature, no-break and ideographic space
+    ("ﬁne\u00a0print　wide", "ﬁne\u00a0print　wide"),  # Unicode as written: no NFKC
+    ("e\u0301 2⁻⁵³ ſ \u212a Ⅰ", "\u00e9 2⁻⁵³ ſ \u212a Ⅰ"),  # NFC composes, nothing changes meaning
     ("\n\n  \n", ""),
 ])
 def test_normalise_text(raw: str, expected: str) -> None:

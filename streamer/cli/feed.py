@@ -58,7 +58,7 @@ def cmd_feed(args: argparse.Namespace) -> int:
 
 
 def cmd_feed_taxonomy(args: argparse.Namespace) -> int:
-    from producers.feed import feed_taxonomy
+    from producers.taxonomy_feed import feed_taxonomy
     from producers.taxonomy import DEFAULT_TAXONOMY, TaxonomyError, load_taxonomy
 
     if len(args.paths) > 1:

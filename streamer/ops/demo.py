@@ -127,7 +127,7 @@ async def _run_synthquestions(settings: Settings, inputs: DemoInputs) -> list[An
 
 async def _run_glan(settings: Settings, inputs: DemoInputs) -> list[Any]:
     from consumers import downstream_of
-    from producers.feed import feed_taxonomy
+    from producers.taxonomy_feed import feed_taxonomy
     from producers.taxonomy import load_taxonomy
     from streamer.runtime.worker import Worker
 

@@ -9,6 +9,8 @@ EXPORT_SCHEMA_VERSION counts changes of the exported row's shape:
 1: lineage, meta and stage_versions as JSON strings; document_id and seed_ids flat.
 2: every nested part an object; document, seeds, situation, glan, compositions, judge, dedup,
    models and instruction_id added; model is the model that answered.
+3: document.page_id, document.part and document.parts (the parts of one long page told apart and
+   regrouped).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-EXPORT_SCHEMA_VERSION = 2
+EXPORT_SCHEMA_VERSION = 3
 
 _STR = pa.string()
 _STAMP = pa.struct([("stage", _STR), ("version", _STR), ("model", _STR)])
@@ -37,7 +39,8 @@ DECLARED_SCHEMA = pa.schema([
     ("model", _STR),
     ("models", pa.struct([])),
     ("stage_versions", pa.struct([])),
-    ("document", pa.struct([("id", _STR), ("title", _STR), ("url", _STR), ("source", _STR)])),
+    ("document", pa.struct([("id", _STR), ("title", _STR), ("url", _STR), ("source", _STR), ("page_id", _STR),
+                            ("part", pa.int32()), ("parts", pa.int32())])),
     ("seeds", pa.list_(pa.struct([("id", _STR), ("instruction", _STR)]))),
     ("situation", pa.struct([("user", _STR), ("circumstances", _STR), ("motivation", _STR), ("situation", _STR)])),
     ("glan", pa.struct([("taxonomy_path", pa.list_(_STR)), ("subject", _STR), ("level", _STR), ("mode", _STR),
@@ -66,7 +69,8 @@ FIELD_DOCS: dict[str, str] = {
     "model": "the model that answered (as the endpoint named it)",
     "models": "stage -> model that answered it, for the stages that called an LLM",
     "stage_versions": "stage -> version (prompt version and text digest, plus a replay version)",
-    "document": "the source document: id, title, url, source (null for GLAN)",
+    "document": "the source document: id, title, url, source; for a part of a long page its page_id (the whole "
+                "document's id), part (1-based) and parts (count), else null (null for GLAN)",
     "seeds": "the real user instructions shown as examples: id, instruction",
     "situation": "the invented user, circumstances, motivation and situation (null for GLAN)",
     "glan": "GLAN: taxonomy path, subject, level, question mode, sessions and concepts drawn",
@@ -126,7 +130,8 @@ def _document(lineage: dict[str, Any], details: dict[str, Any]) -> dict[str, Any
     if document_id is None and not doc:
         return None
     return {"id": document_id, "title": doc.get("title"), "url": doc.get("url"),
-            "source": doc.get("source") or details.get("document_source")}
+            "source": doc.get("source") or details.get("document_source"),
+            "page_id": doc.get("page_id"), "part": doc.get("part"), "parts": doc.get("parts")}
 
 
 def _seeds(lineage: dict[str, Any], details: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
-"""Web archives as feed items: WARC files (WET ones too) and ARC files, gzip-compressed or not,
-read record by record with warcio (from a file or any binary stream, never whole).
+"""Web archives as feed items: WARC files (WET ones too: crawl.warc.wet.gz) and ARC files,
+gzip-compressed or not, read record by record with warcio (from a file or any binary stream, never
+whole). Their records are only known by reading them through, so they are not counted ahead.
 
 - `response` (and `resource`) records of HTML with HTTP status 200: the page's main content
   (producers.extract); meta url = WARC-Target-URI, date = WARC-Date (ARC: its URL and archive date;
@@ -11,7 +12,10 @@ read record by record with warcio (from a file or any binary stream, never whole
 - A record cut short (the file truncated mid-record) or bytes that are no record are a BadInput at
   "path@offset", the offset of the record in the (compressed) file; the rest of the file is not
   trusted after data that is no record, but nothing raises. A .gz web archive must be compressed
-  record by record (as crawlers write them); one compressed whole is reported as such.
+  record by record (as crawlers write them); one compressed whole is reported as such before any
+  of its records is sent (each record's item is held until the next one is read).
+- What warcio decompresses is capped as it reads (`max_record_bytes` per record, `max_file_bytes`
+  per file): a gzip bomb costs a few MiB and one BadInput at its record's offset.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ from warcio.recordloader import ArcWarcRecord
 from warcio.statusandheaders import StatusAndHeadersParserException
 from warcio.timeutils import timestamp_to_iso_date
 
+from producers.formats.base import InputFormat, not_cheap
 from producers.items import (
     BadInput,
     FeedItem,
     Item,
+    OverCap,
     ReadOptions,
     Rejected,
     Skipped,
@@ -69,25 +75,78 @@ def read_warc_file(path: str, opts: ReadOptions) -> Iterator[Item]:
         yield from read_warc(f, path, opts)
 
 
+class _Meter:
+    """Caps what warcio decompresses, checked as it reads (each fill of its buffer decompresses
+    one 16 KiB block, so at most some MiB pass a cap): a record, from where it starts, and the
+    whole file. Installed on the iterator's own reader, the one that undoes gzip."""
+
+    def __init__(self, records: ArchiveIterator, opts: ReadOptions) -> None:
+        self.reader = records.reader
+        self.opts = opts
+        self.record_start = 0
+        process = self.reader._process_read
+
+        def process_read(data: bytes) -> None:
+            process(data)
+            self.check()
+
+        self.reader._process_read = process_read  # type: ignore[method-assign]
+
+    def next_record(self) -> None:
+        self.record_start = self.reader.num_read
+
+    def check(self) -> None:
+        read = self.reader.num_read
+        if read - self.record_start > self.opts.max_record_bytes:
+            raise OverCap(f"record decompresses to more than {self.opts.max_record_bytes} bytes "
+                          f"(feed.max_record_bytes): skipped with the rest of the file")
+        if read > self.opts.max_file_bytes:
+            raise OverCap(f"file decompresses to more than {self.opts.max_file_bytes} bytes (feed.max_file_bytes): "
+                          f"the rest of it is skipped")
+
+
+_WHOLE_GZIP = ("gzip-compressed as a whole, not record by record: nothing of it was sent; decompress it (or "
+               "run `warcio recompress` on it) and feed it again")
+
+
 def read_warc(stream: BinaryIO, name: str, opts: ReadOptions) -> Iterator[Item]:
-    """Items of every record of a WARC/ARC stream, located as name@offset."""
+    """Items of every record of a WARC/ARC stream, located as name@offset.
+
+    Each record's item is held back until the next record has been read: a file gzip-compressed
+    as a whole shows as such only there, and then nothing of it is sent."""
     counted = _CountingReader(stream)
     # Without arc2warc the format found first is kept, so bytes after WARC records that happen to
     # look like an ARC header line are not taken for a record.
     records = ArchiveIterator(counted, arc2warc=False)
+    meter = _Meter(records, opts)
+    held: Item | None = None
+    sent = False
     try:
         for record in records:
             location = f"{name}@{records.offset}"  # where this record starts
             item = _record_item(record, location, opts)
             records.read_to_end()  # streams through what was not read, e.g. a skipped image
-            yield _cut_short(record, location) or item
+            if held is not None:
+                sent = True
+                yield held
+            held = _cut_short(record, location) or item
+            meter.next_record()
     except _CORRUPT_ERRORS as error:
-        if "non-chunked gzip" in str(error):
-            yield BadInput(name, "gzip-compressed as a whole, not record by record: decompress it (or run "
-                                 "`warcio recompress` on it) and feed it again")
-        else:
-            yield BadInput(f"{name}@{records.offset}", f"not a whole WARC/ARC record: {_first_line(error)}")
+        if "non-chunked gzip" in str(error):  # its first record is held: drop it
+            yield BadInput(name, _WHOLE_GZIP if not sent else _WHOLE_GZIP.replace(
+                "nothing of it was sent", f"its records before offset {records.offset} were sent"))
+            return
+        if held is not None:
+            yield held
+        yield BadInput(f"{name}@{records.offset}", f"not a whole WARC/ARC record: {_first_line(error)}")
         return
+    except OverCap as over:
+        if held is not None:
+            yield held
+        yield BadInput(f"{name}@{records.offset}", str(over))
+        return
+    if held is not None:
+        yield held
     if counted.consumed > records.offset:  # warcio ends quietly at a record whose headers are cut
         yield BadInput(f"{name}@{records.offset}",
                        f"record cut short: the last {counted.consumed - records.offset} bytes are not a whole record")
@@ -187,3 +246,6 @@ def _fetched(record: ArcWarcRecord) -> str | None:
         stamp = record.rec_headers.get_header("archive-date")
         return timestamp_to_iso_date(stamp) if stamp else None
     return record.rec_headers.get_header("WARC-Date")
+
+
+WEB_ARCHIVE = InputFormat("web archive", (".warc", ".arc", ".wet"), read_warc_file, not_cheap, gzip=True)
