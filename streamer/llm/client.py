@@ -34,6 +34,7 @@ from streamer.llm import dialects
 from streamer.llm.cache import ResponseCache, cache_key
 from streamer.llm.fingerprint import SIMULATOR_FINGERPRINT
 from streamer.llm.limits import EndpointLimits
+from streamer.llm.prices import Prices
 from streamer.llm.replies import content_problem, extract_json, without_reasoning
 from streamer.llm.results import (  # noqa: F401 - callers import the errors from here too
     LLMError,
@@ -65,8 +66,9 @@ class _Attempt:
 class LLMPool:
     """Per-process owner of HTTP clients, endpoint limits and the response cache."""
 
-    def __init__(self, cache: ResponseCache | None = None) -> None:
+    def __init__(self, cache: ResponseCache | None = None, prices: Prices | None = None) -> None:
         self.cache = cache
+        self.prices = prices or Prices()
         self._clients: dict[tuple[str | None, str], Any] = {}  # openai.AsyncOpenAI
         self._limits: dict[tuple[str | None, str], EndpointLimits] = {}
         self._dialects: dict[tuple[str | None, str, str], dialects.DialectChoice] = {}
@@ -329,11 +331,13 @@ class LLMClient:
         metrics.LLM_TOKENS.labels(*labels, "completion").inc(completion_tokens - thought_tokens)
         if thought_tokens:
             metrics.LLM_TOKENS.labels(*labels, "reasoning").inc(thought_tokens)
+        # The model that answered, as the endpoint names it (it may differ from the configured one).
+        answered_by = response["model"] if isinstance(response.get("model"), str) and response["model"] else self.model
+        self.pool.prices.charge(*labels, answered_by, self.settings.mode, prompt_tokens, completion_tokens)
         return _Attempt(
             content=content,
             finish_reason=choice.get("finish_reason"),
-            # The model that answered, as the endpoint names it (it may differ from the configured one).
-            model=response["model"] if isinstance(response.get("model"), str) and response["model"] else self.model,
+            model=answered_by,
             simulated=response.get("system_fingerprint") == SIMULATOR_FINGERPRINT,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,

@@ -28,6 +28,7 @@ from streamer.kafka.health import BrokerWatch
 from streamer.kafka.incarnation import SeenIncarnations, replaced_line
 from streamer.llm.cache import ResponseCache
 from streamer.llm.client import LLMPool, preload_sdk
+from streamer.llm.prices import Prices
 from streamer.runtime.embedding import encoder_summaries
 from streamer.runtime.progress import Progress
 from streamer.runtime.runner import StageRunner
@@ -89,7 +90,7 @@ class Worker:
             return
         # The cache before the producer: a cache that cannot be opened must not leave a started producer.
         cache = ResponseCache(self.settings.storage.cache_path) if self.stages else None
-        pool = LLMPool(cache)
+        pool = LLMPool(cache, Prices(self.settings.prices))
         producer = make_producer(self.settings.kafka)
         await producer.start()
         self.members = [StageRunner(s, self.settings, producer, pool, self.stop, broker) for s in self.stages]
