@@ -230,6 +230,12 @@ class StageSettings(_Section):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     options: Any = Field(None, description="the stage's options, an instance of its options model")
 
+    @property
+    def records_in_flight(self) -> int:
+        """Records processed at once per process: `concurrency`, or in batch mode `llm.batch_max_in_flight`
+        (records wait for their batch, so many more must be in flight to fill one)."""
+        return max(self.concurrency, self.llm.batch_max_in_flight) if self.llm.mode == "batch" else self.concurrency
+
 
 class Settings(_Section):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

@@ -31,6 +31,7 @@ from streamer import metrics
 from streamer.backoff import jittered_backoff
 from streamer.config import LLMSettings
 from streamer.llm import dialects
+from streamer.llm.batch import BatchLane, BatchRecords
 from streamer.llm.cache import ResponseCache, cache_key
 from streamer.llm.fingerprint import SIMULATOR_FINGERPRINT
 from streamer.llm.limits import EndpointLimits
@@ -66,9 +67,12 @@ class _Attempt:
 class LLMPool:
     """Per-process owner of HTTP clients, endpoint limits and the response cache."""
 
-    def __init__(self, cache: ResponseCache | None = None, prices: Prices | None = None) -> None:
+    def __init__(self, cache: ResponseCache | None = None, prices: Prices | None = None,
+                 batches: BatchRecords | None = None) -> None:
         self.cache = cache
         self.prices = prices or Prices()
+        self.batches = batches  # durable batch records for stages in batch mode (streamer.llm.batch)
+        self._lanes: dict[tuple[str, str | None, str], BatchLane] = {}
         self._clients: dict[tuple[str | None, str], Any] = {}  # openai.AsyncOpenAI
         self._limits: dict[tuple[str | None, str], EndpointLimits] = {}
         self._dialects: dict[tuple[str | None, str, str], dialects.DialectChoice] = {}
@@ -111,7 +115,20 @@ class LLMPool:
             self._dialects[key] = dialects.DialectChoice(settings.structured, where)
         return self._dialects[key]
 
+    def lane(self, settings: LLMSettings, stage: str) -> BatchLane:
+        """The stage's batch lane on this endpoint and model (one per process)."""
+        key = (stage, settings.base_url, settings.model)
+        if key not in self._lanes:
+            if self.batches is None:
+                self.batches = BatchRecords(":memory:")  # no data dir (tests, tools): records live with the process
+            self._lanes[key] = BatchLane(self._http(settings), settings, stage, self.batches, self.prices)
+        return self._lanes[key]
+
     async def close(self) -> None:
+        for lane in self._lanes.values():
+            await lane.close()
+        if self.batches is not None:
+            self.batches.close()
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
@@ -131,6 +148,7 @@ class LLMClient:
         self.cache_scope = cache_scope
         self.endpoint = settings.base_url or "default"
         self.limits = pool.limits(settings)
+        self.lane = pool.lane(settings, stage) if settings.mode == "batch" else None
 
     @property
     def model(self) -> str:
@@ -246,6 +264,11 @@ class LLMClient:
     async def _request(
         self, messages: list[dict[str, str]], params: dict[str, Any], extra: dict[str, Any]
     ) -> _Attempt:
+        if self.lane is not None:  # batch mode: queued into a batch file, answered when its batch is done
+            attempt = self._attempt_from(await self.lane.request({"model": self.model, "messages": messages,
+                                                                  **params, **extra}))
+            self._count("truncated" if attempt.finish_reason == "length" else "ok")
+            return attempt
         http = self.pool._http(self.settings)  # noqa: SLF001 - pool and client are one unit
         openai = sdk()
         estimate = sum(len(m["content"]) for m in messages) // 4 + int(params.get("max_tokens", 0))
@@ -333,7 +356,8 @@ class LLMClient:
             metrics.LLM_TOKENS.labels(*labels, "reasoning").inc(thought_tokens)
         # The model that answered, as the endpoint names it (it may differ from the configured one).
         answered_by = response["model"] if isinstance(response.get("model"), str) and response["model"] else self.model
-        self.pool.prices.charge(*labels, answered_by, self.settings.mode, prompt_tokens, completion_tokens)
+        if self.lane is None:  # the batch lane prices a batch once, when it collects it
+            self.pool.prices.charge(*labels, answered_by, "online", prompt_tokens, completion_tokens)
         return _Attempt(
             content=content,
             finish_reason=choice.get("finish_reason"),

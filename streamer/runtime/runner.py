@@ -71,7 +71,7 @@ class StageRunner(GroupMember):
         self.stop_event = stop
         self.tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self.processed_partitions: dict[int, int] = {}
-        self.max_in_flight = stage.max_in_flight(self.bound.settings.concurrency)
+        self.max_in_flight = stage.max_in_flight(self.bound.settings.records_in_flight)
         self._slot_freed = asyncio.Event()  # set when a record finishes: wakes a full loop at once
         self._slot_freed_at: float | None = None
 
