@@ -197,6 +197,18 @@ class BatchRecords:
             self._db.close()
 
 
+def batch_costs(data_dir: Path, prefix: str) -> dict[str, dict[str, float]]:
+    """Per stage, what the batch lane's collected batches cost (empty without batch records)."""
+    path = records_path(data_dir, prefix)
+    if not path.exists():
+        return {}
+    records = BatchRecords(path)
+    try:
+        return records.costs()
+    finally:
+        records.close()
+
+
 def records_path(data_dir: Path, prefix: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in prefix)
     return Path(data_dir) / "state" / f"{safe}batches.sqlite"

@@ -89,6 +89,10 @@ def worker_figures(group: Watched, s: Sample) -> tuple[int | None, dict[str, flo
     counters["limiter_wait_s"] += live("synthstream_llm_limiter_wait_seconds_total")
     counters["cost_usd"] += live("synthstream_llm_cost_usd_total")
     counters["batch_cost_usd"] += live("synthstream_llm_cost_usd_total", lane="batch")
+    if (batches := s.batches.get(group.name)) is not None:
+        # The batch records price every collected batch once and survive a SIGKILL: they win over the counters.
+        counters["cost_usd"] += batches["cost_usd"] - counters["batch_cost_usd"]
+        counters["batch_cost_usd"] = batches["cost_usd"]
     exact = ("limiter_wait_s", "cost_usd", "batch_cost_usd")
     llm: dict[str, float] = {k: int(v) for k, v in counters.items() if k not in exact}
     llm["limiter_wait_s"] = round(counters["limiter_wait_s"], 1)

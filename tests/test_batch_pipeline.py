@@ -1,0 +1,122 @@
+"""The batch lane in the running pipeline: judge and answer in batch mode on the simulator's batch API, real
+worker processes on a real broker; a worker SIGKILLed while batches are in flight, and faulty batches."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.request
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from helpers import endings, envelopes, expected_ids, make_texts, stop_process, wait_for
+from streamer.llm.batch import BatchRecords, records_path
+from streamer.llm.prices import Prices
+
+pytestmark = pytest.mark.slow
+
+DOCUMENTS = 60
+
+
+def ledger(sim_url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(sim_url.removesuffix("/v1") + "/ledger", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def batch_env(pipeline, sim_url: str, **extra: str) -> None:
+    pipeline.env.update({"SYNTHSTREAM_LLM__BASE_URL": sim_url})
+    for stage in ("judge", "answer"):
+        key = f"SYNTHSTREAM_STAGES__{stage.upper()}__LLM__"
+        pipeline.env.update({key + "MODE": "batch", key + "BATCH_MAX_AGE": "0.5", key + "BATCH_POLL_INTERVAL": "0.3",
+                             key + "BATCH_MAX_REQUESTS": "25"})
+    pipeline.env.update(extra)
+
+
+def batch_rows(pipeline) -> list[Any]:
+    path = records_path(pipeline.data_dir, pipeline.prefix)
+    if not path.exists():
+        return []
+    records = BatchRecords(path)
+    try:
+        return records.batches()
+    finally:
+        records.close()
+
+
+def ledger_cost(charges: list[dict[str, Any]]) -> float:
+    prices = Prices()
+    return sum(prices.cost(c["prompt_tokens"], c["completion_tokens"], c["lane"], c["model"]) for c in charges)
+
+
+def test_sigkilled_worker_re_attaches_to_its_batches_nothing_paid_twice_and_cost_matches_the_ledger(
+        pipeline, start_simulator, tmp_path):
+    sim = start_simulator("--batch-seconds", "5")
+    batch_env(pipeline, sim.url)
+    texts = make_texts(DOCUMENTS)
+    pipeline.feed(tmp_path, texts, seeds=4)
+    first = pipeline.start("run", "--no-progress", name="batch-worker")
+
+    def online_done_and_batches_out() -> bool:
+        # The online stages through (their counters written: SIGKILL loses up to 2 s of them), batches out.
+        before = ledger(sim.url)["totals"].get("online", {}).get("requests", 0)
+        time.sleep(2.5)
+        pending = [r for r in batch_rows(pipeline) if r.provider_id and not r.collected]
+        return before > 0 and ledger(sim.url)["totals"].get("online", {}).get("requests", 0) == before and bool(pending)
+
+    wait_for(online_done_and_batches_out, 120, interval=0.1, what=lambda: f"batches in flight: {batch_rows(pipeline)}")
+    in_flight = [r for r in batch_rows(pipeline) if r.provider_id and not r.collected]
+    stop_process(first, signal.SIGKILL)
+    assert first.returncode == -signal.SIGKILL
+
+    pipeline.cli("run", "--until-idle", "--no-progress", timeout=300)
+    ended = endings(pipeline)
+    assert set(ended) == expected_ids(texts) and all(n == 1 for n in ended.values()), ended
+    assert len({e["id"] for e in envelopes(pipeline, "samples")}) == DOCUMENTS  # redelivered copies share ids
+
+    rows = batch_rows(pipeline)
+    assert {r.local_id for r in in_flight} <= {r.local_id for r in rows if r.collected}  # re-attached, not resubmitted
+    assert {r.stage for r in rows} == {"judge", "answer"} and all(r.state == "completed" for r in rows)
+    charges = ledger(sim.url)["charges"]
+    by_lane = Counter((c["lane"], c["key"]) for c in charges)
+    assert max(by_lane.values()) == 1, [k for k, n in by_lane.items() if n > 1]  # no request charged twice
+    assert sum(1 for c in charges if c["lane"] == "batch") == 2 * DOCUMENTS  # one judge, one answer each
+
+    status = json.loads(pipeline.cli("status", "--json").stdout)
+    expected = ledger_cost(charges)
+    assert status["cost_usd"]["total"] == pytest.approx(expected, rel=0.01)
+    assert status["cost_usd"]["batch"] == pytest.approx(ledger_cost([c for c in charges if c["lane"] == "batch"]),
+                                                        rel=0.01)
+    judge = next(s for s in status["stages"] if s["stage"] == "judge")
+    assert judge["llm"]["batch_cost_usd"] == pytest.approx(judge["llm"]["cost_usd"]) and judge["llm"]["cost_usd"] > 0
+
+
+def test_expired_batch_and_failed_requests_resubmitted_then_dead_lettered_with_the_providers_text(
+        pipeline, start_simulator, tmp_path):
+    sim = start_simulator("--batch-seconds", "1")
+    with urllib.request.urlopen(urllib.request.Request(
+            sim.url.removesuffix("/v1") + "/batch-behaviour", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"expire_next": 1, "expire_keep": 0.5, "failure_rate": 0.1, "seed": 5}).encode())) as r:
+        assert r.status == 200
+    # One attempt for judge: a request failing in its batch goes to the dlq at once, with the provider's error.
+    batch_env(pipeline, sim.url, SYNTHSTREAM_STAGES__JUDGE__ATTEMPTS="1",
+              SYNTHSTREAM_STAGES__JUDGE__LLM__BATCH_MAX_REQUESTS="100", SYNTHSTREAM_STAGES__JUDGE__LLM__BATCH_MAX_AGE="3")
+    texts = make_texts(DOCUMENTS)
+    pipeline.feed(tmp_path, texts, seeds=4)
+    pipeline.cli("run", "--until-idle", "--no-progress", timeout=300)
+
+    ended = endings(pipeline)
+    assert set(ended) == expected_ids(texts) and all(n == 1 for n in ended.values()), ended
+    letters = [e["data"] for e in envelopes(pipeline, "dlq")]
+    judged = [d for d in letters if d["stage"] == "judge"]
+    assert judged and all("simulated batch request failure" in d["error"] and "HTTP 500" in d["error"] for d in judged)
+    assert len(judged) < DOCUMENTS * 0.3
+    rows = [r for r in batch_rows(pipeline) if r.stage == "judge"]
+    expired = [r for r in rows if r.state == "expired"]
+    assert len(expired) == 1 and expired[0].completed > 0  # its finished results kept
+    charges = [c for c in ledger(sim.url)["charges"] if c["lane"] == "batch"]
+    assert len({c["key"] for c in charges}) == len(charges)  # the expired batch's finished requests not asked again
+    judge_charges = sum(1 for r in rows for _ in range(r.completed))
+    assert judge_charges == DOCUMENTS - len(judged)
