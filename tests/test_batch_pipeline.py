@@ -120,3 +120,31 @@ def test_expired_batch_and_failed_requests_resubmitted_then_dead_lettered_with_t
     assert len({c["key"] for c in charges}) == len(charges)  # the expired batch's finished requests not asked again
     judge_charges = sum(1 for r in rows for _ in range(r.completed))
     assert judge_charges == DOCUMENTS - len(judged)
+
+
+def test_batch_list_shows_batches_and_cancel_dead_letters_their_requests(pipeline, start_simulator, tmp_path):
+    sim = start_simulator("--batch-seconds", "30")
+    batch_env(pipeline, sim.url, SYNTHSTREAM_STAGES__JUDGE__LLM__BATCH_MAX_AGE="2",
+              SYNTHSTREAM_STAGES__JUDGE__LLM__BATCH_MAX_REQUESTS="1000")
+    texts = make_texts(20)
+    pipeline.feed(tmp_path, texts, seeds=4)
+    worker = pipeline.start("run", "--until-idle", "--no-progress", name="batch-worker")
+    wait_for(lambda: any(r.provider_id and r.stage == "judge" for r in batch_rows(pipeline)), 120,
+             what="a judge batch submitted")
+    listed = [json.loads(line) for line in pipeline.cli("batch", "list", "--json").stdout.splitlines()]
+    assert len(listed) >= 1 and all(b["stage"] == "judge" and not b["collected"] for b in listed)
+    assert listed[0]["state"] in ("validating", "in_progress") and listed[0]["batch"].startswith("batch_sim_")
+    table = pipeline.cli("batch", "list").stdout.decode()
+    assert listed[0]["batch"] in table and "judge" in table
+
+    cancelled = pipeline.cli("batch", "cancel", "--stage", "judge").stdout.decode()
+    assert "cancelling" in cancelled, cancelled
+    assert worker.wait(timeout=120) == 0, pipeline.log_of(worker)
+    # Whatever the cancelled batches left unanswered is dead-lettered once, saying why.
+    ended = endings(pipeline)
+    assert set(ended) == expected_ids(texts) and all(n == 1 for n in ended.values()), ended
+    letters = [e["data"] for e in envelopes(pipeline, "dlq") if e["data"]["stage"] == "judge"]
+    assert letters and all(d["error_type"] == "BatchCancelledError" and "cancelled" in d["error"] for d in letters)
+    after = [json.loads(line) for line in pipeline.cli("batch", "list", "--json").stdout.splitlines()]
+    assert {b["state"] for b in after if b["stage"] == "judge"} == {"cancelled"}
+    assert pipeline.cli("batch", "cancel", after[0]["batch"], check=False).returncode == 1  # already over
