@@ -148,3 +148,58 @@ def test_batch_list_shows_batches_and_cancel_dead_letters_their_requests(pipelin
     after = [json.loads(line) for line in pipeline.cli("batch", "list", "--json").stdout.splitlines()]
     assert {b["state"] for b in after if b["stage"] == "judge"} == {"cancelled"}
     assert pipeline.cli("batch", "cancel", after[0]["batch"], check=False).returncode == 1  # already over
+
+
+def test_estimate_is_within_15_percent_of_the_real_runs_cost_and_tokens(pipeline, start_simulator, tmp_path):
+    from streamer.ops.demo import EXAMPLES
+
+    sim = start_simulator()
+    batch_env(pipeline, sim.url)  # judge and answer in the batch lane: priced at the discount in both
+    out = pipeline.cli("estimate", str(EXAMPLES / "docs"), "--seeds", str(EXAMPLES / "seeds.jsonl"), "--json",
+                       timeout=300)
+    estimated = json.loads(out.stdout)
+    assert estimated["documents"] == 30 and estimated["sampled_documents"] == 20 and not estimated["simulated"]
+    by_stage = {s["stage"]: s for s in estimated["stages"]}
+    assert by_stage["judge"]["mode"] == "batch" and by_stage["judge"]["cost_usd"] == by_stage["judge"]["batch_usd"]
+    before = ledger(sim.url)["totals"]
+    sample_calls = sum(t["requests"] for t in before.values())
+    assert sample_calls > 0 and estimated["total"]["calls"] > sample_calls  # the sample, extrapolated
+
+    pipeline.cli("feed", "seeds", str(EXAMPLES / "seeds.jsonl"))
+    pipeline.cli("feed", "docs", str(EXAMPLES / "docs"))
+    pipeline.cli("run", "--until-idle", "--no-progress", timeout=300)
+    status = json.loads(pipeline.cli("status", "--json").stdout)
+    tokens = sum((s["llm"] or {}).get("tokens", 0) for s in status["stages"] if s["kind"] == "stage")
+    cost = status["cost_usd"]["total"]
+    assert estimated["total"]["tokens"] == pytest.approx(tokens, rel=0.15), (estimated["total"], tokens)
+    assert estimated["total"]["cost_usd"] == pytest.approx(cost, rel=0.15), (estimated["total"], cost)
+    # The run's cost is what the simulator charged it (the estimate's own calls left out).
+    run_charges = ledger(sim.url)["charges"][sample_calls:]
+    assert cost == pytest.approx(ledger_cost(run_charges), rel=0.01)
+
+
+def test_estimate_on_the_simulator_keeps_each_stages_model_and_price(tmp_path):
+    import subprocess
+    import sys
+
+    from streamer.ops.demo import EXAMPLES
+
+    config = tmp_path / "synthstream.toml"
+    config.write_text('[stages.answer.llm]\nmodel = "gpt-4o"\nmode = "batch"\n')
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("SYNTHSTREAM_", "OPENAI_"))}
+    env.update({"SYNTHSTREAM_CONFIG": str(config), "SYNTHSTREAM_STORAGE__DATA_DIR": str(tmp_path / "data")})
+    done = subprocess.run([sys.executable, "-m", "streamer.cli", "estimate", str(EXAMPLES / "docs"), "--seeds",
+                           str(EXAMPLES / "seeds.jsonl"), "--simulate", "--sample", "6", "--json"],
+                          env=env, cwd=tmp_path, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    estimated = json.loads(done.stdout)
+    assert estimated["simulated"] and estimated["sampled_documents"] == 6 and estimated["documents"] == 30
+    stages = {s["stage"]: s for s in estimated["stages"]}
+    answer, judge = stages["answer"], stages["judge"]
+    assert answer["model"] == "gpt-4o" and answer["mode"] == "batch" and answer["records"] == 30  # judge keeps all
+    # gpt-4o's price, halved in the batch lane; judge online at gpt-4o-mini's.
+    assert answer["cost_usd"] == pytest.approx((answer["prompt_tokens"] * 2.5 + answer["completion_tokens"] * 10)
+                                               / 1e6 * 0.5, rel=1e-3)
+    assert judge["cost_usd"] == pytest.approx((judge["prompt_tokens"] * 0.15 + judge["completion_tokens"] * 0.6)
+                                              / 1e6, rel=1e-3)
+    assert stages["attribution"]["calls"] == 30 and estimated["total"]["batch_usd"] < estimated["total"]["online_usd"]
