@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from helpers import endings, envelopes, expected_ids, make_texts, stop_process, wait_for
+from streamer.kafka.broker import free_port, port_open
 from streamer.llm.batch import BatchRecords, records_path
 from streamer.llm.prices import Prices
 
@@ -91,6 +92,24 @@ def test_sigkilled_worker_re_attaches_to_its_batches_nothing_paid_twice_and_cost
                                                         rel=0.01)
     judge = next(s for s in status["stages"] if s["stage"] == "judge")
     assert judge["llm"]["batch_cost_usd"] == pytest.approx(judge["llm"]["cost_usd"]) and judge["llm"]["cost_usd"] > 0
+
+    # The same cost in the dataset card, the report and the console.
+    pipeline.cli("export", "--out", str(tmp_path / "out" / "dataset.jsonl"))
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "## Cost" in card and f"**${status['cost_usd']['total']:.4f}**" in card and "| judge |" in card
+    pipeline.cli("report", "--out", str(tmp_path / "report"), timeout=300)
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["llm_cost"]["total_usd"] == pytest.approx(expected, rel=0.01)
+    assert summary["llm_cost"]["stages"]["answer"]["batch_cost_usd"] > 0
+    assert "LLM cost by stage" in (tmp_path / "report" / "index.html").read_text()
+    port = free_port()
+    pipeline.start("ui", "--port", str(port), name="ui")
+    wait_for(lambda: port_open("127.0.0.1", port), 60, what="synthstream ui")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/batches", timeout=60) as response:
+        console = json.loads(response.read())
+    assert len(console["batches"]) == len(rows) and console["open"] == 0
+    assert {b["state"] for b in console["batches"]} == {"completed"}
+    assert console["batch_usd"] == pytest.approx(status["cost_usd"]["batch"], rel=0.01)
 
 
 def test_expired_batch_and_failed_requests_resubmitted_then_dead_lettered_with_the_providers_text(
