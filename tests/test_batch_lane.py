@@ -144,3 +144,36 @@ async def test_expired_batch_and_failed_requests_are_resubmitted_and_errors_carr
     assert len([c for c in ledger["charges"] if c["batch_id"] == expired.provider_id]) == expired.completed
     keys = charged_keys(ledger)
     assert len(keys) == len(set(keys)) == 40  # every request charged once, expiry and failures included
+
+
+async def test_a_batch_created_just_before_a_crash_is_found_by_its_metadata(sim: Sim, tmp_path: Path) -> None:
+    await sim.behave(completion_seconds=1.5)
+    path = tmp_path / "batches.sqlite"
+    first = LLMPool(batches=BatchRecords(path))
+    client = first.client(batch_llm(sim), "t-batch-found")
+    calls = [asyncio.ensure_future(client.structured(question(i), Verdict)) for i in range(10)]
+    deadline = asyncio.get_running_loop().time() + 10
+    while not any(r.provider_id for r in BatchRecords(path).batches("t-batch-found")):
+        assert asyncio.get_running_loop().time() < deadline, "no batch submitted"
+        await asyncio.sleep(0.02)
+    for call in calls:
+        call.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)
+    await first.close()
+    # As if the worker died between creating the batch and recording its id.
+    records = BatchRecords(path)
+    (row,) = records.batches("t-batch-found")
+    records.update(row.local_id, provider_id=None, state="submitting", owner_pid=0)
+    records.close()
+
+    second = LLMPool(batches=BatchRecords(path))
+    client = second.client(batch_llm(sim), "t-batch-found")
+    try:
+        results = await asyncio.gather(*(client.structured(question(i), Verdict) for i in range(10)))
+    finally:
+        await second.close()
+    assert all(isinstance(r.parsed, Verdict) for r in results)
+    (found,) = BatchRecords(path).batches("t-batch-found")
+    assert found.local_id == row.local_id and found.provider_id == row.provider_id and found.collected
+    keys = charged_keys(await sim.ledger())
+    assert len(keys) == len(set(keys)) == 10

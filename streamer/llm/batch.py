@@ -29,6 +29,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -42,6 +44,7 @@ import orjson
 from streamer import metrics
 from streamer.backoff import jittered_backoff
 from streamer.config import LLMSettings
+from streamer.locks import process_alive
 from streamer.llm.results import LLMPermanentError, LLMUnavailableError
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,8 @@ class BatchRow:
     prompt_tokens: int
     completion_tokens: int
     error: str | None
+    owner_pid: int = 0  # the process that submitted it: while it lives, a batch it is still submitting is its own
+    owner_host: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -107,7 +112,8 @@ class BatchRecords:
                 requests INTEGER NOT NULL, bytes INTEGER NOT NULL, completed INTEGER NOT NULL DEFAULT 0,
                 failed INTEGER NOT NULL DEFAULT 0, collected INTEGER NOT NULL DEFAULT 0,
                 cost_usd REAL NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
-                completion_tokens INTEGER NOT NULL DEFAULT 0, error TEXT);
+                completion_tokens INTEGER NOT NULL DEFAULT 0, error TEXT, owner_pid INTEGER NOT NULL DEFAULT 0,
+                owner_host TEXT NOT NULL DEFAULT '');
             CREATE TABLE IF NOT EXISTS requests (
                 custom_id TEXT NOT NULL, local_id TEXT NOT NULL, outcome TEXT, result BLOB, error TEXT,
                 PRIMARY KEY (custom_id, local_id));
@@ -139,9 +145,9 @@ class BatchRecords:
     def add(self, row: BatchRow, custom_ids: list[str]) -> None:
         self._write([
             ("INSERT INTO batches (local_id, stage, endpoint, model, provider_id, state, created, updated, requests, "
-             "bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             "bytes, owner_pid, owner_host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
              (row.local_id, row.stage, row.endpoint, row.model, row.provider_id, row.state, row.created, row.updated,
-              row.requests, row.bytes)),
+              row.requests, row.bytes, os.getpid(), socket.gethostname())),
             ("INSERT OR REPLACE INTO requests (custom_id, local_id) VALUES (?, ?)",
              [(cid, row.local_id) for cid in custom_ids]),
         ])
@@ -318,6 +324,9 @@ class BatchLane:
             if row.endpoint != self.endpoint or row.model != self.settings.model:
                 continue
             provider_id = row.provider_id
+            if provider_id is None and row.owner_pid != os.getpid() and process_alive(row.owner_pid, row.owner_host):
+                self.live[row.local_id] = None  # another worker is submitting it right now: its records will say
+                continue
             if provider_id is None:
                 provider_id = await self._find_created(row.local_id)
                 if provider_id is None:  # never created at the provider: nothing was paid, nothing to wait for
