@@ -124,7 +124,7 @@ async def test_expired_batch_and_failed_requests_are_resubmitted_and_errors_carr
     pool = LLMPool(batches=BatchRecords(tmp_path / "batches.sqlite"))
     client = pool.client(batch_llm(sim, batch_max_requests=200), "t-batch-faults")
     try:
-        first = await asyncio.gather(*(client.structured(question(i), Verdict) for i in range(40)),
+        first = await asyncio.gather(*(client.structured(question(i), Verdict) for i in range(100)),
                                      return_exceptions=True)
         failed = [i for i, r in enumerate(first) if isinstance(r, Exception)]
         assert all(isinstance(first[i], LLMUnavailableError) for i in failed)
@@ -138,12 +138,12 @@ async def test_expired_batch_and_failed_requests_are_resubmitted_and_errors_carr
     rows = BatchRecords(tmp_path / "batches.sqlite").batches("t-batch-faults")
     states = [r.state for r in rows]
     assert states[0] == "expired" and "completed" in states
-    expired = rows[0]  # half of it finished before it expired (a tenth of those failed): kept, not asked again
-    assert expired.completed + expired.failed == 40 and 12 <= expired.completed < 20
+    expired = rows[0]  # half of it finished before it expired (about a tenth of those failed): kept, not asked again
+    assert expired.completed + expired.failed == 100 and 35 <= expired.completed <= 50
     ledger = await sim.ledger()
     assert len([c for c in ledger["charges"] if c["batch_id"] == expired.provider_id]) == expired.completed
     keys = charged_keys(ledger)
-    assert len(keys) == len(set(keys)) == 40  # every request charged once, expiry and failures included
+    assert len(keys) == len(set(keys)) == 100  # every request charged once, expiry and failures included
 
 
 async def test_a_batch_created_just_before_a_crash_is_found_by_its_metadata(sim: Sim, tmp_path: Path) -> None:
