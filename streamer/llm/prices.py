@@ -4,7 +4,7 @@ counter every answered request adds to, by stage, model and lane (online or batc
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from typing import Any, Mapping
 
 from streamer import metrics
 from streamer.config import DEFAULT_PRICES, ModelPrice
@@ -22,6 +22,9 @@ class Prices:
 
     def __init__(self, configured: Mapping[str, ModelPrice] | None = None) -> None:
         self.table: dict[str, ModelPrice] = {**DEFAULT_PRICES, **(configured or {})}
+        # Per answered request on the online path: the price and the counter child are looked up once.
+        self._counters: dict[tuple[str, str, str, str], Any] = {}
+        self._prices: dict[tuple[str, ...], ModelPrice | None] = {}
 
     def of(self, *models: str) -> ModelPrice | None:
         """The price of the first of `models` that has one: an exact name, else the longest priced name
@@ -39,7 +42,9 @@ class Prices:
 
     def cost(self, prompt_tokens: float, completion_tokens: float, lane: str, *models: str) -> float:
         """US dollars for these tokens in this lane; 0 for a model without a price (said once)."""
-        price = self.of(*models)
+        price = self._prices.get(models, ...)
+        if price is ...:
+            price = self._prices[models] = self.of(*models)
         if price is None:
             key = models[0] if models else ""
             if key not in _unpriced_said:
@@ -55,5 +60,8 @@ class Prices:
         """Adds one answered request's cost to the metric (priced by the configured model, else by the
         model that answered) and returns it."""
         usd = self.cost(prompt_tokens, completion_tokens, lane, model, answered_by)
-        metrics.LLM_COST.labels(stage, endpoint, model, lane).inc(usd)
+        key = (stage, endpoint, model, lane)
+        if (counter := self._counters.get(key)) is None:
+            counter = self._counters[key] = metrics.LLM_COST.labels(*key)
+        counter.inc(usd)
         return usd
