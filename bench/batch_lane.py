@@ -9,7 +9,7 @@ online stages are through and batches are out (`--kill-after` seconds at the lat
   documents ended, and ended more than once                    [all of them, none]
   requests the simulator charged twice (its ledger)            [0]
   cost `status --json` reports vs the ledger x prices          [within 1%]
-  batches: submitted, re-attached after the kill, by state
+  batches: by state (unsent: its worker was killed before the provider had it), re-attached after the kill
   wall time of each run, requests per batch
 
     python bench/batch_lane.py                   # 2000 documents, 10 s batches

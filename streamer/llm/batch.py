@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 SUBMITTING = "submitting"  # recorded, not yet acknowledged by the provider
+UNSENT = "unsent"  # recorded, then its worker stopped before the provider had it: nothing paid, nothing to collect
 EXPIRED_RESUBMITS = 1  # an expired batch's unfinished requests go into the next batch this many times
 METADATA_KEY = "synthstream_batch"
 
@@ -332,7 +333,7 @@ class BatchLane:
                 if provider_id is None:  # never created at the provider: nothing was paid, nothing to wait for
                     self.records.collect(row.local_id, [(cid, "unsent", None, "never submitted")
                                                         for cid in self.records.custom_ids(row.local_id)],
-                                         state="failed", error="not submitted (the worker stopped first)")
+                                         state=UNSENT, error="not submitted (the worker stopped first)")
                     continue
                 self.records.update(row.local_id, provider_id=provider_id)
             self.live[row.local_id] = provider_id
