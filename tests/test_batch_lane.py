@@ -177,3 +177,17 @@ async def test_a_batch_created_just_before_a_crash_is_found_by_its_metadata(sim:
     assert found.local_id == row.local_id and found.provider_id == row.provider_id and found.collected
     keys = charged_keys(await sim.ledger())
     assert len(keys) == len(set(keys)) == 10
+
+
+async def test_a_stage_under_a_new_version_asks_again_instead_of_taking_the_old_answers(sim: Sim, tmp_path: Path) -> None:
+    pool = LLMPool(batches=BatchRecords(tmp_path / "batches.sqlite"))
+    try:
+        plain = pool.client(batch_llm(sim), "t-batch-scope")
+        versioned = pool.client(batch_llm(sim), "t-batch-scope", cache_scope="hot")
+        await asyncio.gather(*(plain.structured(question(i), Verdict) for i in range(5)))
+        await asyncio.gather(*(plain.structured(question(i), Verdict) for i in range(5)))  # recorded: not asked
+        await asyncio.gather(*(versioned.structured(question(i), Verdict) for i in range(5)))
+    finally:
+        await pool.close()
+    keys = charged_keys(await sim.ledger())
+    assert len(keys) == len(set(keys)) == 10

@@ -61,9 +61,11 @@ class BatchCancelledError(LLMPermanentError):
     """The batch holding the request was cancelled (by `synthstream batch cancel` or at the provider)."""
 
 
-def custom_id(body: dict[str, Any]) -> str:
-    """The request's id in a batch file: the same call always gets the same one."""
-    return "ss-" + hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:40]
+def custom_id(body: dict[str, Any], scope: str = "") -> str:
+    """The request's id in a batch file: the same call always gets the same one. As in the response cache,
+    a stage run under another version (`scope`) asks again instead of taking the old answers."""
+    blob = orjson.dumps({"body": body, "scope": scope} if scope else body, option=orjson.OPT_SORT_KEYS)
+    return "ss-" + hashlib.sha256(blob).hexdigest()[:40]
 
 
 # --------------------------------------------------------------------------- durable records
@@ -236,12 +238,14 @@ class _Pending:
 class BatchLane:
     """One stage's batch lane on one endpoint and model."""
 
-    def __init__(self, http: Any, settings: LLMSettings, stage: str, records: BatchRecords, prices: Any) -> None:
+    def __init__(self, http: Any, settings: LLMSettings, stage: str, records: BatchRecords, prices: Any,
+                 scope: str = "") -> None:
         self.http = http  # openai.AsyncOpenAI
         self.settings = settings
         self.stage = stage
         self.records = records
         self.prices = prices  # streamer.llm.prices.Prices
+        self.scope = scope  # the stage's version, if any: part of every custom_id
         self.endpoint = settings.base_url or "default"
         self.pending: dict[str, _Pending] = {}
         self.gathering: list[str] = []
@@ -256,7 +260,7 @@ class BatchLane:
     async def request(self, body: dict[str, Any]) -> dict[str, Any]:
         """The chat completion for `body`, from a batch (this one's, or one submitted before)."""
         await self._start()
-        cid = custom_id(body)
+        cid = custom_id(body, self.scope)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         pending = self.pending.get(cid)

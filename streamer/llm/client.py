@@ -72,7 +72,7 @@ class LLMPool:
         self.cache = cache
         self.prices = prices or Prices()
         self.batches = batches  # durable batch records for stages in batch mode (streamer.llm.batch)
-        self._lanes: dict[tuple[str, str | None, str], BatchLane] = {}
+        self._lanes: dict[tuple[str, str | None, str, str], BatchLane] = {}
         self._clients: dict[tuple[str | None, str], Any] = {}  # openai.AsyncOpenAI
         self._limits: dict[tuple[str | None, str], EndpointLimits] = {}
         self._dialects: dict[tuple[str | None, str, str], dialects.DialectChoice] = {}
@@ -115,13 +115,13 @@ class LLMPool:
             self._dialects[key] = dialects.DialectChoice(settings.structured, where)
         return self._dialects[key]
 
-    def lane(self, settings: LLMSettings, stage: str) -> BatchLane:
-        """The stage's batch lane on this endpoint and model (one per process)."""
-        key = (stage, settings.base_url, settings.model)
+    def lane(self, settings: LLMSettings, stage: str, scope: str = "") -> BatchLane:
+        """The stage's batch lane on this endpoint and model (one per process and cache scope)."""
+        key = (stage, settings.base_url, settings.model, scope)
         if key not in self._lanes:
             if self.batches is None:
                 self.batches = BatchRecords(":memory:")  # no data dir (tests, tools): records live with the process
-            self._lanes[key] = BatchLane(self._http(settings), settings, stage, self.batches, self.prices)
+            self._lanes[key] = BatchLane(self._http(settings), settings, stage, self.batches, self.prices, scope)
         return self._lanes[key]
 
     async def close(self) -> None:
@@ -148,7 +148,7 @@ class LLMClient:
         self.cache_scope = cache_scope
         self.endpoint = settings.base_url or "default"
         self.limits = pool.limits(settings)
-        self.lane = pool.lane(settings, stage) if settings.mode == "batch" else None
+        self.lane = pool.lane(settings, stage, cache_scope) if settings.mode == "batch" else None
 
     @property
     def model(self) -> str:
