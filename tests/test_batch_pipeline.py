@@ -151,10 +151,12 @@ def test_batch_list_shows_batches_and_cancel_dead_letters_their_requests(pipelin
     wait_for(lambda: any(r.provider_id and r.stage == "judge" for r in batch_rows(pipeline)), 120,
              what="a judge batch submitted")
     listed = [json.loads(line) for line in pipeline.cli("batch", "list", "--json").stdout.splitlines()]
-    assert len(listed) >= 1 and all(b["stage"] == "judge" and not b["collected"] for b in listed)
-    assert listed[0]["state"] in ("validating", "in_progress") and listed[0]["batch"].startswith("batch_sim_")
+    assert listed and all(b["stage"] == "judge" and not b["collected"] for b in listed), listed
+    out = [b for b in listed if b["batch"]]  # a later one may still be on its way to the provider
+    assert out and all(b["state"] in ("validating", "in_progress") and b["batch"].startswith("batch_sim_")
+                       for b in out), listed
     table = pipeline.cli("batch", "list").stdout.decode()
-    assert listed[0]["batch"] in table and "judge" in table
+    assert out[0]["batch"] in table and "judge" in table
 
     cancelled = pipeline.cli("batch", "cancel", "--stage", "judge").stdout.decode()
     assert "cancelling" in cancelled, cancelled
