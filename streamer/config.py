@@ -99,6 +99,18 @@ class LLMSettings(_Section):
         "auto", description="system: send the system message as it is; user: merge it into the first user message "
         "(for chat templates that drop or refuse it); auto: one probe per endpoint and model finds out")
     cache: bool = True
+    # The batch lane (streamer.llm.batch): calls gathered into batch files at the provider's batch price.
+    mode: Literal["online", "batch"] = Field("online", description="online: one request per call; batch: calls "
+                                             "gathered into the provider's batch API (half price, answers within "
+                                             "its 24 h window)")
+    batch_max_requests: int = Field(1000, ge=1, le=50_000, description="most requests in one batch file")
+    batch_max_bytes: int = Field(50 * 1024 * 1024, ge=1024, le=200 * 1024 * 1024,
+                                 description="largest batch file in bytes")
+    batch_max_age: float = Field(30.0, gt=0, description="seconds the oldest gathered call waits before its "
+                                 "batch goes out however small, so a trickle still goes out")
+    batch_poll_interval: float = Field(30.0, gt=0, description="seconds between polls of submitted batches")
+    batch_max_in_flight: int = Field(5000, ge=1, description="records in flight per process for a stage in "
+                                     "batch mode (its `concurrency` is for online calls)")
 
     def resolved_api_key(self) -> str:
         """The key from the settings, else from api_key_file; never logged."""
@@ -212,6 +224,28 @@ class MetricsSettings(_Section):
     port: int | None = Field(None, ge=0, le=65535, description="unset: no endpoint; 0: any free port (logged)")
 
 
+class ModelPrice(_Section):
+    """What a model costs, in US dollars per million tokens."""
+
+    input: float = Field(ge=0, description="per million prompt tokens")
+    output: float = Field(ge=0, description="per million completion tokens (reasoning included)")
+    batch_discount: float = Field(0.5, ge=0, le=1, description="share taken off both in the batch lane")
+
+
+# List prices (USD per million tokens) of common models, batch at half price; `[prices."MODEL"]` adds or
+# replaces entries. A dated snapshot (gpt-4o-mini-2024-07-18) takes its family's price. The simulator is
+# priced as gpt-4o-mini, so the offline demo shows what such a run would cost.
+DEFAULT_PRICES: dict[str, ModelPrice] = {
+    "gpt-4o-mini": ModelPrice(input=0.15, output=0.60),
+    "gpt-4o": ModelPrice(input=2.50, output=10.00),
+    "gpt-4.1": ModelPrice(input=2.00, output=8.00),
+    "gpt-4.1-mini": ModelPrice(input=0.40, output=1.60),
+    "gpt-4.1-nano": ModelPrice(input=0.10, output=0.40),
+    "o4-mini": ModelPrice(input=1.10, output=4.40),
+    "synthstream-simulator": ModelPrice(input=0.15, output=0.60),
+}
+
+
 class StageSettings(_Section):
     """Effective settings of one stage: runtime knobs, its LLM, and its own options."""
 
@@ -226,6 +260,12 @@ class StageSettings(_Section):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     options: Any = Field(None, description="the stage's options, an instance of its options model")
 
+    @property
+    def records_in_flight(self) -> int:
+        """Records processed at once per process: `concurrency`, or in batch mode `llm.batch_max_in_flight`
+        (records wait for their batch, so many more must be in flight to fill one)."""
+        return max(self.concurrency, self.llm.batch_max_in_flight) if self.llm.mode == "batch" else self.concurrency
+
 
 class Settings(_Section):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
@@ -236,6 +276,7 @@ class Settings(_Section):
     feed: FeedSettings = Field(default_factory=FeedSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict, description="per model, over DEFAULT_PRICES")
     # Raw per-stage tables; resolved against each stage's declaration by `stage_settings`.
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -89,6 +89,7 @@ def test_metrics_endpoint_exposes_stage_and_llm_counters_that_move_during_a_run(
               ("synthstream_stage_latency_seconds_count", stage),
               ("synthstream_llm_requests_total", {**llm, "outcome": "ok"}),
               ("synthstream_llm_tokens_total", {**llm, "kind": "completion"}),
+              ("synthstream_llm_cost_usd_total", {**llm, "lane": "online"}),
               ("synthstream_llm_latency_seconds_count", {"endpoint": sim.url, "model": "synthstream-simulator"}),
               ("synthstream_sink_rows_total", {"topic": "seeds.attributed"})]
     for name, labels in moving:
@@ -103,6 +104,9 @@ def test_metrics_endpoint_exposes_stage_and_llm_counters_that_move_during_a_run(
     assert [w["pid"] for w in mid_run["workers"]] == [worker.pid]
     assert attribution["in_flight"] is not None and attribution["llm"]["requests"] >= 1
     assert attribution["llm"]["tokens"] > 0 and attribution["lag"]["total"] > 0
+    # The simulator is priced as gpt-4o-mini: some dollars, none of them in the batch lane.
+    assert attribution["llm"]["cost_usd"] > 0 and attribution["llm"]["batch_cost_usd"] == 0
+    assert mid_run["cost_usd"]["total"] >= attribution["llm"]["cost_usd"] and mid_run["cost_usd"]["batch"] == 0
 
     assert stop_process(worker) == 0, pipeline.log_of(worker)
     assert not (pipeline.data_dir / "workers" / f"{worker.pid}.json").exists()

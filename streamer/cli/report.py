@@ -23,6 +23,7 @@ def register(sub: Subparsers) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from consumers import STAGES
+    from streamer.ops.costs import run_costs
     from streamer.report import ReportError, ReportOptions, headline, make_report
 
     settings = settings_from(args)
@@ -32,7 +33,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     encoder_model = STAGES["embed"].bind(settings).options.model
     options = ReportOptions(store_dir=data_dir / "store", prefix=settings.kafka.topic_prefix,
                             out=args.out or data_dir / "report", method=args.method, sample_size=args.sample_size,
-                            seed=args.seed, encoder_model=encoder_model)
+                            seed=args.seed, encoder_model=encoder_model, costs=run_costs(settings, data_dir))
     with command_errors(ReportError, code=1):
         figures = make_report(options)
     print(headline(figures, options.out), file=sys.stderr)

@@ -39,16 +39,23 @@ def register(sub: Subparsers) -> None:
                    help="context window: prompt + max_tokens above N is answered 400 with a context-length error")
     s.add_argument("--drop-system", action="store_true",
                    help="the chat template drops system messages (as Gemma's does)")
+    s.add_argument("--batch-seconds", type=float, default=2.0,
+                   help="seconds the batch API takes from a batch's creation to its completion")
+    s.add_argument("--batch-failure-rate", type=float, default=0.0,
+                   help="share of batch requests answered with an error (in the batch's error file)")
     s.set_defaults(handler=cmd_simulate)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from streamer.llm.simulator import SimulatorSettings, run_simulator
+    from streamer.llm.simulator.batch_settings import BatchBehaviour
 
     run_simulator(SimulatorSettings(host=args.host, port=args.port, latency=args.latency, rpm=args.rpm,
                                     error_rate=args.error_rate, malformed_rate=args.malformed_rate,
                                     invalid_rate=args.invalid_rate, seed=args.seed,
                                     response_format=args.response_format, quirks=args.quirk,
                                     answer_tokens=args.answer_tokens, context_tokens=args.context_tokens,
-                                    drop_system=args.drop_system))
+                                    drop_system=args.drop_system,
+                                    batch=BatchBehaviour(completion_seconds=args.batch_seconds,
+                                                         failure_rate=args.batch_failure_rate)))
     return 0

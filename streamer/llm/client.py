@@ -38,9 +38,11 @@ from streamer import metrics
 from streamer.backoff import jittered_backoff
 from streamer.config import LLMSettings
 from streamer.llm import context, dialects, roles
+from streamer.llm.batch import BatchLane, BatchRecords
 from streamer.llm.cache import ResponseCache, cache_key
 from streamer.llm.fingerprint import SIMULATOR_FINGERPRINT
 from streamer.llm.limits import EndpointLimits
+from streamer.llm.prices import Prices
 from streamer.llm.replies import content_problem, extract_json, without_reasoning
 from streamer.llm.results import (  # noqa: F401 - callers import the errors from here too
     LLMContextError,
@@ -76,8 +78,12 @@ class _Attempt:
 class LLMPool:
     """Per-process owner of HTTP clients, endpoint limits and the response cache."""
 
-    def __init__(self, cache: ResponseCache | None = None) -> None:
+    def __init__(self, cache: ResponseCache | None = None, prices: Prices | None = None,
+                 batches: BatchRecords | None = None) -> None:
         self.cache = cache
+        self.prices = prices or Prices()
+        self.batches = batches  # durable batch records for stages in batch mode (streamer.llm.batch)
+        self._lanes: dict[tuple[str, str | None, str, str], BatchLane] = {}
         self._clients: dict[tuple[str | None, str], Any] = {}  # openai.AsyncOpenAI
         self._limits: dict[tuple[str | None, str], EndpointLimits] = {}
         self._dialects: dict[tuple[str | None, str, str], dialects.DialectChoice] = {}
@@ -142,9 +148,22 @@ class LLMPool:
         speed = settings.tokens_per_second or min(self._speeds.get((settings.base_url, settings.model)) or [0.0])
         return max(settings.timeout, 2 * max_tokens / speed) if speed else settings.timeout
 
+    def lane(self, settings: LLMSettings, stage: str, scope: str = "") -> BatchLane:
+        """The stage's batch lane on this endpoint and model (one per process and cache scope)."""
+        key = (stage, settings.base_url, settings.model, scope)
+        if key not in self._lanes:
+            if self.batches is None:
+                self.batches = BatchRecords(":memory:")  # no data dir (tests, tools): records live with the process
+            self._lanes[key] = BatchLane(self._http(settings), settings, stage, self.batches, self.prices, scope)
+        return self._lanes[key]
+
     async def close(self) -> None:
         for choice in self._roles.values():
             await choice.close()
+        for lane in self._lanes.values():
+            await lane.close()
+        if self.batches is not None:
+            self.batches.close()
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
@@ -164,6 +183,7 @@ class LLMClient:
         self.cache_scope = cache_scope
         self.endpoint = settings.base_url or "default"
         self.limits = pool.limits(settings)
+        self.lane = pool.lane(settings, stage, cache_scope) if settings.mode == "batch" else None
 
     @property
     def model(self) -> str:
@@ -285,6 +305,13 @@ class LLMClient:
         still being found out (auto), requests go as they are beside the probe and are sent again,
         merged, only if the probe finds the system message dropped: a server that keeps it waits
         for nothing."""
+        if self.lane is not None:  # batch mode: queued into a batch file, answered when its batch is done
+            # No probe here: a batch answers in minutes to hours; "auto" sends the system message as it is.
+            batched = roles.merged(messages) if self.settings.system_role == "user" else messages
+            attempt = self._attempt_from(await self.lane.request({"model": self.model, "messages": batched,
+                                                                  **params, **extra}))
+            self._count("truncated" if attempt.finish_reason == "length" else "ok")
+            return attempt
         choice = self.pool.role(self.settings)
         if choice.mode is None and (found := self._known_role()) is not None:
             choice.settle(found)  # found by an earlier process on this data dir
@@ -435,11 +462,14 @@ class LLMClient:
         metrics.LLM_TOKENS.labels(*labels, "completion").inc(completion_tokens - thought_tokens)
         if thought_tokens:
             metrics.LLM_TOKENS.labels(*labels, "reasoning").inc(thought_tokens)
+        # The model that answered, as the endpoint names it (it may differ from the configured one).
+        answered_by = response["model"] if isinstance(response.get("model"), str) and response["model"] else self.model
+        if self.lane is None:  # the batch lane prices a batch once, when it collects it
+            self.pool.prices.charge(*labels, answered_by, "online", prompt_tokens, completion_tokens)
         return _Attempt(
             content=content,
             finish_reason=choice.get("finish_reason"),
-            # The model that answered, as the endpoint names it (it may differ from the configured one).
-            model=response["model"] if isinstance(response.get("model"), str) and response["model"] else self.model,
+            model=answered_by,
             simulated=response.get("system_fingerprint") == SIMULATOR_FINGERPRINT,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,

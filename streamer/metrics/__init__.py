@@ -29,6 +29,12 @@ LLM_REQUESTS = Counter(
 )
 REQUEST_OUTCOMES = ("ok", "rate_limited", "error", "truncated", "context_exceeded")  # the ones that were HTTP requests
 LLM_TOKENS = Counter("synthstream_llm_tokens", "LLM tokens used", ["stage", "endpoint", "model", "kind"])
+# Priced by `[prices]` (streamer.llm.prices); lane: online, or batch (at the batch discount).
+LLM_COST = Counter("synthstream_llm_cost_usd", "US dollars the answered LLM requests cost",
+                   ["stage", "endpoint", "model", "lane"])
+# event: submitted, then the state it ended in (completed, failed, expired, cancelled), per batch.
+LLM_BATCHES = Counter("synthstream_llm_batches", "Batches of the batch lane, submitted and by final state",
+                      ["stage", "event"])
 LLM_LATENCY = Histogram(
     "synthstream_llm_latency_seconds", "LLM request latency", ["endpoint", "model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 WRITE_EVERY = 2.0  # seconds between writes: what a SIGKILL can lose
 COUNTERS = ("requests", "rate_limited", "cache_hits", "tokens", "limiter_wait_s", "truncated", "invalid",
-            "context_exceeded")
+            "context_exceeded", "cost_usd", "batch_cost_usd")
 # Request outcomes counted apart, by the name they have among the counters.
 OUTCOME_COUNTERS = {"rate_limited": "rate_limited", "cache_hit": "cache_hits", "truncated": "truncated",
                     "invalid_output": "invalid", "context_exceeded": "context_exceeded"}
@@ -55,17 +55,19 @@ def stage_counters(stages: list[str]) -> dict[str, dict[str, float]]:
     """This process's cumulative LLM counters per stage (one pass over the registry)."""
     out = {stage: dict.fromkeys(COUNTERS, 0.0) for stage in stages}
     wanted = {"synthstream_llm_requests_total", "synthstream_llm_tokens_total",
-              "synthstream_llm_limiter_wait_seconds_total"}
+              "synthstream_llm_limiter_wait_seconds_total", "synthstream_llm_cost_usd_total"}
     for family in REGISTRY.collect():
         for sample in family.samples:
             mine = out.get(sample.labels.get("stage", "")) if sample.name in wanted else None
             if mine is not None:
-                for key in _counted_as(sample.name, sample.labels.get("outcome")):
+                for key in _counted_as(sample.name, sample.labels.get("outcome"), sample.labels.get("lane")):
                     mine[key] += sample.value
     return out
 
 
-def _counted_as(name: str, outcome: str | None) -> list[str]:
+def _counted_as(name: str, outcome: str | None, lane: str | None = None) -> list[str]:
+    if name == "synthstream_llm_cost_usd_total":
+        return ["cost_usd", "batch_cost_usd"] if lane == "batch" else ["cost_usd"]
     if name == "synthstream_llm_tokens_total":
         return ["tokens"]
     if name == "synthstream_llm_limiter_wait_seconds_total":

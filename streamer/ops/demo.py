@@ -153,6 +153,10 @@ def _finish(settings: Settings, inputs: DemoInputs, stages: list[Any], out: Path
     per_sample = max(result.rows, 1)
     say("LLM calls by stage (per exported sample): " + ", ".join(
         f"{name} {c.llm_calls:.0f} ({c.llm_calls / per_sample:.2f})" for name, c in counts.items() if c.llm_calls))
+    cost = {s.name: metrics.total(metrics.LLM_COST, stage=s.name) for s in stages}
+    if any(cost.values()):  # at [prices]; the simulator is priced as gpt-4o-mini
+        say(f"LLM cost ${sum(cost.values()):.4f} at the configured prices: " + ", ".join(
+            f"{name} ${usd:.4f}" for name, usd in cost.items() if usd))
     checks = check_counts(settings, stages, counts, inputs.fed)
     say("records by stage (checked against the configuration):")
     for name, count in counts.items():

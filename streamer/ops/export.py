@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from streamer.config import Settings
+from streamer.ops.costs import run_costs
 from streamer.storage.export import EmptyExportError, ExportFilters, ExportResult, Format, export_samples
 
 
@@ -16,7 +17,8 @@ def export_dataset(settings: Settings, out: Path, fmt: Format = "jsonl",
     store_dir = settings.storage.store_dir
     topic = f"{settings.kafka.topic_prefix}samples"
     try:
-        return export_samples(store_dir, topic, out, fmt, filters, data_dir=settings.storage.data_dir)
+        return export_samples(store_dir, topic, out, fmt, filters, data_dir=settings.storage.data_dir,
+                              costs=run_costs(settings))
     except EmptyExportError as empty:
         empty.hint = other_stores_hint(settings.storage.data_dir, topic, exclude=store_dir)
         raise

@@ -48,6 +48,8 @@ class ReportOptions:
     # texts on one subject around 0.5-0.7, unrelated ones near 0.
     topic_similarity: float = 0.5
     encoder_model: str = "all-MiniLM-L6-v2"
+    # What the pipeline's LLM calls cost (streamer.ops.costs.run_costs), given by the caller: not in the store.
+    costs: dict[str, Any] | None = None
 
 
 @dataclass
@@ -301,6 +303,7 @@ def summary(stats: StoreStats, diversity: Diversity, options: ReportOptions) -> 
             "largest_clusters": [{"size": size, "example": text} for size, text in diversity.clusters[:10]],
         },
         "charts": list(CHARTS),
+        "llm_cost": options.costs,
     }
 
 

@@ -89,7 +89,18 @@ def _tables(figures: dict[str, Any]) -> list[Markup]:
         _table("Judge scores", ["score", *SCORE_OUTCOMES],
                [(s, *(figures["judge_scores"][o][str(s)] for o in SCORE_OUTCOMES)) for s in SCORE_RANGE]),
         _table("Instruction length (words)", list(words), [tuple(words.values())]),
+        *_cost_table(figures.get("llm_cost")),
     ]
+
+
+def _cost_table(costs: dict[str, Any] | None) -> list[Markup]:
+    if not costs or not costs.get("stages"):
+        return []
+    rows = [(stage, c["requests"], c["tokens"], f"${c['cost_usd']:.4f}", f"${c['batch_cost_usd']:.4f}")
+            for stage, c in costs["stages"].items()]
+    rows.append(("total", "", "", f"${costs['total_usd']:.4f}", f"${costs['batch_usd']:.4f}"))
+    return [_table("LLM cost by stage", ["stage", "LLM requests", "tokens", "cost", "of which batch lane"], rows,
+                   note="Every run of the pipeline on this data dir, at the prices configured when it ran.")]
 
 
 def _diversity_section(div: dict[str, Any]) -> Markup:

@@ -59,7 +59,7 @@ class RecordProcessor:
         self.resources = resources  # called per attempt: a stateful stage's state can be rebuilt meanwhile
         # With `prepare`, more records are in flight than `concurrency`; this keeps the processing
         # itself (the LLM calls) at `concurrency`.
-        self.processing = asyncio.Semaphore(bound.settings.concurrency) if self.stage.prepare else None
+        self.processing = asyncio.Semaphore(bound.settings.records_in_flight) if self.stage.prepare else None
 
     async def process(self, value: bytes | None, source: Source) -> list[Output]:
         envelope: Envelope | None = None

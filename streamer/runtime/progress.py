@@ -69,6 +69,10 @@ def blocked_on(member: Tracked) -> str:
     limited = int(metrics.total(metrics.LLM_LIMITER_WAITING, stage=member.name))
     if limited:
         return f"waiting on the LLM limiter ({limited} calls held by this process's rate limits)"
+    lane = getattr(getattr(getattr(member, "processor", None), "llm", None), "lane", None)
+    if lane is not None and member.in_flight:  # streamer.llm.batch: its records wait for their batches
+        return (f"waiting on its batches ({member.in_flight} records in flight; {len(lane.live)} batches out, "
+                f"{len(lane.gathering)} calls gathering)")
     if member.in_flight:
         return f"waiting on LLM replies ({member.in_flight} in flight)"
     if member.last_lag:

@@ -36,6 +36,9 @@ from streamer.storage.generation import LLM_CARD_KEYS, endpoint_of, record_gener
 log = logging.getLogger(__name__)
 
 FULL_POLL_INTERVAL = 10.0  # seconds; far below the group's max poll interval (300 s)
+# A stage in batch mode waits minutes for its batches: stopping or handing partitions over does not wait
+# for them, as whoever takes the records next re-attaches to the same batches (streamer.llm.batch).
+BATCH_LANE_WAIT = 2.0
 
 
 def generation_settings(bound: BoundStage) -> dict[str, Any]:
@@ -73,7 +76,7 @@ class StageRunner(GroupMember):
         self.stop_event = stop
         self.tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self.processed_partitions: dict[int, int] = {}
-        self.max_in_flight = stage.max_in_flight(self.bound.settings.concurrency)
+        self.max_in_flight = stage.max_in_flight(self.bound.settings.records_in_flight)
         self._slot_freed = asyncio.Event()  # set when a record finishes: wakes a full loop at once
         self._slot_freed_at: float | None = None
         self.outcome = outcomes.of(stage.name)  # records given and dead-lettered in this process
@@ -183,7 +186,7 @@ class StageRunner(GroupMember):
             await asyncio.wait(list(self.tasks))
             log.info("stage %s: abandoned its in-flight records", self.stage.name)
             return
-        deadline = self.settings.runtime.drain_budget
+        deadline = self._wait_limit(self.settings.runtime.drain_budget)
         log.info("stage %s: draining %d in-flight records (up to %.0fs)", self.stage.name, self.in_flight, deadline)
         tasks = list(self.tasks)
         waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(asyncio.wait(tasks))}
@@ -206,7 +209,7 @@ class StageRunner(GroupMember):
         # the new owner redelivers what was not committed, and ids make the repeat harmless.
         mine = [t for t, tp in self.tasks.items() if tp in partitions]
         if mine:
-            _, pending = await asyncio.wait(mine, timeout=self.settings.runtime.rebalance_wait)
+            _, pending = await asyncio.wait(mine, timeout=self._wait_limit(self.settings.runtime.rebalance_wait))
             for task in pending:
                 task.cancel()
         if self.state is not None and self.state.dirty:
@@ -226,6 +229,9 @@ class StageRunner(GroupMember):
             log.warning("stage %s: %s will stay empty: %s; its records go to the dlq at once instead of waiting",
                         self.stage.name, name, why)
         return why
+
+    def _wait_limit(self, seconds: float) -> float:
+        return min(seconds, BATCH_LANE_WAIT) if self.bound.settings.llm.mode == "batch" else seconds
 
     # One record ---------------------------------------------------------------------------
     def _resources(self) -> Any:

@@ -26,8 +26,10 @@ from streamer.kafka.clients import TopicNames, ensure_topics, is_tansu, make_pro
 from streamer.kafka.group import GroupMember, abandon, sleep_until
 from streamer.kafka.health import BrokerWatch
 from streamer.kafka.incarnation import SeenIncarnations, replaced_line
+from streamer.llm.batch import BatchRecords
 from streamer.llm.cache import ResponseCache
 from streamer.llm.client import LLMPool, preload_sdk
+from streamer.llm.prices import Prices
 from streamer.runtime import outcomes
 from streamer.runtime.embedding import encoder_summaries
 from streamer.runtime.progress import Progress
@@ -90,7 +92,10 @@ class Worker:
             return
         # The cache before the producer: a cache that cannot be opened must not leave a started producer.
         cache = ResponseCache(self.settings.storage.cache_path) if self.stages else None
-        pool = LLMPool(cache)
+        batches = None
+        if any(s.bind(self.settings).settings.llm.mode == "batch" for s in self.stages):
+            batches = BatchRecords.of(self.settings.storage.data_dir, self.settings.kafka.topic_prefix)
+        pool = LLMPool(cache, Prices(self.settings.prices), batches)
         producer = make_producer(self.settings.kafka)
         await producer.start()
         self.members = [StageRunner(s, self.settings, producer, pool, self.stop, broker) for s in self.stages]

@@ -40,10 +40,12 @@ def card_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.card.md")
 
 
-def write_card(result: ExportResult, generation: dict[str, list[dict[str, Any]]]) -> Path:
-    """The card; `generation`: per stage, the settings its runs recorded (storage.generation)."""
+def write_card(result: ExportResult, generation: dict[str, list[dict[str, Any]]],
+               costs: dict[str, Any] | None = None) -> Path:
+    """The card; `generation`: per stage, the settings its runs recorded (storage.generation); `costs`:
+    what the pipeline's LLM calls cost (streamer.ops.costs)."""
     path = card_path(result.path)
-    text = front_matter(result) + "\n" + body(result, generation)
+    text = front_matter(result) + "\n" + body(result, generation, costs)
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text)
     partial.replace(path)
@@ -98,7 +100,8 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def body(result: ExportResult, generation: dict[str, list[dict[str, Any]]]) -> str:
+def body(result: ExportResult, generation: dict[str, list[dict[str, Any]]],
+         costs: dict[str, Any] | None = None) -> str:
     counts = result.counts
     parts = [f"# {result.path.name}\n",
              f"{counts.rows} instruction/response pairs made by synthstream, exported as {result.fmt} "
@@ -110,8 +113,19 @@ def body(result: ExportResult, generation: dict[str, list[dict[str, Any]]]) -> s
              "\n## Models\n", _models(result),
              "## Filters\n", _filters(result),
              "## Generation config\n", _config(result, generation),
+             *(["## Cost\n", _cost(costs)] if costs and costs.get("stages") else []),
              "## Loading\n", _loading(result)]
     return "\n".join(parts)
+
+
+def _cost(costs: dict[str, Any]) -> str:
+    lines = [f"What the LLM calls of the pipeline's runs on this data dir cost, at the prices configured when they "
+             f"ran (all its records, not only the rows exported): **${costs['total_usd']:.4f}**, of which "
+             f"${costs['batch_usd']:.4f} in the batch lane.\n",
+             "| stage | LLM requests | tokens | cost (USD) | of which batch |", "|---|---|---|---|---|"]
+    for stage, c in costs["stages"].items():
+        lines.append(f"| {stage} | {c['requests']} | {c['tokens']} | {c['cost_usd']:.4f} | {c['batch_cost_usd']:.4f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _simulated_note(rows: int, simulated: int) -> str:

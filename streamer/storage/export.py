@@ -49,7 +49,8 @@ class EmptyExportError(Exception):
 
 def export_samples(store_dir: Path, topic: str, out: Path, fmt: Format = "jsonl",
                    filters: ExportFilters | None = None, *, method: str | None = None,
-                   data_dir: Path | None = None, batch_rows: int = 1000) -> ExportResult:
+                   data_dir: Path | None = None, batch_rows: int = 1000,
+                   costs: dict[str, Any] | None = None) -> ExportResult:
     """One row per sample id, the dataset card beside it. Raises EmptyExportError (and writes
     nothing) when no sample is selected."""
 
@@ -68,7 +69,7 @@ def export_samples(store_dir: Path, topic: str, out: Path, fmt: Format = "jsonl"
     result = ExportResult(out, fmt, stored, duplicates, counts, schema, filters)
     # What made the rows: the settings their stages' runs recorded under the versions the rows carry.
     generation = recorded_generation(data_dir, set(counts.stage_versions)) if data_dir is not None else {}
-    result.card = write_card(result, generation)
+    result.card = write_card(result, generation, costs)
     return result
 
 

@@ -161,6 +161,19 @@ async def chart(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Cache-Control": "no-store"})
 
 
+async def batches_view(request: web.Request) -> web.Response:
+    """The batch lane's batches (as `synthstream batch list`) and what the pipeline's calls cost."""
+    from streamer.ops import batches
+    from streamer.ops.costs import run_costs
+
+    settings = settings_of(request)
+    views = await asyncio.to_thread(batches.load, settings)
+    await batches.refresh(settings, views)
+    costs = await asyncio.to_thread(run_costs, settings)
+    return as_json({"batches": [v.to_json() for v in reversed(views)], "open": sum(not v.row.collected for v in views),
+                    "total_usd": costs["total_usd"], "batch_usd": costs["batch_usd"]})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/graph", graph)
     app.router.add_get("/api/topics", topics)
@@ -171,5 +184,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/dlq", dead_letters)
     app.router.add_post("/api/dlq/redrive", redrive)
     app.router.add_get("/api/rejected", rejected)
+    app.router.add_get("/api/batches", batches_view)
     app.router.add_get("/api/report", report)
     app.router.add_get("/api/report/charts/{name}", chart)

@@ -37,10 +37,12 @@ class LiveReport:
 
     def _make(self) -> dict[str, Any]:
         from consumers import STAGES
+        from streamer.ops.costs import run_costs
         from streamer.report import ReportError, ReportOptions, make_report
 
         options = ReportOptions(store_dir=self.settings.storage.store_dir, prefix=self.settings.kafka.topic_prefix,
-                                out=self.out, encoder_model=STAGES["embed"].bind(self.settings).options.model)
+                                out=self.out, encoder_model=STAGES["embed"].bind(self.settings).options.model,
+                                costs=run_costs(self.settings))
         try:
             return make_report(options)
         except ReportError as exc:

@@ -10,7 +10,9 @@ from the JSON schema pydantic emits, so a well-formed answer always validates.
 - `server`: the aiohttp app, routes, request parsing, responses, counters, serving;
 - `faults`: rate limiting, injected errors, broken or schema-breaking JSON, truncation;
 - `schema_fill`: a value for a JSON schema; `words`: the prompt's words answers are made of;
-- `settings`: SimulatorSettings and SimulatorStats.
+- `settings`: SimulatorSettings and SimulatorStats;
+- `batches` (behaviour in `batch_settings`): the batch API (files, batches, output and error files) and
+  the ledger of what was charged online and batch (`GET /ledger`).
 
 Production code does not import this package; the mark of a simulated answer lives in
 `streamer.llm.fingerprint`, the token bucket in `streamer.llm.limits`.

@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 
 from streamer.llm.fingerprint import SIMULATOR_FINGERPRINT
-from streamer.llm.simulator import dialects
+from streamer.llm.simulator import batches, dialects
 from streamer.llm.simulator.faults import Faults
 from streamer.llm.simulator.schema_fill import fill_schema
 from streamer.llm.simulator.settings import SIMULATOR_MODEL, SimulatorSettings, SimulatorStats, answering_model
@@ -246,6 +246,7 @@ def create_app(settings: SimulatorSettings) -> web.Application:
     app.router.add_get("/stats", sim.stats_view)
     app.router.add_get("/requests", sim.requests_view)
     app.router.add_post("/v1/chat/completions", sim.chat_completions)
+    batches.install(app, settings.batch, sim._answer)  # noqa: SLF001 - batch requests are answered alike
     return app
 
 

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from streamer.llm.simulator.batch_settings import BatchBehaviour
+
 SIMULATOR_MODEL = "synthstream-simulator"
 
 
@@ -44,6 +46,7 @@ class SimulatorSettings(BaseModel):
     context_tokens: int = Field(0, ge=0, description="context window: prompt + max_tokens above it is answered "
                                 "400 with a context-length error; 0 = no limit")
     drop_system: bool = Field(False, description="the chat template drops system messages (as Gemma's does)")
+    batch: BatchBehaviour = Field(default_factory=BatchBehaviour, description="the batch API (simulator/batches.py)")
 
 
 @dataclass

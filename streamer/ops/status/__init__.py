@@ -44,7 +44,7 @@ from streamer.ops.status.sample import Sample, Sampler
 
 NO_WORKERS = "n/a (no worker serving metrics; start workers with --metrics-port)"
 COLUMNS = ("stage", "lag", "in", "in/s", "out", "out/s", "in flight", "dlq", "rejected",
-           "LLM calls", "tokens", "429s", "truncated", "limiter wait", "lag by partition")
+           "LLM calls", "tokens", "cost", "429s", "truncated", "limiter wait", "lag by partition")
 
 
 @dataclass
@@ -77,8 +77,16 @@ class Status:
             "workers": [{"pid": w.entry.pid, "host": w.entry.host, "url": w.entry.url, "stages": w.entry.stages,
                          "reachable": w.samples is not None, "run": w.entry.run} for w in self.now.workers],
             "counters": {"worker_runs": self.now.past_runs, "live_workers": len(self.now.workers)},
+            "cost_usd": self.cost_usd,
             "stages": [row.to_json() for row in self.rows],
         }
+
+    @property
+    def cost_usd(self) -> dict[str, float]:
+        """What the pipeline's LLM calls cost so far, in total and in the batch lane ([prices])."""
+        rows = [row.llm for row in self.rows if row.llm]
+        return {"total": round(sum(r.get("cost_usd", 0.0) for r in rows), 6),
+                "batch": round(sum(r.get("batch_cost_usd", 0.0) for r in rows), 6)}
 
     def table(self) -> str:
         cells = [COLUMNS, *(_cells(row) for row in self.rows)]
@@ -121,8 +129,8 @@ def _cells(row: Figures) -> tuple[str, ...]:
         _num(row.produced, "-"), "-" if row.out_rate is None else f"{row.out_rate:.1f}",
         _num(row.in_flight, stage_only), _num(row.dlq, "-"), _num(row.rejected, "-"),
         _num(llm.get("requests"), stage_only), _num(llm.get("tokens"), stage_only),
-        _num(llm.get("rate_limited"), stage_only), _num(llm.get("truncated"), stage_only), _limiter(llm, stage_only),
-        _partition_lags(row),
+        _money(llm.get("cost_usd"), stage_only), _num(llm.get("rate_limited"), stage_only),
+        _num(llm.get("truncated"), stage_only), _limiter(llm, stage_only), _partition_lags(row),
     )
 
 
@@ -132,6 +140,10 @@ def _limiter(llm: dict[str, Any], missing: str) -> str:
         return missing
     now = llm.get("limiter_waiting") or 0
     return f"{llm['limiter_wait_s']:.1f}s" + (f" ({now} now)" if now else "")
+
+
+def _money(value: float | None, missing: str) -> str:
+    return missing if value is None else f"${value:.4f}" if value < 1 else f"${value:.2f}"
 
 
 def _num(value: int | None, missing: str) -> str:

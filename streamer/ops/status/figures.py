@@ -87,8 +87,17 @@ def worker_figures(group: Watched, s: Sample) -> tuple[int | None, dict[str, flo
     counters["tokens"] += live("synthstream_llm_tokens_total")
     # Waiting on this process's own limits, not on the server: seconds so far, calls now.
     counters["limiter_wait_s"] += live("synthstream_llm_limiter_wait_seconds_total")
-    llm: dict[str, float] = {k: int(v) for k, v in counters.items() if k != "limiter_wait_s"}
+    counters["cost_usd"] += live("synthstream_llm_cost_usd_total")
+    counters["batch_cost_usd"] += live("synthstream_llm_cost_usd_total", lane="batch")
+    if (batches := s.batches.get(group.name)) is not None:
+        # The batch records price every collected batch once and survive a SIGKILL: they win over the counters.
+        counters["cost_usd"] += batches["cost_usd"] - counters["batch_cost_usd"]
+        counters["batch_cost_usd"] = batches["cost_usd"]
+    exact = ("limiter_wait_s", "cost_usd", "batch_cost_usd")
+    llm: dict[str, float] = {k: int(v) for k, v in counters.items() if k not in exact}
     llm["limiter_wait_s"] = round(counters["limiter_wait_s"], 1)
+    llm["cost_usd"] = round(counters["cost_usd"], 6)
+    llm["batch_cost_usd"] = round(counters["batch_cost_usd"], 6)
     llm["limiter_waiting"] = int(live("synthstream_llm_limiter_waiting"))
     return (int(live("synthstream_stage_in_flight")) if serving else None), llm
 

@@ -26,6 +26,7 @@ from consumers import TOPICS
 from streamer.kafka.clients import TopicNames, make_consumer, start_consumer
 from streamer.kafka.incarnation import TopicIdentity
 from streamer.kafka.reader import TopicReader
+from streamer.llm.batch import batch_costs
 from streamer.metrics.registry import WorkerEntry, registered_workers
 from streamer.metrics.runs import counted_runs
 from streamer.records import DeadLetter
@@ -114,6 +115,8 @@ class Sample:
     past: dict[str, dict[str, float]] = field(default_factory=dict)
     past_runs: int = 0  # finished runs those counters include
     waiting: dict[str, str] = field(default_factory=dict)  # stage -> what it waits for (from live workers)
+    # The batch lane's collected batches per stage (streamer.llm.batch records: exact, whatever a SIGKILL lost).
+    batches: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Tally:
@@ -183,7 +186,9 @@ class Sampler:
         # Read after the scrapes: a run that ends in between is then counted from its last file.
         scraped = {w.entry.run for w in workers if w.samples is not None and w.entry.run}
         past, past_runs, waiting = await asyncio.to_thread(counted_runs, self.settings, scraped)
-        return Sample(at, begins, ends, committed, tallies, list(workers), incarnations, past, past_runs, waiting)
+        batches = await asyncio.to_thread(batch_costs, self.settings.storage.data_dir, self.settings.kafka.topic_prefix)
+        return Sample(at, begins, ends, committed, tallies, list(workers), incarnations, past, past_runs, waiting,
+                      batches)
 
     async def _committed(self, group: Watched, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
         client = self.committed_by[group.group]

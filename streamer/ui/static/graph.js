@@ -85,7 +85,8 @@ function stageLines(st) {
     ["in", `in ${st.in.total}${rate(st.in.per_s)}`],
     ["out", st.kind === "sink" ? "stores what it reads" : `out ${fmt(st.out.total)}${rate(st.out.per_s)}`],
     ["dlq", `dlq ${fmt(st.dlq)}`, "rejected", `rejected ${fmt(st.rejected)}`],
-    ["llm", `LLM ${fmt(llm.requests)} · tokens ${fmt(llm.tokens)}`],
+    ["llm", `LLM ${fmt(llm.requests)} · tokens ${fmt(llm.tokens)}`
+      + (llm.cost_usd === undefined ? "" : ` · $${llm.cost_usd.toFixed(4)}`)],
     ["429s", `429s ${fmt(llm.rate_limited)} · wait ${wait}`],
   ];
 }

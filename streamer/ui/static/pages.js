@@ -157,6 +157,22 @@ PAGES.dlq = async (main) => {
       h("tbody", {}, groups)));
 };
 
+// Batches of the batch lane ---------------------------------------------------------------------------
+PAGES.batches = async (main) => {
+  const listed = await api("/api/batches");
+  const age = (s) => (s < 120 ? `${s.toFixed(0)}s` : s < 7200 ? `${(s / 60).toFixed(0)}m` : `${(s / 3600).toFixed(1)}h`);
+  const rows = listed.batches.map((b) => h("tr", { "data-test": "batch-row" }, h("td", {}, b.batch || `(local ${b.local_id.slice(0, 12)})`),
+    h("td", {}, b.stage), h("td", { "data-test": "batch-state" }, b.state), h("td", { class: "num" }, b.requests),
+    h("td", { class: "num" }, b.completed), h("td", { class: "num" }, b.failed), h("td", { class: "num" }, age(b.age_s)),
+    h("td", { class: "num" }, b.collected ? `$${b.cost_usd.toFixed(4)}` : "-"), h("td", {}, h("div", { class: "text" }, b.error || ""))));
+  main.replaceChildren(h("h2", {}, "Batches"),
+    h("p", { class: "muted" }, `${listed.batches.length} batches of stages in batch mode, ${listed.open} open; `
+      + `batch lane cost so far $${listed.batch_usd.toFixed(4)} of $${listed.total_usd.toFixed(4)} in all. `
+      + "Cancel with synthstream batch cancel."),
+    h("table", { id: "batches" }, h("thead", {}, h("tr", {}, ["batch", "stage", "state", "requests", "done", "failed", "age",
+      "cost", ""].map((t) => h("th", {}, t)))), h("tbody", {}, rows)));
+};
+
 async function redriveLetter(letter) {
   const dialog = document.getElementById("confirm");
   document.getElementById("confirm-text").textContent = `Redrive dead letter ${letter.id} (${letter.stage}, `
