@@ -30,7 +30,7 @@ def register(sub: Subparsers) -> None:
 def read_inputs(settings: Any, kind: str, paths: list[str], text_field: str | None) -> list[Any]:
     """The root records `feed` would send for `paths` (documents after the filters and the split; the
     near-duplicate check, which needs the feed's index, is left out)."""
-    from producers.feed import part_records, to_record
+    from producers.root_records import part_records, to_record
     from producers.filters import DocumentFilters
     from producers.items import BadInput, ReadOptions, Skipped
     from producers.paths import read_paths
@@ -50,7 +50,7 @@ def read_inputs(settings: Any, kind: str, paths: list[str], text_field: str | No
         if filters is None:
             records.append(record)
         elif filters.check(record.data["text"], record.data["meta"]) is None:
-            records.extend(part_records(record, f.max_chars, f.long_documents == "truncate"))
+            records.extend(part_records(record, f.max_chars, f.long_documents == "truncate", f.min_chars))
     return records
 
 
