@@ -41,9 +41,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     session starts one 3-node cluster (three JVMs, ~1.2 GB) instead of one per worker."""
     for item in items:
         callspec = getattr(item, "callspec", None)
-        # Asked for directly, or through `pipeline` with the engine parameter set to kafka.
+        # Asked for directly, or through a fixture with an engine parameter (`engine`, `recipe_engine`) set to kafka.
         on_kafka = ("kafka_cluster" in getattr(item, "fixturenames", ())
-                    or callspec is not None and callspec.params.get("engine") == "kafka")
+                    or callspec is not None and any(name.endswith("engine") and value == "kafka"
+                                                    for name, value in callspec.params.items()))
         if on_kafka:
             item.add_marker(pytest.mark.xdist_group("apache-kafka"))
 
@@ -191,9 +192,9 @@ def new_pipeline(broker: EmbeddedBroker | KafkaCluster, tmp_path: Path) -> Pipel
         "PYTHONUNBUFFERED": "1",
     })
     if isinstance(broker, KafkaCluster):
-        # Kafka refuses sessions under group.min.session.timeout.ms (6 s); every topic on all three brokers.
-        env.update({"SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "6000", "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-                    "SYNTHSTREAM_KAFKA__REPLICATION_FACTOR": "3"})
+        # Kafka refuses sessions under group.min.session.timeout.ms (6 s). No replication factor: topics
+        # get the cluster's default.replication.factor (3), as for a user who sets none.
+        env.update({"SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "6000", "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "1000"})
     else:
         env.update({"SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000", "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "500"})
     return Pipeline(prefix, data_dir, env, tmp_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import checksums, endings, expected_ids, make_texts, stop_process, wait_for
+from helpers import checksums, endings, envelopes, expected_ids, make_texts, stop_process, wait_for
 from streamer.kafka.apache import KafkaCluster, missing_tools
 
 pytestmark = pytest.mark.slow
@@ -56,11 +56,13 @@ class CompletionClock:
 
 
 def test_leader_kill_controller_kill_and_rolling_restart_end_every_document_exactly_once(
-        kafka_pipeline, kafka_cluster: KafkaCluster, start_simulator, tmp_path):
+        kafka_pipeline, kafka_cluster: KafkaCluster, broker, start_simulator, tmp_path):
     sim = start_simulator("--latency", "0.3")  # every document spends seconds in the chain: kills land mid-work
-    kafka_pipeline.env["SYNTHSTREAM_LLM__BASE_URL"] = sim.url
+    kafka_pipeline.env.update({"SYNTHSTREAM_LLM__BASE_URL": sim.url, **SAME_EXAMPLES})
     clock = CompletionClock(sim.url)
     texts = make_texts(3 * BATCH)
+    # The same input on tansu, undisturbed, beside the Kafka run (it waits mostly on the simulator).
+    on_tansu = ReferenceRun(broker, texts, start_simulator().url, tmp_path / "tansu")
     fed: list[str] = []
     stalls: dict[str, tuple[float, float]] = {}
     stored_before: dict[Path, str] = {}
@@ -126,12 +128,102 @@ def test_leader_kill_controller_kill_and_rolling_restart_end_every_document_exac
         assert not changed, changed
         for worker in workers:
             assert stop_process(worker) == 0, kafka_pipeline.log_of(worker)[-3000:]
+
+        # The export is the one tansu makes of the same input: the same sample ids, each with the same
+        # conversation (the simulator answers a request by its content, as a model with a fixed seed).
+        exported = exported_samples(kafka_pipeline, tmp_path / "kafka.jsonl")
+        reference = on_tansu.result()
+        assert len(exported) == len(texts) - sum(1 for env in envelopes(kafka_pipeline, "rejected")
+                                                 if env["data"]["stage"] == "dedup")
+        assert set(exported) == set(reference), (len(exported), len(reference))
+        assert exported == reference
     finally:
         clock.close()
         for node in kafka_cluster.nodes:  # the cluster is the session's: whole again for the next test
             if not node.running():
                 kafka_cluster.restart(node)
-    print(f"{len(texts)} documents fed, {sum(ended.values())} ended, 0 duplicates, {len(stored_before)} stored files unchanged")
+    print(f"{len(texts)} documents fed, {sum(ended.values())} ended, 0 duplicates, {len(stored_before)} stored files "
+          f"unchanged, {len(exported)} exported samples with the ids and conversations of the tansu run")
+
+
+# Each document shown every seed fed (3) as its examples, not those attributed by the time it is
+# read, so what the simulator is asked (and so answers) does not depend on timing.
+SAME_EXAMPLES = {"SYNTHSTREAM_STAGES__SITUATION__MIN_EXAMPLES": "3"}
+
+
+class ReferenceRun:
+    """The documents (and the failure test's 3 seeds) through the whole chain on the embedded broker,
+    in a thread: feed, then `run --until-idle`."""
+
+    def __init__(self, broker, texts: list[str], llm_url: str, workdir: Path) -> None:
+        from conftest import new_pipeline
+
+        workdir.mkdir()
+        self.pipeline = new_pipeline(broker, workdir)
+        self.pipeline.env.update({"SYNTHSTREAM_LLM__BASE_URL": llm_url, **SAME_EXAMPLES})
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(texts, workdir), daemon=True)
+        self._thread.start()
+
+    def _run(self, texts: list[str], workdir: Path) -> None:
+        try:
+            self.pipeline.feed(workdir, texts, seeds=3)
+            self.pipeline.cli("run", "--until-idle", "--no-progress", timeout=240)
+        except BaseException as exc:  # noqa: BLE001 - raised in the test's thread by result()
+            self.error = exc
+
+    def result(self) -> dict[str, list]:
+        self._thread.join(300)
+        if self.error is not None:
+            raise self.error
+        return exported_samples(self.pipeline, self.pipeline.workdir / "tansu.jsonl")
+
+
+def exported_samples(pipeline, out: Path) -> dict[str, list]:
+    """`synthstream export`'s rows: sample id -> the conversation."""
+    pipeline.cli("export", "--out", str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    return {row["id"]: row["messages"] for row in rows}
+
+
+# Each document shown every seed fed (3) as its examples, not those attributed by the time it is
+# read, so what the simulator is asked (and so answers) does not depend on timing.
+SAME_EXAMPLES = {"SYNTHSTREAM_STAGES__SITUATION__MIN_EXAMPLES": "3"}
+
+
+class ReferenceRun:
+    """The documents (and the failure test's 3 seeds) through the whole chain on the embedded broker,
+    in a thread: feed, then `run --until-idle`."""
+
+    def __init__(self, broker, texts: list[str], llm_url: str, workdir: Path) -> None:
+        from conftest import new_pipeline
+
+        workdir.mkdir()
+        self.pipeline = new_pipeline(broker, workdir)
+        self.pipeline.env.update({"SYNTHSTREAM_LLM__BASE_URL": llm_url, **SAME_EXAMPLES})
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(texts, workdir), daemon=True)
+        self._thread.start()
+
+    def _run(self, texts: list[str], workdir: Path) -> None:
+        try:
+            self.pipeline.feed(workdir, texts, seeds=3)
+            self.pipeline.cli("run", "--until-idle", "--no-progress", timeout=240)
+        except BaseException as exc:  # noqa: BLE001 - raised in the test's thread by result()
+            self.error = exc
+
+    def result(self) -> dict[str, list]:
+        self._thread.join(300)
+        if self.error is not None:
+            raise self.error
+        return exported_samples(self.pipeline, self.pipeline.workdir / "tansu.jsonl")
+
+
+def exported_samples(pipeline, out: Path) -> dict[str, list]:
+    """`synthstream export`'s rows: sample id -> the conversation."""
+    pipeline.cli("export", "--out", str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    return {row["id"]: row["messages"] for row in rows}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -158,7 +250,6 @@ def test_a_worker_whose_kafka_broker_is_gone_sleeps_instead_of_spinning(start_si
     cluster.start()
     pipeline = new_pipeline(cluster, tmp_path)
     try:
-        pipeline.env["SYNTHSTREAM_KAFKA__REPLICATION_FACTOR"] = "1"
         pipeline.env["SYNTHSTREAM_LLM__BASE_URL"] = start_simulator().url
         texts = make_texts(4)
         pipeline.feed(tmp_path, texts, seeds=2)
