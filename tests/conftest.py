@@ -59,7 +59,7 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaClu
     cluster = KafkaCluster(tmp_path_factory.mktemp("kafka"), size=3)
     cluster.start()
     yield cluster
-    cluster.stop()
+    cluster.kill()  # its data goes with the session's temporary dir
 
 
 @dataclass

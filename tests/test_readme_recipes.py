@@ -6,6 +6,7 @@ and every `[stages…]` TOML snippet in it loads through the real settings loade
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -166,6 +167,34 @@ def test_following_the_multi_process_recipe_ends_every_fed_document_once(recipe:
     assert len(exported) == len({row["id"] for row in samples})
     for proc in recipe.background:
         assert proc.poll() is None, f"{proc.args} exited {proc.returncode}:\n{recipe.logs()}"
+
+
+def test_the_recipes_topics_are_laid_out_replicated_and_name_the_stored_files(recipe: Shell, recipe_engine: str):
+    """Topics as synthstream created them: `kafka.partitions` (4) each, one for instructions.embedded;
+    on the Kafka cluster three replicas each (its default.replication.factor: the recipe sets none).
+    The sink's files are named by the broker's topic ids."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streamer.kafka.incarnation import incarnations, short
+
+    settings = load_settings(env=recipe.env)
+    topics = {f"synth.{name}": count for name, count in (("docs", 4), ("instructions.embedded", 1), ("samples", 4))}
+
+    async def describe() -> dict[str, list[dict]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+        await admin.start()
+        try:
+            return {t["topic"]: t["partitions"] for t in await admin.describe_topics(list(topics))}
+        finally:
+            await admin.close()
+
+    described = asyncio.run(describe())
+    assert {topic: len(parts) for topic, parts in described.items()} == topics, described
+    copies = 3 if recipe_engine == "kafka" else 1
+    assert {len(p["replicas"]) for parts in described.values() for p in parts} == {copies}, described
+    ids = asyncio.run(incarnations(settings, ["samples"]))
+    stored = [p.name for p in (recipe.cwd / "synthstream-data" / "store").rglob("*.parquet") if "samples" in str(p)]
+    assert stored and all(f"-i{short(ids['samples'])}-" in name for name in stored), (ids, stored)
 
 
 def test_status_and_the_console_read_the_recipes_pipeline(recipe: Shell):

@@ -273,7 +273,9 @@ class KafkaCluster:
             raise
 
     def wait_ready(self, timeout: float = 60.0, nodes: list[KafkaNode] | None = None) -> None:
-        """Until every running node answers and sees all of them as brokers (registered, unfenced)."""
+        """Until every running node answers and sees all of them as brokers (registered, unfenced), and
+        the cluster names a group coordinator: on a new cluster the first group's lookup creates
+        `__consumer_offsets` (50 partitions), which a pipeline's first start would otherwise wait for."""
         wanted = {n.node_id for n in (nodes or self.nodes)}
         deadline = time.monotonic() + timeout
         while True:
@@ -281,7 +283,8 @@ class KafkaCluster:
                 if node.process is not None and node.process.poll() is not None:
                     raise BrokerError(f"Kafka node {node.node_id} exited at start with code "
                                       f"{node.process.returncode}:\n{node.log_tail()}")
-            if all(wanted <= (_brokers_seen(n.address) or set()) for n in self.nodes if n.node_id in wanted):
+            if (all(wanted <= (_brokers_seen(n.address) or set()) for n in self.nodes if n.node_id in wanted)
+                    and _coordinates_groups(next(n.address for n in self.nodes if n.running()))):
                 return
             if time.monotonic() > deadline:
                 raise BrokerError(f"Kafka nodes {sorted(wanted)} not ready within {timeout:.0f}s:\n"
@@ -351,6 +354,14 @@ class KafkaCluster:
         for node in self.nodes:
             node.stop()
 
+    def kill(self) -> None:
+        """SIGKILL every node: for a cluster whose data is thrown away (a controlled shutdown of all
+        three at once takes ~10 s, each waiting on the others to move leaders)."""
+        for node in self.nodes:
+            node.signal(signal.SIGKILL)
+        for node in self.nodes:
+            node.kill()
+
 
 def _cluster_id() -> str:
     """A Kafka cluster id: 16 random bytes, base64url without padding (what `kafka-storage random-uuid`
@@ -384,6 +395,27 @@ def _brokers_seen(address: str) -> set[int] | None:
         return asyncio.run(ask())
     except Exception:  # noqa: BLE001 - not answering yet, whatever the reason
         return None
+
+
+def _coordinates_groups(address: str) -> bool:
+    """Whether the node at `address` names a coordinator for a consumer group (FindCoordinator)."""
+    from aiokafka.conn import create_conn
+    from aiokafka.protocol.coordination import FindCoordinatorRequest
+
+    host, _, port = address.rpartition(":")
+
+    async def ask() -> bool:
+        conn = await asyncio.wait_for(create_conn(host, int(port), request_timeout_ms=2000), 3)
+        try:
+            response = await asyncio.wait_for(conn.send(FindCoordinatorRequest("synthstream-ready", 0)), 3)
+            return response.error_code == 0
+        finally:
+            conn.close()
+
+    try:
+        return asyncio.run(ask())
+    except Exception:  # noqa: BLE001 - not answering yet, whatever the reason
+        return False
 
 
 def main(argv: list[str]) -> int:
