@@ -13,25 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from helpers import endings, expected_ids, make_texts, probe_broker, stop_process, wait_for
-from streamer.kafka.apache import KafkaCluster, broker_settings
+from streamer.kafka.apache import broker_settings
 from streamer.kafka.broker import free_port, port_open
 from streamer.kafka.incarnation import incarnations
 
 pytestmark = pytest.mark.slow
 
 BOOTSTRAP = "SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS"
-
-
-async def describe(cluster: KafkaCluster, topics: list[str]) -> dict[str, list[dict]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap_servers)
-    await admin.start()
-    try:
-        return {t["topic"]: t["partitions"] for t in await admin.describe_topics(topics)}
-    finally:
-        await admin.close()
 
 
 def test_the_cluster_runs_the_deployed_settings_on_three_nodes(kafka_cluster):

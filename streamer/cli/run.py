@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from streamer.runtime.stage import Stage
 
 
+# Set once this process's workers have stopped and closed what they held: the entry point then
+# leaves without the interpreter's teardown (streamer.cli.entry).
+workers_closed = False
+
+
 def register(sub: Subparsers) -> None:
     r = sub.add_parser("run", help="run pipeline stages (all, or --stage NAME) and the sink")
     r.add_argument("--stage", action="append", metavar="NAME",
@@ -37,8 +42,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def body(ready: Settings) -> None:
         await Worker(ready, stages, sink=sink, until_idle=args.until_idle, progress=not args.no_progress).run()
 
+    global workers_closed
     with serve_metrics(args, settings):
         with_kafka(settings, "this run", body)
+    workers_closed = True
     return 0
 
 
