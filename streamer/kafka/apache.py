@@ -121,8 +121,51 @@ def fetch_jars(version: str | None = None) -> Path:
     return target
 
 
-def java_command(main: str, *args: str, jars: Path) -> list[str]:
-    return ["java", *JVM_OPTIONS, "-cp", f"{jars}/*", main, *args]
+def java_command(main: str, *args: str, jars: Path, options: tuple[str, ...] = ()) -> list[str]:
+    archive = class_archive(jars)
+    shared = (f"-XX:SharedArchiveFile={archive}",) if archive.exists() and not options else ()
+    return ["java", *JVM_OPTIONS, *shared, *options, "-cp", f"{jars}/*", main, *args]
+
+
+# Class-data sharing: the classes a broker loads on its way to ready, recorded once per jars dir by a
+# throwaway node (-XX:ArchiveClassesAtExit, JDK 13+) and mapped by every later JVM. Measured on
+# these 2 cores: a node's start -> ready 5.6 s -> 3.3-4.3 s; the cluster restarts of the failure tests
+# and every `synthstream broker --engine kafka` start gain it. A JVM that cannot use the archive
+# (another JDK build) says so in its log and starts without it.
+CLASS_ARCHIVE = "classes.jsa"
+
+
+def class_archive(jars: Path) -> Path:
+    return jars / CLASS_ARCHIVE
+
+
+def record_class_archive(jars: Path) -> None:
+    """The class-data archive for `jars`, once: one node started on a temporary dir, made ready
+    (which creates the group coordinator's topic too), stopped; the JVM writes the archive as it
+    exits, into a staging file renamed into place. A failure is logged and not tried again."""
+    archive, failed = class_archive(jars), jars / f"{CLASS_ARCHIVE}.failed"
+    if archive.exists() or failed.exists():
+        return
+    log.info("recording the Kafka broker's classes once into %s (later starts are faster)", archive)
+    with tempfile.TemporaryDirectory(prefix="kafka-classes-") as tmp:
+        staging = jars / f".{CLASS_ARCHIVE}-{uuid.uuid4().hex}"
+        node = KafkaNode(1, free_port(), free_port(), Path(tmp))
+        cluster = KafkaCluster(Path(tmp), 1, [node], jars)
+        try:
+            cluster.prepare(record=False)
+            node.start(jars, options=(f"-XX:ArchiveClassesAtExit={staging}",))
+            try:
+                cluster.wait_ready()
+            finally:
+                node.stop(timeout=60)
+            if not staging.exists() or not staging.stat().st_size:
+                raise BrokerError(f"the JVM wrote no archive:\n{node.log_tail()}")
+            os.replace(staging, archive)
+        except Exception as exc:  # noqa: BLE001 - the archive only saves time
+            log.warning("could not record the Kafka class-data archive (%s); brokers start without it", exc)
+            failed.touch()
+        finally:
+            staging.unlink(missing_ok=True)
 
 
 @dataclass
@@ -173,13 +216,14 @@ class KafkaNode:
         return java_command(STORAGE_TOOL_MAIN, "format", "--ignore-formatted", "-t", cluster_id,
                             "-c", str(self.properties_path), jars=jars)
 
-    def start(self, jars: Path) -> None:
+    def start(self, jars: Path, options: tuple[str, ...] = ()) -> None:
         if port_open(HOST, self.port):
             raise BrokerError(f"port {self.address} is already in use")
         with open(self.log_path, "ab") as out:
             # Own session: a Ctrl-C in a terminal is ours to pass on; the node is stopped by pid, and
             # it ends with us if we are killed (SIGKILL leaves no time to stop it).
-            self.process = subprocess.Popen(java_command(BROKER_MAIN, str(self.properties_path), jars=jars),
+            self.process = subprocess.Popen(java_command(BROKER_MAIN, str(self.properties_path), jars=jars,
+                                                         options=options),
                                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                             preexec_fn=die_with_parent)
 
@@ -244,9 +288,11 @@ class KafkaCluster:
     def node(self, node_id: int) -> KafkaNode:
         return next(n for n in self.nodes if n.node_id == node_id)
 
-    def prepare(self) -> None:
+    def prepare(self, record: bool = True) -> None:
         """Fetch the jars if needed, write every node's properties and format storage not yet formatted."""
-        self.jars = fetch_jars()
+        self.jars = self.jars or fetch_jars()
+        if record:
+            record_class_archive(self.jars)
         voters = ",".join(f"{n.node_id}@{HOST}:{n.controller_port}" for n in self.nodes)
         settings = broker_settings(len(self.nodes))
         for node in self.nodes:
@@ -428,7 +474,9 @@ def main(argv: list[str]) -> int:
     if reason:
         print(f"Apache Kafka tests will be skipped: {reason}", file=sys.stderr)
         return 0
-    print(fetch_jars())
+    jars = fetch_jars()
+    record_class_archive(jars)
+    print(jars)
     return 0
 
 
