@@ -117,14 +117,12 @@ def test_leader_kill_controller_kill_and_rolling_restart_end_every_document_exac
 
         # One at a time, each back in sync before the next goes, each with documents of its own in the
         # chain when it stops (a bounce takes longer than a few documents do).
-        started = 0.0
         for node in kafka_cluster.nodes:
-            fed_at = feed_batch(BATCH // len(kafka_cluster.nodes))
-            started = started or fed_at
+            started = feed_batch(BATCH // len(kafka_cluster.nodes))
             node.stop()
             kafka_cluster.restart(node)
             asyncio.run(kafka_cluster.wait_in_sync())
-        disrupted("rolling restart of nodes 1, 2, 3", started)
+            disrupted(f"rolling restart: node {node.node_id} stopped and started", started)
 
         for worker in workers:
             assert worker.poll() is None, kafka_pipeline.log_of(worker)[-3000:]
