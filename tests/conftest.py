@@ -38,7 +38,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test on the Apache Kafka cluster runs on one xdist worker (`--dist loadgroup`), so the
-    session starts one 3-node cluster (three JVMs, ~1.2 GB) instead of one per worker."""
+    session starts one 3-node cluster (three JVMs, ~1.2 GB) instead of one per worker. The tests of
+    the README recipe on tansu share one worker too: the recipe (a module-scoped fixture) runs once."""
     for item in items:
         callspec = getattr(item, "callspec", None)
         # Asked for directly, or through a fixture with an engine parameter (`engine`, `recipe_engine`) set to kafka.
@@ -47,6 +48,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                                     for name, value in callspec.params.items()))
         if on_kafka:
             item.add_marker(pytest.mark.xdist_group("apache-kafka"))
+        elif callspec is not None and callspec.params.get("recipe_engine") == "tansu":
+            item.add_marker(pytest.mark.xdist_group("readme-recipe"))
 
 
 @pytest.fixture(scope="session")
