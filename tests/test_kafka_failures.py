@@ -1,6 +1,7 @@
 """Broker failures the way Kafka's replication system tests make them, on the session's 3-node
 cluster while two workers run: SIGKILL the leader of `instructions.embedded`, then the active
-controller, then a rolling restart of all three. Nothing acknowledged may be lost or repeated."""
+controller, then a rolling restart of all three. Nothing acknowledged may be lost or repeated, and
+the export must be the one the same input makes on tansu."""
 
 from __future__ import annotations
 

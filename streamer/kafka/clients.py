@@ -170,9 +170,9 @@ def partitions_for(settings: Settings, name: str) -> int:
 
 async def replication_factor(admin: AIOKafkaAdminClient, kafka: KafkaSettings) -> int:
     """`kafka.replication_factor`, or unset, the cluster's own `default.replication.factor`. A fixed
-    default of 1 left every topic on a 3-broker cluster with one copy, silently: Kafka caps
-    `min.insync.replicas` at a topic's replication factor, so acks=all writes to it succeed and are
-    lost with that one broker. CreateTopics as aiokafka speaks it (v3) cannot ask for "the broker's
+    default of 1 left every topic on a 3-broker cluster with one copy, silently: Kafka 4.1 takes
+    acks=all writes to a one-copy topic despite `min.insync.replicas=2` (tried), and they are lost
+    with that one broker. CreateTopics as aiokafka speaks it (v3) cannot ask for "the broker's
     default" (-1 came with v4), so the value is read from a broker's configuration."""
     if kafka.replication_factor is not None:
         return kafka.replication_factor
