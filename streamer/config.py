@@ -36,7 +36,8 @@ class KafkaSettings(_Section):
     )
     topic_prefix: str = "synth."
     partitions: int = Field(4, ge=1)
-    replication_factor: int = Field(1, ge=1)
+    replication_factor: int | None = Field(None, ge=1, description="copies of each topic synthstream creates; "
+                                           "unset: the cluster's default.replication.factor (1 on one broker)")
     topic_partitions: dict[str, int] = Field(
         default_factory=dict, description="per-topic partition counts, by unprefixed name"
     )

@@ -36,16 +36,38 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(f"Apache Kafka tests skipped: {reason}")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_itemcollected(item: pytest.Item) -> None:
     """Every test on the Apache Kafka cluster runs on one xdist worker (`--dist loadgroup`), so the
-    session starts one 3-node cluster (three JVMs, ~1.2 GB) instead of one per worker."""
+    session starts one 3-node cluster (three JVMs, ~1.2 GB) instead of one per worker. The tests of
+    the README recipe on tansu share one worker too: the recipe (a module-scoped fixture) runs once.
+    Marked as each item is collected, before any pytest_collection_modifyitems."""
+    callspec = getattr(item, "callspec", None)
+    # Asked for directly, or through a fixture with an engine parameter (`engine`, `recipe_engine`) set to kafka.
+    on_kafka = ("kafka_cluster" in getattr(item, "fixturenames", ())
+                or callspec is not None and any(name.endswith("engine") and value == "kafka"
+                                                for name, value in callspec.params.items()))
+    if on_kafka:
+        item.add_marker(pytest.mark.xdist_group("apache-kafka"))
+    elif callspec is not None and callspec.params.get("recipe_engine") == "tansu":
+        item.add_marker(pytest.mark.xdist_group("readme-recipe"))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """xdist's loadgroup puts an item's group in its node id (`…@apache-kafka`), which the scheduler
+    reads; xdist 3.8 writes it to `item._nodeid`, which pytest 9.2 no longer reads (the node id is
+    `item._id`), so no group formed and every worker with a Kafka test started a cluster of its own.
+    Done here after xdist, where it did not take."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import coerce_node_id
+    except ImportError:  # a pytest where xdist's own naming works
+        return
     for item in items:
-        callspec = getattr(item, "callspec", None)
-        # Asked for directly, or through `pipeline` with the engine parameter set to kafka.
-        on_kafka = ("kafka_cluster" in getattr(item, "fixturenames", ())
-                    or callspec is not None and callspec.params.get("engine") == "kafka")
-        if on_kafka:
-            item.add_marker(pytest.mark.xdist_group("apache-kafka"))
+        groups = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group") if mark.args})
+        if groups and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")  # noqa: SLF001
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +80,7 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaClu
     cluster = KafkaCluster(tmp_path_factory.mktemp("kafka"), size=3)
     cluster.start()
     yield cluster
-    cluster.stop()
+    cluster.kill()  # its data goes with the session's temporary dir
 
 
 @dataclass
@@ -191,9 +213,9 @@ def new_pipeline(broker: EmbeddedBroker | KafkaCluster, tmp_path: Path) -> Pipel
         "PYTHONUNBUFFERED": "1",
     })
     if isinstance(broker, KafkaCluster):
-        # Kafka refuses sessions under group.min.session.timeout.ms (6 s); every topic on all three brokers.
-        env.update({"SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "6000", "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-                    "SYNTHSTREAM_KAFKA__REPLICATION_FACTOR": "3"})
+        # Kafka refuses sessions under group.min.session.timeout.ms (6 s). No replication factor: topics
+        # get the cluster's default.replication.factor (3), as for a user who sets none.
+        env.update({"SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "6000", "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "1000"})
     else:
         env.update({"SYNTHSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000", "SYNTHSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "500"})
     return Pipeline(prefix, data_dir, env, tmp_path)

@@ -6,6 +6,7 @@ and every `[stages…]` TOML snippet in it loads through the real settings loade
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -23,13 +25,14 @@ import pytest
 from streamer.config import load_settings
 from streamer.kafka.broker import free_port, port_open
 
-from helpers import read_topic, stop_process, stored_rows, wait_for
+from helpers import ENGINES, read_topic, stop_process, stored_rows, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 MULTI_PROCESS = "### Running the pipeline as separate processes"
 REPLAY_WHILE_RUNNING = "Replaying under a version while the workers of the multi-process recipe run"
 RECIPE_PORTS = {"9092": "broker", "8000": "llm"}  # what the recipe listens on; a test uses free ports
+RECIPE_BROKER = "127.0.0.1:9092"
 
 
 def fenced_block_after(marker: str, text: str | None = None) -> list[str]:
@@ -60,8 +63,11 @@ class Shell:
     ports: dict[str, int]
     env: dict[str, str] = field(default_factory=dict)
     background: list[subprocess.Popen] = field(default_factory=list)
+    cluster: str | None = None  # a running Kafka cluster's bootstrap servers, in place of the recipe's broker
 
     def run(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess | subprocess.Popen:
+        if self.cluster:
+            command = command.replace(RECIPE_BROKER, self.cluster)
         for port, name in RECIPE_PORTS.items():
             command = re.sub(rf"\b{port}\b", str(self.ports[name]), command)
         if command.startswith("export "):
@@ -97,14 +103,25 @@ def user_env() -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="module", params=ENGINES)
+def recipe_engine(request: pytest.FixtureRequest) -> str:
+    """The broker the recipe runs on: its own `synthstream broker` (tansu), or the session's 3-node
+    Apache Kafka cluster in its place (a user pointing the recipe at a cluster they run)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shell]:
+def recipe(recipe_engine: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Shell]:
     """The multi-process recipe, run to its end; its broker, simulator and workers keep running."""
-    cwd = tmp_path_factory.mktemp("recipe")
+    cwd = tmp_path_factory.mktemp(f"recipe-{recipe_engine}")
     (cwd / "examples").symlink_to(REPO / "examples")
-    shell = Shell(cwd, {"broker": free_port(), "llm": free_port()}, user_env())
+    cluster = request.getfixturevalue("kafka_cluster").bootstrap_servers if recipe_engine == "kafka" else None
+    shell = Shell(cwd, {"broker": free_port(), "llm": free_port()}, user_env(), cluster=cluster)
     try:
         for command in commands_of(fenced_block_after(MULTI_PROCESS)):
+            if cluster and command.startswith("synthstream broker"):
+                continue  # the cluster runs already; every other line is the user's, as written
             shell.run(command, timeout=150)
             if command.startswith("synthstream simulate-llm"):
                 # A shell user starts typing the next line a moment later; the simulator takes a second to listen.
@@ -150,6 +167,96 @@ def test_following_the_multi_process_recipe_ends_every_fed_document_once(recipe:
     assert len(exported) == len({row["id"] for row in samples})
     for proc in recipe.background:
         assert proc.poll() is None, f"{proc.args} exited {proc.returncode}:\n{recipe.logs()}"
+
+
+def test_the_recipes_topics_are_laid_out_replicated_and_name_the_stored_files(recipe: Shell, recipe_engine: str):
+    """Topics as synthstream created them: `kafka.partitions` (4) each, one for instructions.embedded;
+    on the Kafka cluster three replicas each (its default.replication.factor: the recipe sets none).
+    The sink's files are named by the broker's topic ids."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streamer.kafka.incarnation import incarnations, short
+
+    settings = load_settings(env=recipe.env)
+    topics = {f"synth.{name}": count for name, count in (("docs", 4), ("instructions.embedded", 1), ("samples", 4))}
+
+    async def describe() -> dict[str, list[dict]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+        await admin.start()
+        try:
+            return {t["topic"]: t["partitions"] for t in await admin.describe_topics(list(topics))}
+        finally:
+            await admin.close()
+
+    described = asyncio.run(describe())
+    assert {topic: len(parts) for topic, parts in described.items()} == topics, described
+    copies = 3 if recipe_engine == "kafka" else 1
+    assert {len(p["replicas"]) for parts in described.values() for p in parts} == {copies}, described
+    ids = asyncio.run(incarnations(settings, ["samples"]))
+    stored = [p.name for p in (recipe.cwd / "synthstream-data" / "store").rglob("*.parquet") if "samples" in str(p)]
+    assert stored and all(f"-i{short(ids['samples'])}-" in name for name in stored), (ids, stored)
+
+
+def test_status_and_the_console_read_the_recipes_pipeline(recipe: Shell):
+    """`status` (table, --json, --until-idle) and the console's API against the recipe's running
+    workers: every stage caught up, every figure matching what the store holds."""
+    data_dir = recipe.cwd / "synthstream-data"
+    samples = {row["id"]: row for row in stored_rows(data_dir, "synth.samples")}
+    documents = {r["id"] for r in read_topic(recipe.env["SYNTHSTREAM_KAFKA__BOOTSTRAP_SERVERS"], "synth.docs")}
+
+    idle = recipe.run("synthstream status --until-idle --timeout 30", timeout=60)
+    assert b"Traceback" not in idle.stderr
+    figures = json.loads(recipe.run("synthstream status --json", timeout=60).stdout)
+    stages = {row["stage"]: row for row in figures["stages"]}
+    assert set(stages) >= {"attribution", "situation", "instruction", "judge", "embed", "dedup", "answer", "sink"}
+    assert {name: row["lag"]["total"] for name, row in stages.items()} == dict.fromkeys(stages, 0), stages
+    assert stages["situation"]["in"]["total"] == len(documents)
+    assert stages["answer"]["out"]["total"] == len(samples)
+    # The workers' LLM counters (kept on disk by each run) against what the simulator answered.
+    with urllib.request.urlopen(f"http://127.0.0.1:{recipe.ports['llm']}/stats", timeout=10) as answered:
+        completed = json.loads(answered.read())["completed"]
+    assert sum((row["llm"] or {}).get("requests", 0) for row in stages.values()) == completed, stages
+    table = recipe.run("synthstream status", timeout=60).stdout.decode()
+    assert table.startswith("synthstream status: prefix synth.") and "answer" in table
+
+    port = free_port()
+    ui = recipe.run(f"synthstream ui --port {port} &")
+    log = recipe.cwd / f"bg-{len(recipe.background) - 1}.log"
+    url = wait_for(lambda: re.search(r"^(http://\S+)$", log.read_text(errors="replace"), re.MULTILINE), 60,
+                   what="the console's URL").group(1)
+    try:
+        assert set(get(url, "api/topics")["topics"]) >= {"docs", "samples", "instructions.embedded"}
+        browsed = get(url, "api/topics/samples?start=beginning&limit=500")["rows"]
+        assert {row["id"] for row in browsed} == set(samples)
+        live = live_figures(url)
+        assert {row["stage"]: row["lag"]["total"] for row in live["stages"]} == dict.fromkeys(stages, 0), live
+        wanted = next(iter(samples))
+        chain = get(url, f"api/samples/{wanted}")
+        assert chain["envelope"]["id"] == wanted and chain["found_in"] == "store", chain.keys()
+        assert chain["seeds_stored"] and None not in chain["seeds_stored"]  # the attributed seeds it was shown
+        found = get(url, f"api/records/{samples[wanted]['root_id']}")  # a document: read from the docs topic
+        assert found["topic"] == "docs" and found["envelope"]["id"] == samples[wanted]["root_id"], found
+        assert get(url, "api/dlq") == {"letters": [], "pending": 0}
+    finally:
+        assert stop_process(ui) == 0, log.read_text(errors="replace")[-3000:]
+        recipe.background.remove(ui)
+    assert "Traceback" not in log.read_text(errors="replace")
+
+
+def get(url: str, path: str) -> dict:
+    with urllib.request.urlopen(url.split("?")[0] + path, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def live_figures(url: str) -> dict:
+    """The console's first sampled figures from its event stream (the first event says "pending")."""
+    with urllib.request.urlopen(url.split("?")[0] + "api/live", timeout=60) as stream:
+        for line in stream:
+            if line.startswith(b"data: "):
+                figures = json.loads(line[len(b"data: "):])
+                if not figures.get("pending"):
+                    return figures
+    raise AssertionError("the event stream ended without figures")
 
 
 def test_replay_recipe_works_while_the_workers_run(recipe: Shell):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
@@ -30,18 +31,20 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The program's entry point (`synthstream`, `python -m streamer.cli`): `main`, then exit.
 
-    A process that loaded torch (the `[torch]` extra's encoder fallback) spends ~1.5 s (measured)
-    tearing it down at interpreter exit, which
-    a finite run (`run --until-idle`) would add to every run's end. Everything of ours is closed by
-    then (clients, caches, the worker registry, in `finally` blocks), so such a process flushes its
-    output and leaves at once. Called as a function (tests), `main` returns normally instead.
+    A `run` spends about a second (measured on a loaded 2-core machine; ~1.5 s more with torch, the
+    `[torch]` extra's encoder fallback) tearing down the interpreter (ONNX Runtime, FAISS, Arrow and
+    every module), which a finite run (`run --until-idle`) would add to its end. Everything of ours
+    is closed by then (clients, caches, the worker registry, in `finally` blocks), so such a process
+    runs its exit handlers (the run's counters), flushes its output and leaves at once. Other
+    commands exit normally. Called as a function (tests), `main` returns normally instead.
     """
     _few_malloc_arenas()
     # Arrow's own allocator (jemalloc/mimalloc) keeps what the sink's tables freed; the system one
     # gives it back with everything else (measured: a whole-pipeline run's peak 428 -> 382 MB).
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     code = main()
-    if "torch" in sys.modules:
+    if "torch" in sys.modules or run.workers_closed:
+        atexit._run_exitfuncs()  # noqa: SLF001 - what the interpreter would run first (logging.shutdown too)
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from streamer.runtime.stage import Stage
 
 
+# Set once this process's workers have stopped and closed what they held: the entry point then
+# leaves without the interpreter's teardown (streamer.cli.entry).
+workers_closed = False
+
+
 def register(sub: Subparsers) -> None:
     r = sub.add_parser("run", help="run pipeline stages (all, or --stage NAME) and the sink")
     r.add_argument("--stage", action="append", metavar="NAME",
@@ -39,8 +44,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         await worker.run()
         return worker.failed_stages()
 
+    global workers_closed
     with serve_metrics(args, settings):
         failed = with_kafka(settings, "this run", body)
+    workers_closed = True
     if args.until_idle and failed:
         # A run whose records end in the dlq made no data: say so, and fail (scripts and CI see it).
         share = settings.run.max_dlq_share

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Iterator
 import aiokafka.client
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.protocol.metadata import MetadataRequest
 
@@ -167,6 +168,29 @@ def partitions_for(settings: Settings, name: str) -> int:
     return settings.kafka.topic_partitions.get(name, settings.kafka.partitions)
 
 
+async def replication_factor(admin: AIOKafkaAdminClient, kafka: KafkaSettings) -> int:
+    """`kafka.replication_factor`, or unset, the cluster's own `default.replication.factor`. A fixed
+    default of 1 left every topic on a 3-broker cluster with one copy, silently: Kafka 4.1 takes
+    acks=all writes to a one-copy topic despite `min.insync.replicas=2` (tried), and they are lost
+    with that one broker. CreateTopics as aiokafka speaks it (v3) cannot ask for "the broker's
+    default" (-1 came with v4), so the value is read from a broker's configuration."""
+    if kafka.replication_factor is not None:
+        return kafka.replication_factor
+    brokers = sorted(b.nodeId for b in admin._client.cluster.brokers())  # noqa: SLF001 - the metadata it has
+    if len(brokers) <= 1:
+        return 1
+    name = "default.replication.factor"
+    try:
+        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, str(brokers[0]),
+                                                                  {name: None})])
+        entries = [entry for resource in response.resources for entry in resource[4] if entry[0] == name]
+        return max(1, int(entries[0][1]))
+    except Exception as exc:  # noqa: BLE001 - a broker without DescribeConfigs: as many as it has, up to 3
+        copies = min(3, len(brokers))
+        log.warning("could not read the cluster's %s (%r): creating topics with %d replicas", name, exc, copies)
+        return copies
+
+
 async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
     """Create missing topics with their configured partition counts (existing ones are kept)."""
     topic = TopicNames(settings.kafka.topic_prefix)
@@ -174,12 +198,14 @@ async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(topic(n), partitions_for(settings, n), settings.kafka.replication_factor)
-                   for n in names if topic(n) not in existing]
-        if missing:
+        wanted = [n for n in names if topic(n) not in existing]
+        if wanted:
+            copies = await replication_factor(admin, settings.kafka)
+            missing = [NewTopic(topic(n), partitions_for(settings, n), copies) for n in wanted]
             with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
                 await admin.create_topics(missing)
-            log.info("created topics: %s", ", ".join(t.name for t in missing))
+            log.info("created topics (%d replica%s): %s", copies, "" if copies == 1 else "s",
+                     ", ".join(t.name for t in missing))
         fixed = [topic(n) for n in names if n in FIXED_PARTITIONS]
         for description in await admin.describe_topics(fixed) if fixed else []:
             name, count = description["topic"], len(description["partitions"])
