@@ -27,7 +27,7 @@ from streamer.kafka.group import GroupMember, abandon, sleep_until
 from streamer.kafka.health import BrokerWatch
 from streamer.kafka.incarnation import SeenIncarnations, replaced_line
 from streamer.llm.cache import ResponseCache
-from streamer.llm.client import LLMPool, preload_sdk
+from streamer.llm.client import LLMPool
 from streamer.runtime.embedding import encoder_summaries
 from streamer.runtime.progress import Progress
 from streamer.runtime.runner import StageRunner
@@ -82,8 +82,6 @@ class Worker:
         return broker
 
     async def _run(self) -> None:
-        if self.stages:
-            preload_sdk()  # imported in a thread while the broker is reached and groups are joined
         broker = await self._connect()
         if broker is None:
             return
