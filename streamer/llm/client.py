@@ -207,22 +207,36 @@ class LLMClient:
 
     async def _structured(self, messages: list[dict[str, str]], params: dict[str, Any],
                           response_model: type[BaseModel]) -> LLMResult:
-        """Asked in the endpoint's dialect; while it is still being found (auto), a refused or
-        ignored response_format moves every caller one rung down the ladder."""
+        """Asked in the endpoint's dialect. While it is still being found (auto), one request at a
+        time asks (the others wait for its answer instead of all being refused together), and a
+        refused or ignored response_format moves every caller one rung down the ladder."""
         choice = self.pool.dialect(self.settings)
         while True:
-            dialect = choice.current
-            messages_sent, extra = dialects.request_for(dialect, messages, response_model.__name__,
-                                                        _grammar_schema_of(response_model))
-            try:
-                result = await self._ask(messages_sent, params, response_model, extra,
-                                         probing=choice.can_step_down())
-            except _FormatNotUsable as exc:
-                if choice.step_down(dialect, str(exc)):
-                    continue
-                raise LLMRequestError(f"structured output ({dialect}) not usable with this server: {exc}") from None
-            choice.settle(dialect)
-            return result
+            if choice.settled:
+                result = await self._in_dialect(choice, messages, params, response_model)
+            else:
+                async with choice.finding:
+                    if choice.settled:
+                        continue  # found while this request waited
+                    result = await self._in_dialect(choice, messages, params, response_model)
+            if result is not None:
+                return result
+
+    async def _in_dialect(self, choice: dialects.DialectChoice, messages: list[dict[str, str]],
+                          params: dict[str, Any], response_model: type[BaseModel]) -> LLMResult | None:
+        """The answer in the current dialect; None when the server refused or ignored it and the
+        choice stepped down (ask again)."""
+        dialect = choice.current
+        messages_sent, extra = dialects.request_for(dialect, messages, response_model.__name__,
+                                                    _grammar_schema_of(response_model))
+        try:
+            result = await self._ask(messages_sent, params, response_model, extra, probing=choice.can_step_down())
+        except _FormatNotUsable as exc:
+            if choice.step_down(dialect, str(exc)):
+                return None
+            raise LLMRequestError(f"structured output ({dialect}) not usable with this server: {exc}") from None
+        choice.settle(dialect)
+        return result
 
     async def _ask(self, messages: list[dict[str, str]], params: dict[str, Any],
                    response_model: type[BaseModel] | None, extra: dict[str, Any], *,
