@@ -184,6 +184,14 @@ class LLMClient:
         """Ask for JSON matching `model`'s schema; `result.parsed` is a validated instance."""
         return await self._run(messages, self._params(params), model, 0)
 
+    async def once(self, messages: list[dict[str, str]], **params: Any) -> LLMResult:
+        """One reply as the server gives it, the messages sent as they are: no cache, re-asks,
+        truncation retry or content checks (for probes such as `llm check`; server errors are still
+        retried, and a context-length error is still LLMContextError)."""
+        attempt = await self._request(messages, self._params(params), {}, as_is=True)
+        return LLMResult(attempt.content, attempt.model, attempt.simulated, False, attempt.prompt_tokens,
+                         attempt.completion_tokens)
+
     async def _run(self, messages: list[dict[str, str]], params: dict[str, Any],
                    response_model: type[BaseModel] | None, min_words: int) -> LLMResult:
         schema = _schema_of(response_model) if response_model else None
@@ -486,9 +494,14 @@ def _retry_after(response: Any) -> float | None:
 _KEY_LIKE = re.compile(r"\b(sk|key|token)-[\w*.-]{4,}", re.IGNORECASE)
 
 
+def masked(text: str) -> str:
+    """`text` with anything shaped like a key masked: providers echo (partly masked) keys in auth
+    errors, and such text ends up in logs, the dlq and `llm check`'s report."""
+    return _KEY_LIKE.sub(r"\1-***", text)
+
+
 def _api_message(exc: Any) -> str:  # openai.APIStatusError
-    # Providers echo (partly masked) keys in auth errors; such text ends up in logs and dlq.
-    return _KEY_LIKE.sub(r"\1-***", str(exc.message or ""))[:300]
+    return masked(str(exc.message or ""))[:300]
 
 
 @functools.lru_cache(maxsize=256)
