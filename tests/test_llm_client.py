@@ -152,6 +152,7 @@ async def test_malformed_output_is_reasked_then_fails_with_the_reason():
             await client.structured(ask("anything"), Answer)
         await pool.close()
     assert stats.requests == 2  # the ask and one re-ask
+    assert count("t-malformed", "invalid_output") == 2 and count("t-malformed", "reask") == 1
 
 
 async def test_reasks_recover_from_occasional_malformed_output():
@@ -162,6 +163,7 @@ async def test_reasks_recover_from_occasional_malformed_output():
         await pool.close()
     assert all(isinstance(r.parsed, Answer) for r in results)
     assert count("t-reask", "invalid_output") >= 1 and stats.malformed >= 1
+    assert count("t-reask", "reask") == count("t-reask", "invalid_output")  # every bad reply was asked again
 
 
 async def test_server_errors_are_retried_then_raised():

@@ -274,6 +274,8 @@ class LLMClient:
                 if attempt.content == previous:
                     _vary(params, ask)  # the same reply again: a model at low temperature repeats itself
                 previous = attempt.content
+                if ask < self.settings.reasks:
+                    self._count("reask")
                 continue
             return LLMResult(attempt.content, attempt.model, attempt.simulated, False, usage[0], usage[1], parsed)
         what = f"schema {response_model.__name__}" if response_model else "the content checks"
