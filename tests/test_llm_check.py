@@ -5,6 +5,7 @@ length and the system role it finds, and the settings it prints."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tomllib
 
@@ -25,7 +26,7 @@ def llm_check(base_url: str, model: str, *args: str) -> tuple[str, dict]:
 
 
 @pytest.mark.parametrize("flags, dialect, window, role", [
-    ((), "json_schema", None, "system"),
+    (("--latency", "0.3"), "json_schema", None, "system"),
     (("--response-format", "json_object_schema", "--context-tokens", "2048"), "json_object_schema", 2048, "system"),
     (("--response-format", "json_object", "--drop-system"), "json_object", None, "user"),
 ])
@@ -44,6 +45,8 @@ def test_check_finds_the_simulated_servers_dialect_context_and_system_role(start
         assert "system role: dropped by the chat template" in report
     if window is None:
         assert "context length: unknown (the server did not say" in report
+    if flags[:1] == ("--latency",):  # the simulator answers requests together: no max_in_flight to set
+        assert re.search(r"requests at once: two took 1\.[0-5]x as long as one: answered together", report), report
 
 
 def test_check_of_one_stage_prints_that_stages_table(start_simulator):
@@ -63,4 +66,5 @@ def test_check_against_a_real_llama_cpp_python_server(llama_server):
     # It cuts max_tokens to fit without a word, but refuses a prompt longer than its window, saying it.
     assert settings["llm"]["context_tokens"] == llama_server.n_ctx
     assert settings["llm"]["system_role"] == "system"  # SmolLM2's chat template keeps the system message
+    assert settings["llm"]["max_in_flight"] == 1 and "answered one after the other" in report
     assert "tokens/s" in report and "tokens/s unknown" not in report

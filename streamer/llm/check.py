@@ -11,12 +11,16 @@ Each probe is one small request (or a few), in the order that costs least on a s
   asked to repeat (the probe `llm.system_role = "auto"` makes); without it, the same code word in
   the user message tells a dropped system message from a model that repeats nothing;
 - latency (a 1-token reply) and generation speed (a 64-token reply);
+- whether it works on two requests at once (two short replies asked together, against one alone):
+  a server that answers one at a time should get one at a time (`max_in_flight = 1`), so a request's
+  timeout measures its own work and not the queue ahead of it;
 - the structured-output dialect: the ladder of `llm.structured` from the top, each rung asked for
   a tiny schema through the stages' own client, down to the first that gives valid JSON.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +34,8 @@ from streamer.llm.results import LLMContextError, LLMError
 
 CHECK_STAGE = "llm-check"  # the stage label of the check's requests in the metrics
 SPEED_TOKENS = 64
+PARALLEL_TOKENS = 16
+SERIAL_RATIO = 1.6  # two requests at once taking this many times one's time: answered one after the other
 # Longer than any context window a llama-cpp-python server is run with; it refuses such a prompt
 # after tokenizing it (a fraction of a second), before evaluating anything.
 OVERSIZED_PROMPT_WORDS = 140_000
@@ -66,6 +72,8 @@ class CheckReport:
     latency_s: float | None = None
     tokens_per_second: float | None = None
     speed_note: str = ""
+    serial: bool | None = None  # whether the server answers one request at a time
+    parallel_note: str = ""
 
     @property
     def usable(self) -> bool:
@@ -79,6 +87,9 @@ class CheckReport:
                      else "# context_tokens: the server did not say (set it to the model's window)")
         lines.append(f'system_role = "{self.system_role}"' if self.system_role
                      else '# system_role: could not tell (leave "auto")')
+        if self.serial:
+            lines.append("max_in_flight = 1   # it answers one request at a time: the others wait in the client, "
+                         "not in its queue (a timeout then measures one request)")
         if self.tokens_per_second:
             lines.append(f"# tokens_per_second = {int(self.tokens_per_second)}   # measured one request alone; "
                          "unset, a run measures it under its own load")
@@ -97,6 +108,7 @@ class CheckReport:
         speed = f"{self.tokens_per_second:.1f} tokens/s" if self.tokens_per_second else "tokens/s unknown"
         latency = f"{self.latency_s:.2f} s for a 1-token reply" if self.latency_s is not None else "latency unknown"
         out.append(f"  speed: {latency}; {speed}{f' ({self.speed_note})' if self.speed_note else ''}")
+        out.append(f"  requests at once: {self.parallel_note}")
         return "\n".join(out)
 
 
@@ -119,6 +131,7 @@ async def check_endpoint(settings: LLMSettings) -> CheckReport:
             await _context_window(http, pool, settings, listing, report)
         await _system_role(pool, settings, report)
         await _speed(pool, settings, report)
+        await _parallel(pool, settings, report)
         await _dialect(pool, settings, report)
     finally:
         await pool.close()
@@ -249,6 +262,28 @@ async def _speed(pool: LLMPool, settings: LLMSettings, report: CheckReport) -> N
     report.speed_note = f"{long.completion_tokens} tokens in {generating + report.latency_s:.2f} s, one request alone"
 
 
+async def _parallel(pool: LLMPool, settings: LLMSettings, report: CheckReport) -> None:
+    """Whether the server works on two requests at once: two short replies asked together take about
+    as long as one where it does, twice as long where it answers one after the other (llama-cpp-python)."""
+    client = pool.client(probe_settings(settings, max_tokens=PARALLEL_TOKENS), CHECK_STAGE)
+    try:
+        started = time.monotonic()
+        await client.once(SPEED_PROMPT)
+        one = time.monotonic() - started
+        started = time.monotonic()
+        await asyncio.gather(*(client.once(SPEED_PROMPT, seed=seed) for seed in (1, 2)))
+        two = time.monotonic() - started
+    except LLMError as exc:
+        report.parallel_note = f"could not tell: {str(exc)[:160]}"
+        return
+    if one < 0.2:
+        report.parallel_note = f"could not tell (a short reply takes {one:.2f} s)"
+        return
+    report.serial = two / one >= SERIAL_RATIO
+    report.parallel_note = (f"two took {two / one:.1f}x as long as one: "
+                            f"{'answered one after the other' if report.serial else 'answered together'}")
+
+
 async def _dialect(pool: LLMPool, settings: LLMSettings, report: CheckReport) -> None:
     """Down the ladder from the top, each rung as a fixed `llm.structured`, to the first that works."""
     for dialect in dialects.LADDER:
@@ -257,7 +292,7 @@ async def _dialect(pool: LLMPool, settings: LLMSettings, report: CheckReport) ->
             await client.structured(CITY_QUESTION, CityFacts)
         except LLMError as exc:
             why = str(exc).removeprefix(f"structured output ({dialect}) not usable with this server: ")
-            report.dialect_tries.append((dialect, why[:200]))
+            report.dialect_tries.append((dialect, " ".join(why.split())[:200]))
             continue
         report.dialect = dialect
         return

@@ -212,9 +212,10 @@ def _sha256(path: Path) -> str:
 
 
 def default_threads() -> int:
-    """Threads for generation: every core (the server runs one request at a time, and decoding a
-    small model is memory-bound, so more threads than cores only contend)."""
-    return max(1, min(8, os.cpu_count() or 1))
+    """Threads for the model: half the cores (one on 2 cores), the rest left to the pipeline that
+    calls it. llama.cpp's threads meet at a barrier after every layer, so on a busy machine each
+    thread more waits for the slowest; one thread keeps a shared 2-core machine's replies steady."""
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 class LocalModelServer:
