@@ -38,7 +38,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from streamer.kafka.broker import die_with_parent, free_port
+from streamer.processes import die_with_parent, free_port
 from streamer.user_cache import cache_dir
 
 log = logging.getLogger(__name__)
