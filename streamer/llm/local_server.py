@@ -240,7 +240,11 @@ class LocalModelServer:
         return [str(server_python()), "-m", "llama_cpp.server", "--model", str(self.model),
                 "--model_alias", MODEL_NAME, "--host", "127.0.0.1", "--port", str(self.port),
                 "--n_ctx", str(self.n_ctx), "--n_threads", str(self.threads),
-                "--n_threads_batch", str(self.threads), "--verbose", "False"]
+                "--n_threads_batch", str(self.threads), "--verbose", "False",
+                # Logits for the last token only: llama-cpp-python's default computes and copies them for
+                # every prompt token (a quarter more work for this model's 49k vocabulary), which only
+                # `logprobs` needs, and synthstream never asks for them.
+                "--logits_all", "False"]
 
     def start(self) -> LocalModelServer:
         if (reason := not_ready()) is not None:
