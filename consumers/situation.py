@@ -3,7 +3,9 @@
 Bottom-up synthesis of SynthQuestions, step one. Attributed seeds serve as worked examples of
 "who asks what, and why"; they are chosen per document by embedding similarity (`nearest`),
 at random (`random`, seeded by the document id so a replay picks the same), or half and half
-(`mixed`). Document and examples are fitted into a token budget before the call.
+(`mixed`). Document and examples are fitted into a token budget before the call; when the server
+says the prompt is still over the model's context window, the budget shrinks to what fits (fewer
+examples first, then less of the document) and the runtime records what was cut.
 """
 
 from __future__ import annotations
@@ -191,8 +193,9 @@ async def make_situation(doc: Document, ctx: StageContext) -> list[Emit]:
         """Over the model's context window: fewer examples first, then less of the document."""
         before = dict(sent)
         messages = fitted(int(sum(count_tokens(m["content"]) for m in before["messages"]) * share))
-        if sent["document"] == before["document"] and len(sent["examples"]) == len(before["examples"]):
-            return None  # nothing more to leave out
+        if not sent["document"].strip() or (sent["document"] == before["document"]
+                                            and len(sent["examples"]) == len(before["examples"])):
+            return None  # nothing more to leave out, or nothing of the document left to ground a situation on
         return messages, {"examples": [len(before["examples"]), len(sent["examples"])],
                           "document_chars": [len(before["document"]), len(sent["document"])]}
 

@@ -102,6 +102,22 @@ def test_what_fits_keeps_half_the_window_for_the_prompt_and_uses_the_configured_
     assert context.fit(context.Overflow(None, None), 8000, 256, None).share == context.UNKNOWN_LIMIT_SHARE
 
 
+def test_cutting_takes_from_the_longest_blocks_first_and_leaves_the_rest_of_the_prompt_whole():
+    example, document = "an example " * 100, "the document " * 300  # 1100 and 3900 characters
+    messages = [{"role": "system", "content": "Be careful."},
+                {"role": "user", "content": f"Examples:\n<example>\n{example}\n</example>\n"
+                                            f"Read:\n<document>\n{document}\n</document>\nNow answer."}]
+    total = sum(len(m["content"]) for m in messages)
+    cut, what = context.cut_blocks(messages, 0.1)  # more than the document alone can give
+    assert cut[0] == messages[0] and sum(len(m["content"]) for m in cut) <= 0.1 * total + 2 * len(context.CUT_MARK)
+    text = cut[1]["content"]
+    assert text.startswith("Examples:\n<example>\nan example") and text.endswith("</document>\nNow answer.")
+    assert text.count(context.CUT_MARK) == 2 and "\n</example>\nRead:\n<document>\nthe document" in text
+    assert [(b["block"], b["chars"]) for b in what["blocks"]] == [("document", len(document)),
+                                                                  ("example", len(example))]
+    assert context.cut_blocks([{"role": "user", "content": "no blocks here " * 100}], 0.5) is None
+
+
 async def test_a_prompt_over_the_window_is_cut_to_fit_and_asked_again_with_the_cut_recorded():
     async with simulator(context_tokens=600) as (url, stats):
         pool = LLMPool()
@@ -184,25 +200,30 @@ def role_logs(caplog) -> list[str]:
 @pytest.mark.parametrize("drop_system", [True, False])
 async def test_auto_system_role_probes_once_and_merges_the_system_text_where_it_is_dropped(caplog, drop_system):
     caplog.set_level(logging.INFO, logger="streamer.llm")
-    async with simulator(drop_system=drop_system) as (url, stats):
+    messages = [{"role": "system", "content": "Answer as a geologist."},
+                {"role": "user", "content": "Why do basalt columns form hexagons?"}]
+    merged = [{"role": "user", "content": "Answer as a geologist.\n\nWhy do basalt columns form hexagons?"}]
+    async with simulator(drop_system=drop_system, latency=0.5) as (url, stats):
         pool = LLMPool()
         client = pool.client(llm(url, system_role="auto"), f"t-role-{drop_system}")
-        messages = [{"role": "system", "content": "Answer as a geologist."},
-                    {"role": "user", "content": "Why do basalt columns form hexagons?"}]
-        await asyncio.gather(*(client.complete(messages, temperature=0.1 * i) for i in range(4)))
+        first = await asyncio.gather(*(client.complete(messages, temperature=0.1 * i) for i in range(4)))
+        peak = stats.peak_in_flight
+        later = await client.complete(messages, temperature=0.9)
         sent = await asked(url)
         await pool.close()
     probes = [r for r in sent if "code word" in r["messages"][-1]["content"]]
-    assert len(probes) == 1 and stats.requests == 5  # one probe, however many requests came together
-    asked_after = [r["messages"] for r in sent if r not in probes]
-    if drop_system:
-        assert all(m == [{"role": "user", "content": "Answer as a geologist.\n\nWhy do basalt columns form "
-                                                       "hexagons?"}] for m in asked_after)
+    others = [r["messages"] for r in sent if r not in probes]
+    assert len(probes) == 1  # one probe, however many requests came together
+    # Sent as they are beside the probe: a server that keeps the system message waits for nothing.
+    assert others[:4] == [messages] * 4 and peak == 5, peak
+    if drop_system:  # ... and only where it is dropped are they sent again, merged, as is every later one
+        assert others[4:] == [merged] * 5 and stats.requests == 10
         assert role_logs(caplog) == [f"llm {url}, model synthstream-simulator: system messages do not arrive "
                                      "(dropped or refused by the chat template): merged into the first user message"]
     else:
-        assert all(m == messages for m in asked_after)
+        assert others[4:] == [messages] and stats.requests == 6
         assert role_logs(caplog) == [f"llm {url}, model synthstream-simulator: system messages arrive"]
+    assert all(r.content for r in [*first, later])
     assert metrics.total(metrics.LLM_REQUESTS, stage="llm-probe", outcome="ok") >= 1
 
 
@@ -215,7 +236,9 @@ async def test_the_system_role_finding_is_kept_in_the_response_cache_for_the_nex
                                    {"role": "user", "content": f"Name a volcanic rock ({_})."}])
             await pool.close()
         sent = await asked(url)
-    assert [("code word" in r["messages"][-1]["content"]) for r in sent] == [True, False, False]
+    probes = [r for r in sent if "code word" in r["messages"][-1]["content"]]
+    # The first process: the probe, the request as it is beside it, then merged; the next: merged at once.
+    assert len(probes) == 1 and len(sent) == 4, sent
     assert sent[-1]["messages"] == [{"role": "user", "content": "Be brief.\n\nName a volcanic rock (1)."}]
 
 
@@ -255,7 +278,7 @@ async def test_a_timed_out_request_is_not_retried_into_a_queue_behind_itself():
     # Timed out at 0.6 s, waited as long (the abandoned request ended at 1.0 s on the server), then
     # asked with 1.2 s to answer: one request at a time on the server, and an answer.
     assert result.content and stats.requests == 2 and stats.peak_in_flight == 1
-    assert 2.1 < took < 4, took
+    assert 2.1 < took < 6, took  # 0.6 + 0.6 + 1.0 s, and the machine's share
     assert metrics.total(metrics.LLM_REQUESTS, stage="t-timeout", outcome="error") == 1
 
 
@@ -299,3 +322,30 @@ def test_a_writer_still_reading_or_not_dead_lettering_everything_leaves_the_tabl
         assert [o.stage for o in outcomes.failed_stages(["t-writer"], 1.0)] == ["t-writer"]  # all: always
     finally:
         del outcomes._OUTCOMES["t-writer"]  # noqa: SLF001
+
+
+async def test_a_reply_asked_again_with_more_room_never_asks_for_more_than_the_window_holds():
+    async with simulator(context_tokens=600, answer_tokens=500) as (url, stats):
+        pool = LLMPool()
+        record_llm = RecordLLM(pool.client(llm(url, max_tokens=1000), "t-context-room"))
+        result = await record_llm.complete([{"role": "user", "content": QUESTION}])
+        sent = [r["max_tokens"] for r in await asked(url)]
+        await pool.close()
+    # 1000 is over the window (600 named): lowered to 300, cut at 300 tokens, asked again with what the
+    # window still holds beside the prompt, not with twice 300 (which would overflow again).
+    assert sent[:2] == [1000, 300] and 500 <= sent[2] < 600 - count_tokens(len(QUESTION)), sent
+    assert len(sent) == 3 and stats.context_exceeded == 1 and stats.truncated == 1 and result.content
+
+
+def test_progress_and_status_say_a_table_will_stay_empty_rather_than_that_the_stage_waits_for_it():
+    from types import SimpleNamespace
+
+    from streamer.runtime.progress import blocked_on
+
+    seeds = SimpleNamespace(name="seeds.attributed", rows={}, hopeless=lambda: None)
+    member = SimpleNamespace(name="t-hopeless", stage=object(), tables={"seeds.attributed": seeds},
+                             broker_away=False, in_flight=2, last_lag=5)
+    assert blocked_on(member).startswith("waiting for attributed seeds")
+    seeds.hopeless = lambda: "attribution dead-lettered all 3 records it was given"
+    assert blocked_on(member) == ("seeds.attributed will stay empty (attribution dead-lettered all 3 records it "
+                                  "was given): its records go to the dlq")

@@ -12,7 +12,7 @@ import urllib.request
 
 import orjson
 
-from helpers import stored_rows
+from helpers import stop_process, stored_rows
 from streamer.cli.simulate import QUIRKS, RESPONSE_FORMATS
 from streamer.llm.simulator import SimulatorSettings
 
@@ -54,6 +54,26 @@ def test_a_run_whose_stages_dead_letter_everything_fails_saying_how_many_and_wai
     assert "truncated" in header.split("  ")  # a column of its own, as tallied above
     columns = [c for c in header.split("  ") if c]
     assert row.split()[columns.index("truncated")] == "6", (header, row)
+
+
+def test_a_stage_in_another_process_learns_that_the_table_it_waits_for_will_stay_empty(
+        pipeline, start_simulator, tmp_path):
+    sim = start_simulator("--answer-tokens", "3000")
+    pipeline.env.update({"SYNTHSTREAM_LLM__BASE_URL": sim.url, "SYNTHSTREAM_LLM__MAX_TOKENS_CAP": "1500"})
+    pipeline.feed(tmp_path, ["A document about tides.", "A document about basalt."], seeds=3)
+    attribution = pipeline.start("run", "--stage", "attribution", "--no-progress", name="attribution")
+    started = time.monotonic()
+    run = pipeline.cli("run", "--stage", "situation", "--stage", "sink", "--until-idle", "--no-progress",
+                       check=False, timeout=240)
+    took = time.monotonic() - started
+    err = run.stderr.decode()
+    assert stop_process(attribution) == 0, pipeline.log_of(attribution)[-3000:]
+    # The attribution worker's run file says it dead-lettered all its input and has nothing left.
+    assert run.returncode == 1 and ("synthstream: run failed: situation dead-lettered all 2 records it was given "
+                                    "(last: seeds.attributed will stay empty: attribution dead-lettered all 3 "
+                                    "records it was given (last: truncated at 1500 tokens") in err, err[-3000:]
+    assert took < 45, took  # not situation.examples_wait (60 s) per document
+    assert "attribution dead-lettered all 3" in pipeline.cli("dlq", "list", "--stage", "situation").stdout.decode()
 
 
 def test_simulate_llm_flags_play_a_llama_cpp_like_server(start_simulator):

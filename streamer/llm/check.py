@@ -215,7 +215,7 @@ async def _context_window(http: Any, pool: LLMPool, settings: LLMSettings, listi
 
 
 async def _system_role(pool: LLMPool, settings: LLMSettings, report: CheckReport) -> None:
-    client = pool.client(probe_settings(settings, max_tokens=32), CHECK_STAGE)
+    client = pool.client(probe_settings(settings, max_tokens=roles.PROBE_TOKENS), CHECK_STAGE)
     try:
         arrived = roles.arrived((await client.once(roles.PROBE)).content)
     except LLMError as exc:

@@ -143,6 +143,8 @@ class LLMPool:
         return max(settings.timeout, 2 * max_tokens / speed) if speed else settings.timeout
 
     async def close(self) -> None:
+        for choice in self._roles.values():
+            await choice.close()
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
@@ -188,7 +190,7 @@ class LLMClient:
         """One reply as the server gives it, the messages sent as they are: no cache, re-asks,
         truncation retry or content checks (for probes such as `llm check`; server errors are still
         retried, and a context-length error is still LLMContextError)."""
-        attempt = await self._request(messages, self._params(params), {}, as_is=True)
+        attempt = await self._send(messages, self._params(params), {})
         return LLMResult(attempt.content, attempt.model, attempt.simulated, False, attempt.prompt_tokens,
                          attempt.completion_tokens)
 
@@ -301,12 +303,32 @@ class LLMClient:
         return attempt
 
     async def _request(
-        self, messages: list[dict[str, str]], params: dict[str, Any], extra: dict[str, Any], *, as_is: bool = False
+        self, messages: list[dict[str, str]], params: dict[str, Any], extra: dict[str, Any]
+    ) -> _Attempt:
+        """One reply, with the system message where this endpoint and model take it. While that is
+        still being found out (auto), requests go as they are beside the probe and are sent again,
+        merged, only if the probe finds the system message dropped: a server that keeps it waits
+        for nothing."""
+        choice = self.pool.role(self.settings)
+        if choice.mode is None and (found := self._known_role()) is not None:
+            choice.settle(found)  # found by an earlier process on this data dir
+        if choice.mode is None:
+            probe = choice.probe(self._probe_system_role)
+            try:
+                attempt = await self._send(messages, params, extra)
+            except LLMRequestError as exc:  # a template that refuses the system role, as the probe will find
+                if not roles.refuses_system(str(exc)) or await probe != "user":
+                    raise
+            else:
+                if await probe != "user":
+                    return attempt
+        return await self._send(roles.merged(messages) if choice.mode == "user" else messages, params, extra)
+
+    async def _send(
+        self, messages: list[dict[str, str]], params: dict[str, Any], extra: dict[str, Any]
     ) -> _Attempt:
         http = self.pool._http(self.settings)  # noqa: SLF001 - pool and client are one unit
         openai = sdk()
-        if not as_is and await self.pool.role(self.settings).resolve(self._probe_system_role) == "user":
-            messages = roles.merged(messages)
         estimate = sum(len(m["content"]) for m in messages) // 4 + int(params.get("max_tokens", 0))
         timeout = self.pool.timeout_for(self.settings, int(params.get("max_tokens") or self.settings.max_tokens))
         last = "no attempt made"
@@ -370,16 +392,21 @@ class LLMClient:
             return attempt
         raise LLMUnavailableError(f"{self.settings.max_retries + 1} attempts failed; last: {last}")
 
+    def _known_role(self) -> str | None:
+        """The system role an earlier probe found for this model, from the response cache."""
+        cache = self.pool.cache if self.settings.cache else None
+        hit = cache.get(cache_key(self.model, roles.PROBE, {"probe": "system_role"})) if cache is not None else None
+        return str(hit["role"]) if hit is not None and hit.get("role") in ("system", "user") else None
+
     async def _probe_system_role(self) -> str | None:
         """"system" if a code word given only in the system message comes back, else "user"; None
         when the endpoint could not be asked (the next request asks again)."""
         key = cache_key(self.model, roles.PROBE, {"probe": "system_role"})
         cache = self.pool.cache if self.settings.cache else None
-        if cache is not None and (hit := cache.get(key)) is not None and hit.get("role") in ("system", "user"):
-            return str(hit["role"])
-        probe = LLMClient(self.pool, self.settings, PROBE_STAGE)
+        # One try: an endpoint that fails it fails the request that follows too, with its own retries.
+        probe = LLMClient(self.pool, self.settings.model_copy(update={"max_retries": 0}), PROBE_STAGE)
         try:
-            attempt = await probe._request(roles.PROBE, {"temperature": 0.0, "max_tokens": 64}, {}, as_is=True)
+            attempt = await probe._send(roles.PROBE, {"temperature": 0.0, "max_tokens": roles.PROBE_TOKENS}, {})
         except LLMRequestError as exc:
             if not roles.refuses_system(str(exc)):
                 return None
@@ -387,7 +414,9 @@ class LLMClient:
         except LLMError:
             return None
         else:
-            found = "system" if roles.arrived(without_reasoning(attempt.content)[0]) else "user"
+            reply = without_reasoning(attempt.content)[0]
+            # A reply cut short without the word tells nothing: requests stay as they are.
+            found = "system" if roles.arrived(reply) or attempt.finish_reason == "length" else "user"
         if cache is not None:
             cache.put(key, {"role": found})
         return found

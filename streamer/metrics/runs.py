@@ -42,6 +42,9 @@ COUNTERS = ("requests", "rate_limited", "cache_hits", "tokens", "limiter_wait_s"
 OUTCOME_COUNTERS = {"rate_limited": "rate_limited", "cache_hit": "cache_hits", "truncated": "truncated",
                     "invalid_output": "invalid", "context_exceeded": "context_exceeded", "reask": "reasks"}
 WAITING: dict[str, str] = {}  # stage -> what it waits for now (set by progress), written with the counters
+# stage -> how it fares (streamer.runtime.outcomes.Outcome: records given, dead-lettered, idle), written
+# with the counters, so a stage in another process can tell that a table it waits for will stay empty.
+OUTCOMES: dict[str, Any] = {}
 
 
 def runs_dir(settings: Settings) -> Path:
@@ -116,7 +119,8 @@ class RunFile:
         entry = {"run": self.run_id, "pid": os.getpid(), "host": socket.gethostname(),
                  "prefix": self.settings.kafka.topic_prefix, "started": self.started, "updated": time.time(),
                  "finished": finished, "stages": stage_counters(self.stages),
-                 "waiting": {} if finished else {s: w for s, w in WAITING.items() if s in self.stages}}
+                 "waiting": {} if finished else {s: w for s, w in WAITING.items() if s in self.stages},
+                 "outcomes": {s: o.snapshot() for s, o in list(OUTCOMES.items()) if s in self.stages}}
         try:
             write_json(self.path, entry)
             return True
@@ -203,6 +207,17 @@ def run_is_over(raw: dict[str, Any]) -> bool:
     except (TypeError, ValueError):
         return False
     return bool(raw.get("finished")) or not process_alive(pid, raw.get("host"))
+
+
+def live_outcomes(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """Per stage, how it fares in each worker run of this pipeline that is not over (from their files)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for _, raw in run_files(settings):
+        if not run_is_over(raw) and isinstance(raw.get("outcomes"), dict):
+            for stage, outcome in raw["outcomes"].items():
+                if isinstance(outcome, dict):
+                    out.setdefault(stage, []).append(outcome)
+    return out
 
 
 def counted_runs(settings: Settings, live_scraped: set[str]) -> tuple[dict[str, dict[str, float]], int, dict]:

@@ -59,6 +59,8 @@ def blocked_on(member: Tracked) -> str:
     if getattr(member, "broker_away", False):
         return "waiting for the broker (unreachable)"
     for table in getattr(member, "tables", {}).values():
+        if not table.rows and (why := getattr(table, "hopeless", lambda: None)()) is not None:
+            return f"{table.name} will stay empty ({why}): its records go to the dlq"
         if not table.rows:
             writers = " or ".join(writers_of(table.name)) or "the stage that writes it"
             return f"waiting for {readable(table.name)} ({table.name} is empty; run {writers} and feed its input)"

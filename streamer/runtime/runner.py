@@ -81,6 +81,7 @@ class StageRunner(GroupMember):
         for table in self.tables.values():
             table.hopeless = functools.partial(self._table_hopeless, table.name)
         self._said_hopeless: set[str] = set()
+        self._other_workers = outcomes.OtherWorkers(settings)
 
     @property
     def in_flight(self) -> int:
@@ -219,7 +220,7 @@ class StageRunner(GroupMember):
 
     def _table_hopeless(self, name: str) -> str | None:
         """Why table `name` will stay empty (its writers here dead-letter everything), said once."""
-        why = outcomes.hopeless(writers_of(name))
+        why = outcomes.hopeless(writers_of(name), self._other_workers.outcome)
         if why is not None and name not in self._said_hopeless:
             self._said_hopeless.add(name)
             log.warning("stage %s: %s will stay empty: %s; its records go to the dlq at once instead of waiting",
