@@ -34,8 +34,9 @@ from streamer.llm.results import LLMContextError, LLMError
 
 CHECK_STAGE = "llm-check"  # the stage label of the check's requests in the metrics
 SPEED_TOKENS = 64
-PARALLEL_TOKENS = 16
-SERIAL_RATIO = 1.6  # two requests at once taking this many times one's time: answered one after the other
+PARALLEL_TOKENS = 32
+SERIAL_RATIO = 1.4  # two requests at once taking this many times one's time: answered one after the other (~2 for a
+# server with one slot, measured 1.6-2.0 on a busy machine; ~1 where requests are batched together)
 # Longer than any context window a llama-cpp-python server is run with; it refuses such a prompt
 # after tokenizing it (a fraction of a second), before evaluating anything.
 OVERSIZED_PROMPT_WORDS = 140_000
