@@ -299,7 +299,9 @@ def settings_lines(server: LocalModelServer) -> str:
     """The `[llm]` table that points synthstream at this server."""
     return (f'[llm]\nbase_url = "{server.base_url}"\nmodel = "{MODEL_NAME}"\n'
             f'structured = "json_object_schema"   # llama-cpp-python answers json_schema with a 500\n'
-            f"context_tokens = {server.n_ctx}\n")
+            f"context_tokens = {server.n_ctx}\n"
+            f"max_in_flight = 1   # it answers one request at a time\n"
+            f"timeout = 300       # a CPU takes tens of seconds for a long prompt\n")
 
 
 def main(argv: list[str]) -> int:
