@@ -17,6 +17,7 @@ import pytest
 from streamer.config import Settings, load_settings
 from streamer.kafka.apache import KafkaCluster, missing_tools
 from streamer.kafka.broker import EmbeddedBroker, free_port, port_open
+from streamer.llm import local_server
 
 from helpers import CLI, stop_process, wait_for
 
@@ -30,16 +31,23 @@ def broker() -> Iterator[EmbeddedBroker]:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    """The one line, at the end of even a quiet run, that says why the Apache Kafka tests were skipped."""
+    """The one line, at the end of even a quiet run, that says why the Apache Kafka tests (or the
+    real-model tests) were skipped."""
+    if not terminalreporter.stats.get("skipped"):
+        return
     reason = missing_tools()
-    if reason and terminalreporter.stats.get("skipped"):
+    if reason:
         terminalreporter.write_line(f"Apache Kafka tests skipped: {reason}")
+    if local_server.not_ready() and (reason := local_server.missing_tools() or local_server.earlier_failure()):
+        terminalreporter.write_line(f"Real-model tests skipped: {reason}")
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
     """Every test on the Apache Kafka cluster runs on one xdist worker (`--dist loadgroup`), so the
     session starts one 3-node cluster (three JVMs, ~1.2 GB) instead of one per worker. The tests of
-    the README recipe on tansu share one worker too: the recipe (a module-scoped fixture) runs once.
+    the README recipe on tansu share one worker too: the recipe (a module-scoped fixture) runs once;
+    every test on the real model server likewise (one model in memory, and a CPU it does not share
+    with itself).
     Marked as each item is collected, before any pytest_collection_modifyitems."""
     callspec = getattr(item, "callspec", None)
     # Asked for directly, or through a fixture with an engine parameter (`engine`, `recipe_engine`) set to kafka.
@@ -48,6 +56,8 @@ def pytest_itemcollected(item: pytest.Item) -> None:
                                                 for name, value in callspec.params.items()))
     if on_kafka:
         item.add_marker(pytest.mark.xdist_group("apache-kafka"))
+    elif "llama_server" in getattr(item, "fixturenames", ()):
+        item.add_marker(pytest.mark.xdist_group("llama-server"))  # one model server for the session
     elif callspec is not None and callspec.params.get("recipe_engine") == "tansu":
         item.add_marker(pytest.mark.xdist_group("readme-recipe"))
 
@@ -81,6 +91,20 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaClu
     cluster.start()
     yield cluster
     cluster.kill()  # its data goes with the session's temporary dir
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_server.LocalModelServer]:
+    """llama-cpp-python's server of SmolLM2-135M-Instruct on loopback, shared by the session (its tests
+    run on one xdist worker). Built and fetched here when `.ci/run` has not done it ahead (once: the
+    build is cached); where that cannot be done, its tests are skipped with the reason."""
+    try:
+        local_server.prepare(retry_failed=False)
+        server = local_server.LocalModelServer(tmp_path_factory.mktemp("llama-server")).start()
+    except local_server.LocalServerUnavailable as exc:
+        pytest.skip(f"Real-model tests skipped: {exc}")
+    yield server
+    server.stop()
 
 
 @dataclass

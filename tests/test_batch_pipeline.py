@@ -160,7 +160,11 @@ def test_batch_list_shows_batches_and_cancel_dead_letters_their_requests(pipelin
 
     cancelled = pipeline.cli("batch", "cancel", "--stage", "judge").stdout.decode()
     assert "cancelling" in cancelled, cancelled
-    assert worker.wait(timeout=120) == 0, pipeline.log_of(worker)
+    # It ends; when the cancel left more than run.max_dlq_share of judge's records unanswered (the
+    # usual case), it says the run failed.
+    code = worker.wait(timeout=120)
+    assert code == 0 or code == 1 and "run failed: judge dead-lettered" in pipeline.log_of(worker), \
+        pipeline.log_of(worker)
     # Whatever the cancelled batches left unanswered is dead-lettered once, saying why.
     ended = endings(pipeline)
     assert set(ended) == expected_ids(texts) and all(n == 1 for n in ended.values()), ended

@@ -207,6 +207,7 @@ async def test_malformed_output_is_reasked_then_fails_with_the_reason():
             await client.structured(ask("anything"), Answer)
         await pool.close()
     assert stats.requests == 2  # the ask and one re-ask
+    assert count("t-malformed", "invalid_output") == 2 and count("t-malformed", "reask") == 1
 
 
 async def test_reasks_recover_from_occasional_malformed_output():
@@ -217,6 +218,7 @@ async def test_reasks_recover_from_occasional_malformed_output():
         await pool.close()
     assert all(isinstance(r.parsed, Answer) for r in results)
     assert count("t-reask", "invalid_output") >= 1 and stats.malformed >= 1
+    assert count("t-reask", "reask") == count("t-reask", "invalid_output")  # every bad reply was asked again
 
 
 async def test_server_errors_are_retried_then_raised():
@@ -326,7 +328,10 @@ async def test_auto_steps_down_to_the_dialect_the_server_speaks_once_and_remembe
         requests = await asked(url)
         await pool.close()
     assert all(isinstance(r.parsed, Answer) for r in [*first, later])
-    assert refused <= 4 * (LLM_LADDER.index(settled))  # at most once per request and rung
+    # One request finds the dialect while the others wait: one request per rung stepped down (a
+    # refusal, or a reply that ignored the format), then each caller's request once.
+    assert stats.requests == LLM_LADDER.index(settled) + 4 + 1
+    assert refused == (0 if server == "ignored" else LLM_LADDER.index(settled))
     assert stats.refused_format == refused  # remembered: the later stage asks in the settled dialect at once
     assert dialect_logs(caplog) == [f"llm {url}, model synthstream-simulator: structured output dialect {settled}"]
     last = requests[-1]

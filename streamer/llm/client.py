@@ -216,6 +216,14 @@ class LLMClient:
         """Ask for JSON matching `model`'s schema; `result.parsed` is a validated instance."""
         return await self._run(messages, self._params(params), model, 0)
 
+    async def once(self, messages: list[dict[str, str]], **params: Any) -> LLMResult:
+        """One reply as the server gives it, the messages sent as they are: no cache, re-asks,
+        truncation retry or content checks (for probes such as `llm check`; server errors are still
+        retried, and a context-length error is still LLMContextError)."""
+        attempt = await self._send(messages, self._params(params), {})
+        return LLMResult(attempt.content, attempt.model, attempt.simulated, False, attempt.prompt_tokens,
+                         attempt.completion_tokens)
+
     async def _run(self, messages: list[dict[str, str]], params: dict[str, Any],
                    response_model: type[BaseModel] | None, min_words: int) -> LLMResult:
         schema = _schema_of(response_model) if response_model else None
@@ -239,22 +247,38 @@ class LLMClient:
 
     async def _structured(self, messages: list[dict[str, str]], params: dict[str, Any],
                           response_model: type[BaseModel]) -> LLMResult:
-        """Asked in the endpoint's dialect; while it is still being found (auto), a refused or
-        ignored response_format moves every caller one rung down the ladder."""
+        """Asked in the endpoint's dialect. While it is still being found (auto), one request at a
+        time asks (the others wait for its answer instead of all being refused together), and a
+        refused or ignored response_format moves every caller one rung down the ladder."""
         choice = self.pool.dialect(self.settings)
         while True:
-            dialect = choice.current
-            messages_sent, extra = dialects.request_for(dialect, messages, response_model.__name__,
-                                                        _grammar_schema_of(response_model))
-            try:
-                result = await self._ask(messages_sent, params, response_model, extra,
-                                         probing=choice.can_step_down())
-            except _FormatNotUsable as exc:
-                if choice.step_down(dialect, str(exc)):
-                    continue
-                raise LLMRequestError(f"structured output ({dialect}) not usable with this server: {exc}") from None
-            choice.settle(dialect)
-            return result
+            # Not one at a time in the batch lane: a batch answers in minutes or hours, and batch
+            # APIs take response_format as their online endpoints do.
+            if choice.settled or self.lane is not None:
+                result = await self._in_dialect(choice, messages, params, response_model)
+            else:
+                async with choice.finding:
+                    if choice.settled:
+                        continue  # found while this request waited
+                    result = await self._in_dialect(choice, messages, params, response_model)
+            if result is not None:
+                return result
+
+    async def _in_dialect(self, choice: dialects.DialectChoice, messages: list[dict[str, str]],
+                          params: dict[str, Any], response_model: type[BaseModel]) -> LLMResult | None:
+        """The answer in the current dialect; None when the server refused or ignored it and the
+        choice stepped down (ask again)."""
+        dialect = choice.current
+        messages_sent, extra = dialects.request_for(dialect, messages, response_model.__name__,
+                                                    _grammar_schema_of(response_model))
+        try:
+            result = await self._ask(messages_sent, params, response_model, extra, probing=choice.can_step_down())
+        except _FormatNotUsable as exc:
+            if choice.step_down(dialect, str(exc)):
+                return None
+            raise LLMRequestError(f"structured output ({dialect}) not usable with this server: {exc}") from None
+        choice.settle(dialect)
+        return result
 
     async def _ask(self, messages: list[dict[str, str]], params: dict[str, Any],
                    response_model: type[BaseModel] | None, extra: dict[str, Any], *,
@@ -284,6 +308,8 @@ class LLMClient:
                 if attempt.content == previous:
                     _vary(params, ask)  # the same reply again: a model at low temperature repeats itself
                 previous = attempt.content
+                if ask < self.settings.reasks:
+                    self._count("reask")
                 continue
             return LLMResult(attempt.content, attempt.model, attempt.simulated, False, usage[0], usage[1], parsed)
         what = f"schema {response_model.__name__}" if response_model else "the content checks"
@@ -536,9 +562,14 @@ def _retry_after(headers: Any) -> float | None:
 _KEY_LIKE = re.compile(r"\b(sk|key|token)-[\w*.-]{4,}", re.IGNORECASE)
 
 
+def masked(text: str) -> str:
+    """`text` with anything shaped like a key masked: providers echo (partly masked) keys in auth
+    errors, and such text ends up in logs, the dlq and `llm check`'s report."""
+    return _KEY_LIKE.sub(r"\1-***", text)
+
+
 def _api_message(exc: _StatusError) -> str:
-    # Providers echo (partly masked) keys in auth errors; such text ends up in logs and dlq.
-    return _KEY_LIKE.sub(r"\1-***", exc.message)[:300]
+    return masked(exc.message)[:300]
 
 
 @functools.lru_cache(maxsize=256)

@@ -14,6 +14,7 @@ format (an error naming response_format) or ignores it (a reply with no JSON obj
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
@@ -91,6 +92,7 @@ class DialectChoice:
         self.rung = 0 if self.auto else LADDER.index(setting)
         self.settled = not self.auto
         self.where = where
+        self.finding = asyncio.Lock()  # held by the one request asking while auto has not settled
 
     @property
     def current(self) -> str:

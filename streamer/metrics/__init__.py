@@ -23,7 +23,8 @@ CONSUMER_LAG = Gauge("synthstream_consumer_lag", "End offset minus committed off
 
 # outcome: ok, rate_limited (HTTP 429), error (5xx, timeouts, other 4xx), truncated (finish_reason=length),
 # context_exceeded (a context-length error: the prompt is cut and sent again), invalid_output (an ok reply
-# that failed the schema or the content checks: counted again here), cache_hit (no request made).
+# that failed the schema or the content checks: counted again here), reask (such a reply asked again with
+# the reason: counted again), cache_hit (no request made).
 LLM_REQUESTS = Counter(
     "synthstream_llm_requests", "LLM requests by outcome", ["stage", "endpoint", "model", "outcome"]
 )

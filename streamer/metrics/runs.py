@@ -37,10 +37,10 @@ log = logging.getLogger(__name__)
 
 WRITE_EVERY = 2.0  # seconds between writes: what a SIGKILL can lose
 COUNTERS = ("requests", "rate_limited", "cache_hits", "tokens", "limiter_wait_s", "truncated", "invalid",
-            "context_exceeded", "cost_usd", "batch_cost_usd")
+            "context_exceeded", "reasks", "cost_usd", "batch_cost_usd")
 # Request outcomes counted apart, by the name they have among the counters.
 OUTCOME_COUNTERS = {"rate_limited": "rate_limited", "cache_hit": "cache_hits", "truncated": "truncated",
-                    "invalid_output": "invalid", "context_exceeded": "context_exceeded"}
+                    "invalid_output": "invalid", "context_exceeded": "context_exceeded", "reask": "reasks"}
 WAITING: dict[str, str] = {}  # stage -> what it waits for now (set by progress), written with the counters
 # stage -> how it fares (streamer.runtime.outcomes.Outcome: records given, dead-lettered, idle), written
 # with the counters, so a stage in another process can tell that a table it waits for will stay empty.
