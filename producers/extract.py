@@ -33,6 +33,7 @@ from trafilatura.metadata import examine_meta, extract_meta_json, extract_title,
 from trafilatura.utils import decode_file, load_html
 
 from producers.html_text import extract_main_text
+from producers.main_element import main_element
 from producers.markdown import code_language, to_markdown
 
 __all__ = ["Extracted", "extract"]
@@ -102,7 +103,7 @@ def extract(html: str | bytes, url: str | None = None) -> Extracted | None:
     main = _declared_main(tree)
     text = to_markdown(main) if main is not None else ""
     if not text:
-        text = _trafilatura_text(tree, url)
+        text = _generic_text(tree, url)
     if not text:
         return _fallback(page, url, language)
     return Extracted(text=text, title=title, url=page_url, date=date, language=language)
@@ -112,6 +113,14 @@ def _declared_main(tree: HtmlElement) -> HtmlElement | None:
     """The element the page calls its main content (the first, outermost one)."""
     found = _DECLARED_MAIN(tree)
     return found[0] if found else None
+
+
+def _generic_text(tree: HtmlElement, url: str | None) -> str:
+    """A page that does not name its main content: the element found by its layout
+    (producers.main_element), written out whole; trafilatura where that finds no text."""
+    found = main_element(copy.deepcopy(tree))
+    text = to_markdown(found) if found is not None else ""
+    return text or _trafilatura_text(tree, url)
 
 
 def _trafilatura_text(tree: HtmlElement, url: str | None) -> str:

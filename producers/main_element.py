@@ -1,0 +1,140 @@
+"""The main content element of a page that does not name it (no `role="main"`, no `<main>`), for
+producers.extract to write out with producers.markdown: manuals built by DocBook, Texinfo, doxygen
+and the like lay a page out as navigation, content, navigation, and say so only in class names.
+
+- Furniture goes first: `<header>`, `<footer>`, `<aside>`, `<nav>` and elements whose class says
+  navigation (navheader, navfooter, header, footer, sidebar, menu, toc, breadcrumbs, related, …),
+  unless they hold a heading and are not mostly links (an article's `<header>` with its title);
+  footnotes are content (`<aside class="footnote" role="note">`);
+  and link-dense blocks without a heading (lists, tables, divisions whose text is mostly links:
+  menus, tables of contents, "Next: … Up: …" lines), unless they follow a heading in their parent
+  (a section's list of links is its content; a "See also" section keeps its links).
+- Then from `<body>` down: as long as one child holds nearly all the text that is not links (90%)
+  and the others hold no heading, that child is the content. Where the text divides (a section
+  beside its title, two columns of prose), the element holding both is.
+Passes are iterative (reverse document order), so hostile nesting cannot exhaust the stack.
+"""
+
+from __future__ import annotations
+
+from lxml.html import HtmlElement
+
+__all__ = ["main_element"]
+
+_FURNITURE_TAGS = frozenset({"header", "footer", "aside", "nav"})
+_FURNITURE_NAMES = frozenset({"header", "footer", "navheader", "navfooter", "navbar", "navigation", "nav",
+                              "sidebar", "sphinxsidebar", "menu", "toc", "breadcrumb", "breadcrumbs",
+                              "related", "skip-link", "skiplink", "pagination", "pager"})
+_FURNITURE_PREFIXES = ("nav-", "navbar-", "sidebar-", "breadcrumb", "site-header", "site-footer", "page-footer",
+                       "menu-")
+_FURNITURE_SUFFIXES = ("-nav", "-navigation", "-navbar", "-sidebar", "-footer", "-menu", "-toc", "-breadcrumbs")
+_NOTES = frozenset({"note", "doc-footnote", "doc-endnotes", "doc-endnote"})
+_UNSEEN = frozenset({"script", "style", "noscript", "template", "head", "title", "meta", "link", "svg"})
+_HEADINGS = frozenset({"h1", "h2", "h3", "h4"})
+_ALL_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+_LINK_DENSE_BLOCKS = frozenset({"ul", "ol", "dl", "table", "div", "menu"})
+_LINK_DENSITY = 0.6  # share of a block's text that is link text, from which it is navigation
+_SHARE = 0.9  # share of the text one child must hold to be the content instead of its parent
+# what the content can be: a block holding blocks (a <pre>, a list or a data table is written whole)
+_CONTAINERS = frozenset({"div", "section", "article", "center", "span", "font", "table", "tbody", "tr", "td", "th"})
+_TABLE_PARTS = frozenset({"table", "tbody", "thead", "tfoot", "tr"})
+
+
+def _tag(element: HtmlElement) -> str:
+    return element.tag.lower() if isinstance(element.tag, str) else ""
+
+
+def _length(text: str | None) -> int:
+    return len(text.strip()) if text else 0
+
+
+class _Measures:
+    """Per element: characters of text, of link text, and h1–h4 headings (none under _UNSEEN)."""
+
+    def __init__(self, root: HtmlElement) -> None:
+        self.text: dict[HtmlElement, int] = {}
+        self.links: dict[HtmlElement, int] = {}
+        self.headings: dict[HtmlElement, int] = {}
+        for element in reversed(list(root.iter())):  # children before their parents
+            tag = _tag(element)
+            if not tag or tag in _UNSEEN:
+                self.text[element] = self.links[element] = self.headings[element] = 0
+                continue
+            text, links, headings = _length(element.text), 0, int(tag in _HEADINGS)
+            for child in element:
+                text += self.text.get(child, 0) + _length(child.tail)
+                links += self.links.get(child, 0)
+                headings += self.headings.get(child, 0)
+            self.text[element] = text
+            self.links[element] = text if tag == "a" else links
+            self.headings[element] = headings
+
+    def prose(self, element: HtmlElement) -> int:
+        return self.text[element] - self.links[element]
+
+    def link_dense(self, element: HtmlElement) -> bool:
+        text = self.text[element]
+        return text > 0 and self.links[element] >= _LINK_DENSITY * text
+
+
+def _furniture(element: HtmlElement, tag: str) -> bool:
+    names = (element.get("class") or "").lower().replace("_", "-").split()
+    if (element.get("id") or "").lower() in _FURNITURE_NAMES:  # id="menu", id="footer"; not slugs like "footer-api"
+        return True
+    if element.get("role") in _NOTES or any(name.startswith(("footnote", "endnote")) for name in names):
+        return False  # docutils writes footnotes as <aside class="footnote" role="note">
+    if tag in _FURNITURE_TAGS:
+        return True
+    return any(name in _FURNITURE_NAMES or name.startswith(_FURNITURE_PREFIXES) or name.endswith(_FURNITURE_SUFFIXES)
+               for name in names)
+
+
+def _under_heading(element: HtmlElement) -> bool:
+    """Whether a heading comes before `element` in its parent: a list of links under a section's
+    title is that section's content."""
+    return any(_tag(sibling) in _ALL_HEADINGS for sibling in element.itersiblings(preceding=True))
+
+
+def _prune(body: HtmlElement) -> None:
+    """Drops furniture and link-dense blocks under `body`."""
+    measures = _Measures(body)
+    todo = list(body)
+    while todo:
+        element = todo.pop()
+        tag = _tag(element)
+        if not tag or tag in _UNSEEN:
+            continue
+        dense = tag in _LINK_DENSE_BLOCKS and measures.link_dense(element)
+        titled = measures.headings[element] > 0
+        if _furniture(element, tag):
+            drop = dense or not titled
+        else:
+            drop = dense and not titled and not _under_heading(element)
+        if drop:
+            element.drop_tree()
+        else:
+            todo.extend(element)
+
+
+def main_element(tree: HtmlElement) -> HtmlElement | None:
+    """The element holding the page's content, furniture removed from it; None without a body.
+    Changes the tree (it drops the furniture)."""
+    body = tree.find(".//body") if _tag(tree) != "body" else tree
+    if body is None:
+        return None
+    _prune(body)
+    measures = _Measures(body)
+    node = body
+    while True:
+        children = [child for child in node if _tag(child)]
+        if not children:
+            break
+        best = max(children, key=measures.prose)
+        whole = measures.prose(node)
+        if (_tag(best) not in _CONTAINERS or whole <= 0 or measures.prose(best) < _SHARE * whole
+                or measures.headings[best] < measures.headings[node]):
+            break
+        node = best
+    while _tag(node) in _TABLE_PARTS and node.getparent() is not None:  # a table is written whole, or not at all
+        node = node.getparent()
+    return node
