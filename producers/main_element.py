@@ -24,8 +24,9 @@ __all__ = ["main_element"]
 _FURNITURE_TAGS = frozenset({"header", "footer", "aside", "nav"})
 _FURNITURE_NAMES = frozenset({"header", "footer", "navheader", "navfooter", "navbar", "navigation", "nav",
                               "sidebar", "sphinxsidebar", "menu", "toc", "breadcrumb", "breadcrumbs",
-                              "related", "skip-link", "skiplink", "pagination", "pager"})
-_FURNITURE_PREFIXES = ("nav-", "navbar-", "sidebar-", "breadcrumb", "site-header", "site-footer", "page-footer",
+                              "related", "skip-link", "skiplink", "pagination", "pager", "contents",
+                              "table-of-contents"})  # "contents": docutils and makeinfo tables of contents
+_FURNITURE_PREFIXES = ("nav-", "toc-", "contents-", "navbar-", "sidebar-", "breadcrumb", "site-header", "site-footer", "page-footer",
                        "menu-")
 _FURNITURE_SUFFIXES = ("-nav", "-navigation", "-navbar", "-sidebar", "-footer", "-menu", "-toc", "-breadcrumbs")
 _NOTES = frozenset({"note", "doc-footnote", "doc-endnotes", "doc-endnote"})

@@ -9,7 +9,7 @@ read as their generator (its `<meta name="generator">`) lays them out:
   sections and pages below, repeating their titles);
 - Texinfo's makeinfo (Octave): the `<body>` less the node navigation lines (`div.header`:
   Next/Previous/Up, [Contents][Index]), the menus of child nodes (`ul.section-toc`, `table.menu`)
-  and the table of contents of the Top page (`div.contents`);
+  and the table of contents of the Top page with its title (`div.Contents_element`);
 - else Sphinx's `div.body`.
 
 The header, the sidebars and the footer are outside it. Taken out of it are also permalink anchors
@@ -46,7 +46,7 @@ _GENERATOR = etree.XPath("string(//head/meta[translate(@name, 'GENERATOR', 'gene
 # generator (start of its meta content) -> its navigation inside <body>
 _GENERATED = {
     "DocBook XSL": f"//div[{_class('navheader')} or {_class('navfooter')} or {_class('toc')}]",
-    "makeinfo": f"//div[{_class('header')} or {_class('contents')}] | //ul[{_class('section-toc')}]"
+    "makeinfo": f"//div[{_class('header')} or {_class('Contents_element')}] | //ul[{_class('section-toc')}]"
                 f" | //table[{_class('menu')}]",
 }
 _SPHINX_BODY = f"//div[{_class('body')}]"
