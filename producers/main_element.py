@@ -21,6 +21,8 @@ from lxml.html import HtmlElement
 
 __all__ = ["main_element"]
 
+_FURNITURE_BLOCKS = frozenset({"div", "section", "header", "footer", "aside", "nav", "ul", "ol", "dl", "table",
+                               "menu", "p"})
 _FURNITURE_TAGS = frozenset({"header", "footer", "aside", "nav"})
 _FURNITURE_NAMES = frozenset({"header", "footer", "navheader", "navfooter", "navbar", "navigation", "nav",
                               "sidebar", "sphinxsidebar", "menu", "toc", "breadcrumb", "breadcrumbs",
@@ -79,6 +81,8 @@ class _Measures:
 
 
 def _furniture(element: HtmlElement, tag: str) -> bool:
+    if tag not in _FURNITURE_BLOCKS:  # a heading's link of class "toc-backref" is the heading's text
+        return False
     names = (element.get("class") or "").lower().replace("_", "-").split()
     if (element.get("id") or "").lower() in _FURNITURE_NAMES:  # id="menu", id="footer"; not slugs like "footer-api"
         return True
