@@ -4,9 +4,10 @@
   complementary) and <nav> are removed, and so are permalink anchors ("¶" after headings).
 - A page that names its main content (`role="main"`, else one `<main>`) is trusted: that element is
   written out whole by `producers.markdown` (every heading, term, code block and character of it).
-- Other pages: trafilatura finds the main content and writes it as Markdown (headings, tables,
-  lists, inline code; links as their text only), in precision mode. Links inside headings are
-  unwrapped first (its link-density rule drops them otherwise: FAQ questions), and so are line
+- Other pages: trafilatura (precision mode) judges which text is content, producers.main_element
+  finds the element holding that text (navigation blocks by tag, class and link density left
+  out) and producers.markdown writes it out whole; trafilatura's own Markdown only where that finds
+  no text. For trafilatura, links inside headings are unwrapped first (its link-density rule drops them otherwise: FAQ questions), and so are line
   breaks inside inline code (it makes a fenced block of them mid-sentence). Its <pre> handling
   re-flows code, so each <pre> is swapped for a marker plus its text before extraction and put
   back verbatim afterwards, fenced with ``` and the language the page names.
@@ -116,11 +117,16 @@ def _declared_main(tree: HtmlElement) -> HtmlElement | None:
 
 
 def _generic_text(tree: HtmlElement, url: str | None) -> str:
-    """A page that does not name its main content: the element found by its layout
-    (producers.main_element), written out whole; trafilatura where that finds no text."""
-    found = main_element(copy.deepcopy(tree))
+    """A page that does not name its main content: trafilatura tells which text is content (its
+    boilerplate removal), producers.main_element finds the element holding that text, and that
+    element is written out whole by producers.markdown (trafilatura's own Markdown loses headings,
+    terms and code). Where trafilatura keeps nothing, the element is found by its text alone; where
+    that is empty too, trafilatura's text stands."""
+    layout = copy.deepcopy(tree)  # _trafilatura_text changes the tree it reads
+    kept = _trafilatura_text(tree, url)
+    found = main_element(layout, kept or None)
     text = to_markdown(found) if found is not None else ""
-    return text or _trafilatura_text(tree, url)
+    return text or kept
 
 
 def _trafilatura_text(tree: HtmlElement, url: str | None) -> str:

@@ -9,13 +9,16 @@ and the like lay a page out as navigation, content, navigation, and say so only 
   and link-dense blocks without a heading (lists, tables, divisions whose text is mostly links:
   menus, tables of contents, "Next: … Up: …" lines), unless they follow a heading in their parent
   (a section's list of links is its content; a "See also" section keeps its links).
-- Then from `<body>` down: as long as one child holds nearly all the text that is not links (90%)
-  and the others hold no heading, that child is the content. Where the text divides (a section
+- Then from `<body>` down: as long as one child holds nearly all (90%) of the text a boilerplate
+  remover kept (trafilatura, given by the caller) and the others hold no h1, that child is the
+  content; without such text, by the text that is not links, and the others may hold no heading. Where the text divides (a section
   beside its title, two columns of prose), the element holding both is.
 Passes are iterative (reverse document order), so hostile nesting cannot exhaust the stack.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from lxml.html import HtmlElement
 
@@ -40,6 +43,7 @@ _LINK_DENSITY = 0.6  # share of a block's text that is link text, from which it 
 _SHARE = 0.9  # share of the text one child must hold to be the content instead of its parent
 # what the content can be: a block holding blocks (a <pre>, a list or a data table is written whole)
 _CONTAINERS = frozenset({"div", "section", "article", "center", "span", "font", "table", "tbody", "tr", "td", "th"})
+_MIN_RUN = 12
 _TABLE_PARTS = frozenset({"table", "tbody", "thead", "tfoot", "tr"})
 
 
@@ -58,19 +62,22 @@ class _Measures:
         self.text: dict[HtmlElement, int] = {}
         self.links: dict[HtmlElement, int] = {}
         self.headings: dict[HtmlElement, int] = {}
+        self.titles: dict[HtmlElement, int] = {}  # h1 only
         for element in reversed(list(root.iter())):  # children before their parents
             tag = _tag(element)
             if not tag or tag in _UNSEEN:
-                self.text[element] = self.links[element] = self.headings[element] = 0
+                self.text[element] = self.links[element] = self.headings[element] = self.titles[element] = 0
                 continue
-            text, links, headings = _length(element.text), 0, int(tag in _HEADINGS)
+            text, links, headings, titles = _length(element.text), 0, int(tag in _HEADINGS), int(tag == "h1")
             for child in element:
                 text += self.text.get(child, 0) + _length(child.tail)
                 links += self.links.get(child, 0)
                 headings += self.headings.get(child, 0)
+                titles += self.titles.get(child, 0)
             self.text[element] = text
             self.links[element] = text if tag == "a" else links
             self.headings[element] = headings
+            self.titles[element] = titles
 
     def prose(self, element: HtmlElement) -> int:
         return self.text[element] - self.links[element]
@@ -121,25 +128,53 @@ def _prune(body: HtmlElement) -> None:
             todo.extend(element)
 
 
-def main_element(tree: HtmlElement) -> HtmlElement | None:
+def main_element(tree: HtmlElement, kept_text: str | None = None) -> HtmlElement | None:
     """The element holding the page's content, furniture removed from it; None without a body.
-    Changes the tree (it drops the furniture)."""
+    `kept_text`: what a boilerplate remover (trafilatura) kept of the page, when it kept anything:
+    then the content is where that text is, not merely where most text is (a news page's
+    comment thread or link lists can outweigh its article). Changes the tree (drops the furniture)."""
     body = tree.find(".//body") if _tag(tree) != "body" else tree
     if body is None:
         return None
     _prune(body)
     measures = _Measures(body)
+    weight = _found_in(body, kept_text) if kept_text else measures.prose
+    # headings the content must not be cut from: any, judging by text alone; the page's title (h1),
+    # judging by kept text (a sidebar's widgets have headings of their own)
+    headings = measures.titles if kept_text else measures.headings
     node = body
     while True:
         children = [child for child in node if _tag(child)]
         if not children:
             break
-        best = max(children, key=measures.prose)
-        whole = measures.prose(node)
-        if (_tag(best) not in _CONTAINERS or whole <= 0 or measures.prose(best) < _SHARE * whole
-                or measures.headings[best] < measures.headings[node]):
+        best = max(children, key=weight)
+        whole = weight(node)
+        if (_tag(best) not in _CONTAINERS or whole <= 0 or weight(best) < _SHARE * whole
+                or headings[best] < headings[node]):
             break
         node = best
     while _tag(node) in _TABLE_PARTS and node.getparent() is not None:  # a table is written whole, or not at all
         node = node.getparent()
     return node
+
+
+def _found_in(root: HtmlElement, kept_text: str) -> Callable[[HtmlElement], int]:
+    """Per element, the characters of its text that are in `kept_text` (by runs of text between
+    tags, spaces collapsed; runs under _MIN_RUN characters are too common to tell)."""
+    kept = " ".join(kept_text.split())
+    found: dict[HtmlElement, int] = {}
+    for element in reversed(list(root.iter())):
+        tag = _tag(element)
+        if not tag or tag in _UNSEEN:
+            found[element] = 0
+            continue
+        total = _run_found(element.text, kept)
+        for child in element:
+            total += found.get(child, 0) + _run_found(child.tail, kept)
+        found[element] = total
+    return lambda element: found.get(element, 0)
+
+
+def _run_found(text: str | None, kept: str) -> int:
+    run = " ".join(text.split()) if text else ""
+    return len(run) if len(run) >= _MIN_RUN and run in kept else 0
