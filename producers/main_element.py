@@ -18,6 +18,7 @@ Passes are iterative (reverse document order), so hostile nesting cannot exhaust
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 from lxml.html import HtmlElement
@@ -79,6 +80,18 @@ class _Measures:
             self.headings[element] = headings
             self.titles[element] = titles
 
+    def forget(self, element: HtmlElement) -> None:
+        """Takes `element` (about to be dropped) out of its ancestors' counts."""
+        text, links = self.text[element], self.links[element]  # drop_tree keeps its tail
+        headings, titles = self.headings[element], self.titles[element]
+        for ancestor in element.iterancestors():
+            if ancestor not in self.text:
+                break
+            self.text[ancestor] -= text
+            self.links[ancestor] -= text if _tag(ancestor) == "a" else links
+            self.headings[ancestor] -= headings
+            self.titles[ancestor] -= titles
+
     def prose(self, element: HtmlElement) -> int:
         return self.text[element] - self.links[element]
 
@@ -107,9 +120,8 @@ def _under_heading(element: HtmlElement) -> bool:
     return any(_tag(sibling) in _ALL_HEADINGS for sibling in element.itersiblings(preceding=True))
 
 
-def _prune(body: HtmlElement) -> None:
-    """Drops furniture and link-dense blocks under `body`."""
-    measures = _Measures(body)
+def _prune(body: HtmlElement, measures: _Measures) -> None:
+    """Drops furniture and link-dense blocks under `body`, taking them out of `measures`."""
     todo = list(body)
     while todo:
         element = todo.pop()
@@ -123,6 +135,7 @@ def _prune(body: HtmlElement) -> None:
         else:
             drop = dense and not titled and not _under_heading(element)
         if drop:
+            measures.forget(element)
             element.drop_tree()
         else:
             todo.extend(element)
@@ -136,8 +149,8 @@ def main_element(tree: HtmlElement, kept_text: str | None = None) -> HtmlElement
     body = tree.find(".//body") if _tag(tree) != "body" else tree
     if body is None:
         return None
-    _prune(body)
     measures = _Measures(body)
+    _prune(body, measures)
     weight = _found_in(body, kept_text) if kept_text else measures.prose
     # headings the content must not be cut from: any, judging by text alone; the page's title (h1),
     # judging by kept text (a sidebar's widgets have headings of their own)
@@ -155,7 +168,62 @@ def main_element(tree: HtmlElement, kept_text: str | None = None) -> HtmlElement
         node = best
     while _tag(node) in _TABLE_PARTS and node.getparent() is not None:  # a table is written whole, or not at all
         node = node.getparent()
+    if kept_text:
+        _trim_edges(node, weight)
+        return _with_title(node, measures)
     return node
+
+
+def _with_title(node: HtmlElement, measures: _Measures) -> HtmlElement:
+    """`node`, or, when it holds no heading and its title stands just before it (a DocBook
+    titlepage, an <h2> above a table), a new element holding that title and `node`."""
+    if measures.headings.get(node, 0) or node.getparent() is None:
+        return node
+    for element in [node, *list(node.iterancestors())[:3]]:
+        before = element.getprevious()
+        while before is not None and (not _tag(before) or not measures.text.get(before, 0)):  # anchors
+            before = before.getprevious()
+        if before is None:
+            continue
+        if measures.headings.get(before, 0) and measures.text[before] <= 2 * _heading_text(before):
+            wrapper = node.makeelement("div", {})
+            wrapper.append(copy.deepcopy(before))
+            wrapper.append(copy.deepcopy(node))
+            return wrapper
+        break
+    return node
+
+
+def _heading_text(element: HtmlElement) -> int:
+    return sum(_length(heading.text_content()) for heading in element.iter(*_HEADINGS))
+
+
+def _trim_edges(node: HtmlElement, weight: Callable[[HtmlElement], int]) -> None:
+    """Drops what comes before the first and after the last block holding kept text (bylines,
+    dates, share bars, "read more", comment forms), and so on inside those two blocks; blocks that
+    hold code, terms or tables stay wherever they are, and so do headings before the content (the
+    page's title)."""
+    todo = [node]
+    while todo:
+        element = todo.pop()
+        children = [child for child in element if _tag(child)]
+        holding = [i for i, child in enumerate(children) if weight(child) > 0]
+        if not holding:
+            continue
+        first, last = holding[0], holding[-1]
+        for index, child in enumerate(children):
+            if first <= index <= last or _tag(child) in _UNSEEN or _substantial(child, before=index < first):
+                continue
+            child.drop_tree()
+        if _tag(children[first]) in _CONTAINERS:
+            todo.append(children[first])
+        if last != first and _tag(children[last]) in _CONTAINERS:
+            todo.append(children[last])
+
+
+def _substantial(element: HtmlElement, before: bool) -> bool:
+    kinds = ("pre", "dt", "table", *(_ALL_HEADINGS if before else ()))
+    return _tag(element) in kinds or any(_tag(d) in kinds for d in element.iterdescendants())
 
 
 def _found_in(root: HtmlElement, kept_text: str) -> Callable[[HtmlElement], int]:
