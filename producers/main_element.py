@@ -106,7 +106,7 @@ def _furniture(element: HtmlElement, tag: str) -> bool:
     names = (element.get("class") or "").lower().replace("_", "-").split()
     if (element.get("id") or "").lower() in _FURNITURE_NAMES:  # id="menu", id="footer"; not slugs like "footer-api"
         return True
-    if element.get("role") in _NOTES or any(name.startswith(("footnote", "endnote")) for name in names):
+    if _footnote(element):
         return False  # docutils writes footnotes as <aside class="footnote" role="note">
     if tag in _FURNITURE_TAGS:
         return True
@@ -201,8 +201,9 @@ def _heading_text(element: HtmlElement) -> int:
 def _trim_edges(node: HtmlElement, weight: Callable[[HtmlElement], int]) -> None:
     """Drops what comes before the first and after the last block holding kept text (bylines,
     dates, share bars, "read more", comment forms), and so on inside those two blocks; blocks that
-    hold code, terms or tables stay wherever they are, and so do headings before the content (the
-    page's title)."""
+    hold code, terms, tables or footnotes stay wherever they are, and so do headings before the
+    content (the page's title). A last section of links alone ("See also") goes too, if trafilatura
+    kept none of it: the price of leaving out "Related articles"."""
     todo = [node]
     while todo:
         element = todo.pop()
@@ -222,8 +223,14 @@ def _trim_edges(node: HtmlElement, weight: Callable[[HtmlElement], int]) -> None
 
 
 def _substantial(element: HtmlElement, before: bool) -> bool:
+    """Code, terms, tables, footnotes; before the content also headings."""
     kinds = ("pre", "dt", "table", *(_ALL_HEADINGS if before else ()))
-    return _tag(element) in kinds or any(_tag(d) in kinds for d in element.iterdescendants())
+    return any(_tag(e) in kinds or _footnote(e) for e in element.iter())
+
+
+def _footnote(element: HtmlElement) -> bool:
+    names = (element.get("class") or "").lower().split()
+    return element.get("role") in _NOTES or any(name.startswith(("footnote", "endnote")) for name in names)
 
 
 def _found_in(root: HtmlElement, kept_text: str) -> Callable[[HtmlElement], int]:

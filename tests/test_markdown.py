@@ -79,8 +79,9 @@ def test_a_page_laid_out_as_navigation_content_navigation_is_written_from_its_co
             "<div class='refentry'><h2>CREATE INDEX</h2>" + prose +
             "<pre class='programlisting'>CREATE INDEX  i ON t (c);\n  -- two spaces kept</pre>"
             "<dl class='variablelist'><dt><code>name</code></dt><dd><p>The index's name.</p></dd></dl>"
-            "<aside class='footnote' role='note'><p>[1] A footnote.</p></aside>"
             "<div class='refsect1'><h2>See Also</h2><a href='d.html'>DROP INDEX</a>, <a href='e.html'>ALTER INDEX</a></div>"
+            "<p>A last paragraph of prose, after the links of the section before it, to end the page.</p>"
+            "<aside class='footnote' role='note'><p>[1] A footnote.</p></aside>"
             "</div><div class='navfooter'><a href='a.html'>Prev</a> <a href='c.html'>Next</a> <a href='/'>Home</a></div>"
             "<div class='footer'>© Copyright 2024 Example. Made with a generator.</div></body></html>")
     found = extract(page)
