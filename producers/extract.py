@@ -142,9 +142,11 @@ def _trafilatura_text(tree: HtmlElement, url: str | None) -> str:
     for block in blocks:
         block.span.text += f"\n{block.code}"
     # favor_precision: for training data a missed aside costs less than kept boilerplate, and the
-    # balanced mode answers short pages with its whole-page "baseline" (menus included).
+    # balanced mode answers short pages with its whole-page "baseline" (menus included). fast: its
+    # second opinions (readability, jusText) cost a quarter of the page's time and, measured on
+    # trafilatura's own evaluation pages, moved what producers.main_element finds by under 1%.
     document = trafilatura.bare_extraction(
-        tree, url=url, favor_precision=True, include_formatting=True, include_tables=True, include_links=False,
+        tree, url=url, favor_precision=True, fast=True, include_formatting=True, include_tables=True, include_links=False,
         include_comments=False, include_images=False)
     text = _restore_code_blocks(document.text, blocks).strip() if document is not None and document.text else ""
     return _with_table_headers(text)
