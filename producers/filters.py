@@ -124,9 +124,11 @@ def max_symbol_word_ratio(stats: TextStats, limit: float) -> tuple[bool, float]:
 
 def min_terminal_punctuation_lines(stats: TextStats, limit: float) -> tuple[bool, float]:
     """Share of prose lines (paragraphs, hard wraps joined) ending a sentence (FineWeb: 0.12):
-    menus and link lists end none. A closing bracket alone ends none."""
-    ending = sum(1 for line in stats.prose_lines if ends_sentence(line))
-    value = _ratio(ending, len(stats.prose_lines))
+    menus and link lists end none. A closing bracket alone ends none. Table rows are not sentences
+    and count neither way (a reference page's data table of a hundred rows is not a menu; link
+    tables are max_navigation_chars' to judge)."""
+    lines = [line for line in stats.prose_lines if not line.startswith("|")]
+    value = _ratio(sum(1 for line in lines if ends_sentence(line)), len(lines))
     return value >= limit, value
 
 

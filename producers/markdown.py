@@ -270,9 +270,14 @@ def _is_layout(table: HtmlElement, cells: list[list[HtmlElement]]) -> bool:
         for cell in row:
             if any(_tag(d) in ("pre", "ul", "ol", "dl", "table", "blockquote") for d in cell.iterdescendants()):
                 return True
-            if sum(1 for d in cell.iterdescendants() if _tag(d) in ("p", "div")) > 1:
+            if sum(1 for d in cell.iterdescendants() if _tag(d) == "p" or (_tag(d) == "div" and _holds_blocks(d))) > 1:
                 return True
     return False
+
+
+def _holds_blocks(div: HtmlElement) -> bool:
+    """A <div> that is more than the wrapper of one paragraph (DocBook wraps a footnote's <p>)."""
+    return not (len(div) == 1 and _tag(div[0]) == "p" and not (div.text or "").strip())
 
 
 def _cell_text(cell: HtmlElement) -> str:

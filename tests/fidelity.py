@@ -1,9 +1,19 @@
 """How faithfully a page's documents say what the page says (tests/test_fidelity.py).
 
 The page's main content is what its own markup calls the main content: the element with
-`role="main"` (Sphinx: `div.body`), else `<main>`, else `<article>`, else `div.body`: the header,
-the sidebars and the footer are outside it. Taken out of it are only permalink anchors ("¶":
-markup, not content) and navigation inside it (`<nav>`, `role="navigation"`: a local table of
+`role="main"` (Sphinx: `div.body`), else `<main>`, else `<article>`. Pages that name none are
+read as their generator (its `<meta name="generator">`) lays them out:
+
+- DocBook XSL (PostgreSQL): the `<body>` less its navigation header and footer (`div.navheader`,
+  `div.navfooter`: Prev/Up/Home/Next) and the tables of contents (`div.toc`: links to the
+  sections and pages below, repeating their titles);
+- Texinfo's makeinfo (Octave): the `<body>` less the node navigation lines (`div.header`:
+  Next/Previous/Up, [Contents][Index]), the menus of child nodes (`ul.section-toc`, `table.menu`)
+  and the table of contents of the Top page with its title (`div.Contents_element`);
+- else Sphinx's `div.body`.
+
+The header, the sidebars and the footer are outside it. Taken out of it are also permalink anchors
+("¶": markup, not content) and navigation inside it (`<nav>`, `role="navigation"`: a local table of
 contents repeating the headings as links). Per page, four shares of the main content reach the page's documents
 (all parts joined):
 
@@ -27,9 +37,20 @@ from lxml import etree
 from lxml import html as lxml_html
 
 KINDS = ("headings", "terms", "code", "characters")
-_MAIN = ("//*[@role='main']", "//main", "//article",
-         "//div[contains(concat(' ', normalize-space(@class), ' '), ' body ')]")
-_NOT_CONTENT = etree.XPath(".//a[contains(concat(' ', normalize-space(@class), ' '), ' headerlink ')]"
+def _class(name: str) -> str:
+    return f"contains(concat(' ', normalize-space(@class), ' '), ' {name} ')"
+
+
+_DECLARED = ("//*[@role='main']", "//main", "//article")
+_GENERATOR = etree.XPath("string(//head/meta[translate(@name, 'GENERATOR', 'generator')='generator']/@content)")
+# generator (start of its meta content) -> its navigation inside <body>
+_GENERATED = {
+    "DocBook XSL": f"//div[{_class('navheader')} or {_class('navfooter')} or {_class('toc')}]",
+    "makeinfo": f"//div[{_class('header')} or {_class('Contents_element')}] | //ul[{_class('section-toc')}]"
+                f" | //table[{_class('menu')}]",
+}
+_SPHINX_BODY = f"//div[{_class('body')}]"
+_NOT_CONTENT = etree.XPath(f".//a[{_class('headerlink')} or {_class('copiable-anchor')}]"
                            " | .//nav | .//*[@role='navigation']")
 _FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,})")
 _SPACES = re.compile(r"\s+")
@@ -48,15 +69,29 @@ class Share:
 
 def main_content(page: bytes) -> etree._Element | None:
     tree = lxml_html.fromstring(page)
-    for xpath in _MAIN:
+    main = _declared_or_generated(tree)
+    if main is not None:
+        for element in _NOT_CONTENT(main):
+            if element.getparent() is not None:
+                element.drop_tree()
+    return main
+
+
+def _declared_or_generated(tree: etree._Element) -> etree._Element | None:
+    for xpath in _DECLARED:
         found = tree.xpath(xpath)
         if found:
-            main = found[0]
-            for element in _NOT_CONTENT(main):
+            return found[0]
+    generator = str(_GENERATOR(tree)).strip()
+    for name, navigation in _GENERATED.items():
+        body = tree.find(".//body")
+        if generator.startswith(name) and body is not None:
+            for element in body.xpath("." + navigation):
                 if element.getparent() is not None:
                     element.drop_tree()
-            return main
-    return None
+            return body
+    found = tree.xpath(_SPHINX_BODY)
+    return found[0] if found else None
 
 
 def _flat(text: str) -> str:

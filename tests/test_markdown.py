@@ -47,7 +47,7 @@ def test_lists_nest_without_stray_markers_and_breaks_and_hidden_parts_are_handle
     assert text == "- First\n\n  - inner\n- Second\n  line\n\n3. three\n\nFish shell\n\n[1]\n\nA footnote."
 
 
-def test_a_page_without_declared_main_content_goes_through_trafilatura_with_its_link_headings():
+def test_a_page_without_declared_main_content_keeps_its_link_headings():
     paragraphs = "".join(f"<p>Answer number {i} explains the question above it in a few plain sentences. It "
                          f"says what to do and why it works, with enough words to count as content.</p>"
                          for i in range(3))
@@ -64,3 +64,31 @@ def test_furniture_inside_the_main_element_is_left_out():
               "<div class='share-buttons'>Share on X</div><section id='related-work'><h2>Related work</h2>"
               "<p>Kept: a section's id is its heading's slug.</p></section><div class='related-posts'>More</div>")
     assert text == "# Birds\n\nBody text.\n\n## Related work\n\nKept: a section's id is its heading's slug."
+
+
+def test_a_page_laid_out_as_navigation_content_navigation_is_written_from_its_content():
+    """DocBook/makeinfo-like layout without role=main: navigation by class, a sidebar with headings
+    of its own, a footer; the content keeps its title, terms, code, a footnote and the links under
+    its "See also" heading."""
+    prose = "".join(f"<p>Paragraph {i} says what the command does and why, in plain sentences of prose.</p>"
+                    for i in range(4))
+    page = ("<html><head><meta name='generator' content='DocBook XSL'></head><body>"
+            "<div class='navheader'><table><tr><th>CREATE INDEX</th></tr><tr><td><a href='a.html'>Prev</a></td>"
+            "<td><a href='b.html'>Up</a></td><td><a href='c.html'>Next</a></td></tr></table></div>"
+            "<div class='sidebar'><h3>On this site</h3><ul><li><a href='/x'>Blog</a></li><li><a href='/y'>Shop</a></li></ul></div>"
+            "<div class='refentry'><h2>CREATE INDEX</h2>" + prose +
+            "<pre class='programlisting'>CREATE INDEX  i ON t (c);\n  -- two spaces kept</pre>"
+            "<dl class='variablelist'><dt><code>name</code></dt><dd><p>The index's name.</p></dd></dl>"
+            "<div class='refsect1'><h2>See Also</h2><a href='d.html'>DROP INDEX</a>, <a href='e.html'>ALTER INDEX</a></div>"
+            "<p>A last paragraph of prose, after the links of the section before it, to end the page.</p>"
+            "<aside class='footnote' role='note'><p>[1] A footnote.</p></aside>"
+            "</div><div class='navfooter'><a href='a.html'>Prev</a> <a href='c.html'>Next</a> <a href='/'>Home</a></div>"
+            "<div class='footer'>© Copyright 2024 Example. Made with a generator.</div></body></html>")
+    found = extract(page)
+    assert found is not None and not found.fallback
+    assert found.text.startswith("## CREATE INDEX\n\nParagraph 0"), found.text
+    for kept in ("```\nCREATE INDEX  i ON t (c);\n  -- two spaces kept\n```", "`name`\n\nThe index's name.",
+                 "[1] A footnote.", "## See Also\n\nDROP INDEX, ALTER INDEX"):
+        assert kept in found.text, (kept, found.text)
+    for furniture in ("Prev", "Next", "Home", "On this site", "Blog", "© Copyright"):
+        assert furniture not in found.text, (furniture, found.text)

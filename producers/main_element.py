@@ -1,0 +1,255 @@
+"""The main content element of a page that does not name it (no `role="main"`, no `<main>`), for
+producers.extract to write out with producers.markdown: manuals built by DocBook, Texinfo, doxygen
+and the like lay a page out as navigation, content, navigation, and say so only in class names.
+
+- Furniture goes first: `<header>`, `<footer>`, `<aside>`, `<nav>` and elements whose class says
+  navigation (navheader, navfooter, header, footer, sidebar, menu, toc, breadcrumbs, related, …),
+  unless they hold a heading and are not mostly links (an article's `<header>` with its title);
+  footnotes are content (`<aside class="footnote" role="note">`);
+  and link-dense blocks without a heading (lists, tables, divisions whose text is mostly links:
+  menus, tables of contents, "Next: … Up: …" lines), unless they follow a heading in their parent
+  (a section's list of links is its content; a "See also" section keeps its links).
+- Then from `<body>` down: as long as one child holds nearly all (90%) of the text a boilerplate
+  remover kept (trafilatura, given by the caller) and the others hold no h1, that child is the
+  content; without such text, by the text that is not links, and the others may hold no heading. Where the text divides (a section
+  beside its title, two columns of prose), the element holding both is.
+Passes are iterative (reverse document order), so hostile nesting cannot exhaust the stack.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+from lxml.html import HtmlElement
+
+__all__ = ["main_element"]
+
+_FURNITURE_BLOCKS = frozenset({"div", "section", "header", "footer", "aside", "nav", "ul", "ol", "dl", "table",
+                               "menu", "p"})
+_FURNITURE_TAGS = frozenset({"header", "footer", "aside", "nav"})
+_FURNITURE_NAMES = frozenset({"header", "footer", "navheader", "navfooter", "navbar", "navigation", "nav",
+                              "sidebar", "sphinxsidebar", "menu", "toc", "breadcrumb", "breadcrumbs",
+                              "related", "skip-link", "skiplink", "pagination", "pager", "contents",
+                              "table-of-contents"})  # "contents": docutils and makeinfo tables of contents
+_FURNITURE_PREFIXES = ("nav-", "toc-", "contents-", "navbar-", "sidebar-", "breadcrumb", "site-header", "site-footer", "page-footer",
+                       "menu-")
+_FURNITURE_SUFFIXES = ("-nav", "-navigation", "-navbar", "-sidebar", "-footer", "-menu", "-toc", "-breadcrumbs")
+_NOTES = frozenset({"note", "doc-footnote", "doc-endnotes", "doc-endnote"})
+_UNSEEN = frozenset({"script", "style", "noscript", "template", "head", "title", "meta", "link", "svg"})
+_HEADINGS = frozenset({"h1", "h2", "h3", "h4"})
+_ALL_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+_LINK_DENSE_BLOCKS = frozenset({"ul", "ol", "dl", "table", "div", "menu"})
+_LINK_DENSITY = 0.6  # share of a block's text that is link text, from which it is navigation
+_SHARE = 0.9  # share of the text one child must hold to be the content instead of its parent
+# what the content can be: a block holding blocks (a <pre>, a list or a data table is written whole)
+_CONTAINERS = frozenset({"div", "section", "article", "center", "span", "font", "table", "tbody", "tr", "td", "th"})
+_MIN_RUN = 12
+_TABLE_PARTS = frozenset({"table", "tbody", "thead", "tfoot", "tr"})
+
+
+def _tag(element: HtmlElement) -> str:
+    return element.tag.lower() if isinstance(element.tag, str) else ""
+
+
+def _length(text: str | None) -> int:
+    return len(text.strip()) if text else 0
+
+
+class _Measures:
+    """Per element: characters of text, of link text, and h1–h4 headings (none under _UNSEEN)."""
+
+    def __init__(self, root: HtmlElement) -> None:
+        self.text: dict[HtmlElement, int] = {}
+        self.links: dict[HtmlElement, int] = {}
+        self.headings: dict[HtmlElement, int] = {}
+        self.titles: dict[HtmlElement, int] = {}  # h1 only
+        for element in reversed(list(root.iter())):  # children before their parents
+            tag = _tag(element)
+            if not tag or tag in _UNSEEN:
+                self.text[element] = self.links[element] = self.headings[element] = self.titles[element] = 0
+                continue
+            text, links, headings, titles = _length(element.text), 0, int(tag in _HEADINGS), int(tag == "h1")
+            for child in element:
+                text += self.text.get(child, 0) + _length(child.tail)
+                links += self.links.get(child, 0)
+                headings += self.headings.get(child, 0)
+                titles += self.titles.get(child, 0)
+            self.text[element] = text
+            self.links[element] = text if tag == "a" else links
+            self.headings[element] = headings
+            self.titles[element] = titles
+
+    def forget(self, element: HtmlElement) -> None:
+        """Takes `element` (about to be dropped) out of its ancestors' counts."""
+        text, links = self.text[element], self.links[element]  # drop_tree keeps its tail
+        headings, titles = self.headings[element], self.titles[element]
+        for ancestor in element.iterancestors():
+            if ancestor not in self.text:
+                break
+            self.text[ancestor] -= text
+            self.links[ancestor] -= text if _tag(ancestor) == "a" else links
+            self.headings[ancestor] -= headings
+            self.titles[ancestor] -= titles
+
+    def prose(self, element: HtmlElement) -> int:
+        return self.text[element] - self.links[element]
+
+    def link_dense(self, element: HtmlElement) -> bool:
+        text = self.text[element]
+        return text > 0 and self.links[element] >= _LINK_DENSITY * text
+
+
+def _furniture(element: HtmlElement, tag: str) -> bool:
+    if tag not in _FURNITURE_BLOCKS:  # a heading's link of class "toc-backref" is the heading's text
+        return False
+    names = (element.get("class") or "").lower().replace("_", "-").split()
+    if (element.get("id") or "").lower() in _FURNITURE_NAMES:  # id="menu", id="footer"; not slugs like "footer-api"
+        return True
+    if _footnote(element):
+        return False  # docutils writes footnotes as <aside class="footnote" role="note">
+    if tag in _FURNITURE_TAGS:
+        return True
+    return any(name in _FURNITURE_NAMES or name.startswith(_FURNITURE_PREFIXES) or name.endswith(_FURNITURE_SUFFIXES)
+               for name in names)
+
+
+def _under_heading(element: HtmlElement) -> bool:
+    """Whether a heading comes before `element` in its parent: a list of links under a section's
+    title is that section's content."""
+    return any(_tag(sibling) in _ALL_HEADINGS for sibling in element.itersiblings(preceding=True))
+
+
+def _prune(body: HtmlElement, measures: _Measures) -> None:
+    """Drops furniture and link-dense blocks under `body`, taking them out of `measures`."""
+    todo = list(body)
+    while todo:
+        element = todo.pop()
+        tag = _tag(element)
+        if not tag or tag in _UNSEEN:
+            continue
+        dense = tag in _LINK_DENSE_BLOCKS and measures.link_dense(element)
+        titled = measures.headings[element] > 0
+        if _furniture(element, tag):
+            drop = dense or not titled
+        else:
+            drop = dense and not titled and not _under_heading(element)
+        if drop:
+            measures.forget(element)
+            element.drop_tree()
+        else:
+            todo.extend(element)
+
+
+def main_element(tree: HtmlElement, kept_text: str | None = None) -> HtmlElement | None:
+    """The element holding the page's content, furniture removed from it; None without a body.
+    `kept_text`: what a boilerplate remover (trafilatura) kept of the page, when it kept anything:
+    then the content is where that text is, not merely where most text is (a news page's
+    comment thread or link lists can outweigh its article). Changes the tree (drops the furniture)."""
+    body = tree.find(".//body") if _tag(tree) != "body" else tree
+    if body is None:
+        return None
+    measures = _Measures(body)
+    _prune(body, measures)
+    weight = _found_in(body, kept_text) if kept_text else measures.prose
+    # headings the content must not be cut from: any, judging by text alone; the page's title (h1),
+    # judging by kept text (a sidebar's widgets have headings of their own)
+    headings = measures.titles if kept_text else measures.headings
+    node = body
+    while True:
+        children = [child for child in node if _tag(child)]
+        if not children:
+            break
+        best = max(children, key=weight)
+        whole = weight(node)
+        if (_tag(best) not in _CONTAINERS or whole <= 0 or weight(best) < _SHARE * whole
+                or headings[best] < headings[node]):
+            break
+        node = best
+    while _tag(node) in _TABLE_PARTS and node.getparent() is not None:  # a table is written whole, or not at all
+        node = node.getparent()
+    if kept_text:
+        _trim_edges(node, weight)
+        return _with_title(node, measures)
+    return node
+
+
+def _with_title(node: HtmlElement, measures: _Measures) -> HtmlElement:
+    """`node`, or, when it holds no heading and its title stands just before it (a DocBook
+    titlepage, an <h2> above a table), a new element holding that title and `node`."""
+    if measures.headings.get(node, 0) or node.getparent() is None:
+        return node
+    for element in [node, *list(node.iterancestors())[:3]]:
+        before = element.getprevious()
+        while before is not None and (not _tag(before) or not measures.text.get(before, 0)):  # anchors
+            before = before.getprevious()
+        if before is None:
+            continue
+        if measures.headings.get(before, 0) and measures.text[before] <= 2 * _heading_text(before):
+            wrapper = node.makeelement("div", {})
+            wrapper.append(copy.deepcopy(before))
+            wrapper.append(copy.deepcopy(node))
+            return wrapper
+        break
+    return node
+
+
+def _heading_text(element: HtmlElement) -> int:
+    return sum(_length(heading.text_content()) for heading in element.iter(*_HEADINGS))
+
+
+def _trim_edges(node: HtmlElement, weight: Callable[[HtmlElement], int]) -> None:
+    """Drops what comes before the first and after the last block holding kept text (bylines,
+    dates, share bars, "read more", comment forms), and so on inside those two blocks; blocks that
+    hold code, terms, tables or footnotes stay wherever they are, and so do headings before the
+    content (the page's title). A last section of links alone ("See also") goes too, if trafilatura
+    kept none of it: the price of leaving out "Related articles"."""
+    todo = [node]
+    while todo:
+        element = todo.pop()
+        children = [child for child in element if _tag(child)]
+        holding = [i for i, child in enumerate(children) if weight(child) > 0]
+        if not holding:
+            continue
+        first, last = holding[0], holding[-1]
+        for index, child in enumerate(children):
+            if first <= index <= last or _tag(child) in _UNSEEN or _substantial(child, before=index < first):
+                continue
+            child.drop_tree()
+        if _tag(children[first]) in _CONTAINERS:
+            todo.append(children[first])
+        if last != first and _tag(children[last]) in _CONTAINERS:
+            todo.append(children[last])
+
+
+def _substantial(element: HtmlElement, before: bool) -> bool:
+    """Code, terms, tables, footnotes; before the content also headings."""
+    kinds = ("pre", "dt", "table", *(_ALL_HEADINGS if before else ()))
+    return any(_tag(e) in kinds or _footnote(e) for e in element.iter())
+
+
+def _footnote(element: HtmlElement) -> bool:
+    names = (element.get("class") or "").lower().split()
+    return element.get("role") in _NOTES or any(name.startswith(("footnote", "endnote")) for name in names)
+
+
+def _found_in(root: HtmlElement, kept_text: str) -> Callable[[HtmlElement], int]:
+    """Per element, the characters of its text that are in `kept_text` (by runs of text between
+    tags, spaces collapsed; runs under _MIN_RUN characters are too common to tell)."""
+    kept = " ".join(kept_text.split())
+    found: dict[HtmlElement, int] = {}
+    for element in reversed(list(root.iter())):
+        tag = _tag(element)
+        if not tag or tag in _UNSEEN:
+            found[element] = 0
+            continue
+        total = _run_found(element.text, kept)
+        for child in element:
+            total += found.get(child, 0) + _run_found(child.tail, kept)
+        found[element] = total
+    return lambda element: found.get(element, 0)
+
+
+def _run_found(text: str | None, kept: str) -> int:
+    run = " ".join(text.split()) if text else ""
+    return len(run) if len(run) >= _MIN_RUN and run in kept else 0
