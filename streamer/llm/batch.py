@@ -131,7 +131,7 @@ class BatchRecords:
         if "version" not in {r[1] for r in self._db.execute("PRAGMA table_info(batches)")}:  # written before it
             with contextlib.suppress(sqlite3.OperationalError):  # another process added it at the same moment
                 self._db.execute("ALTER TABLE batches ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
-        self.log: Any = None
+        self.log: Any = None  # streamer.state.batch_log.BatchLog (this module knows nothing of Kafka)
 
     @classmethod
     def of(cls, data_dir: Path, prefix: str) -> BatchRecords:
@@ -189,18 +189,14 @@ class BatchRecords:
         """Queue the batch's row (and these requests' rows) for the topic, as they now stand."""
         if self.log is None:
             return
-        from streamer.state.batch_log import BatchRecordChange, BatchRequestChange, batch_key, request_key
-
         if (row := self.batch(local_id)) is not None:
-            self.log.publish(batch_key(local_id), BatchRecordChange(row=row.as_dict()), local_id)
+            self.log.publish_batch(row.as_dict())
         if custom_ids:
             wanted = set(custom_ids)
             for cid, outcome, result, error in self._read(
                     "SELECT custom_id, outcome, result, error FROM requests WHERE local_id = ?", (local_id,)):
                 if cid in wanted:
-                    self.log.publish(request_key(local_id, cid), BatchRequestChange(
-                        custom_id=cid, local_id=local_id, outcome=outcome,
-                        result=bytes(result).decode() if result is not None else None, error=error), local_id)
+                    self.log.publish_request(cid, local_id, outcome, result, error)
 
     def batch(self, local_id: str) -> BatchRow | None:
         with self._lock:

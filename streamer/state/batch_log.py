@@ -80,8 +80,19 @@ class BatchLog:
         self._syncing: asyncio.Future[None] | None = None
 
     # Changes out -------------------------------------------------------------------------------
-    def publish(self, key: str, data: RecordData, root: str) -> None:
-        """Queue one change; `flush` produces the queue and waits for the broker's acknowledgement."""
+    def publish_batch(self, row: dict[str, Any]) -> None:
+        """Queue a batch's row as it now stands; `flush` produces the queue and waits for the broker."""
+        local_id = str(row["local_id"])
+        self._queue(batch_key(local_id), BatchRecordChange(row=row), local_id)
+
+    def publish_request(self, custom_id: str, local_id: str, outcome: str | None, result: bytes | None,
+                        error: str | None) -> None:
+        """Queue a request's row as it now stands (the answer as the provider's JSON text)."""
+        self._queue(request_key(local_id, custom_id), BatchRequestChange(
+            custom_id=custom_id, local_id=local_id, outcome=outcome,
+            result=bytes(result).decode() if result is not None else None, error=error), local_id)
+
+    def _queue(self, key: str, data: RecordData, root: str) -> None:
         envelope = Envelope(id=key, kind=data.kind, root_id=root, data=data.model_dump(mode="json"))
         self._outbox.append((key, envelope.to_bytes()))
 
@@ -100,6 +111,19 @@ class BatchLog:
     async def start(self) -> None:
         """The whole topic into the index, the open batches it lacks produced again; then follow it."""
         await self._reader.start()
+        seen, applied = await self.load()
+        missing = [row for row in self.records.batches(open_only=True) if row.local_id not in seen]
+        for row in missing:
+            self.records.republish(row.local_id)
+        if missing:
+            await self.flush()
+        log.info("batch records: %d changes from %s (%d batches, %d open)%s", applied, self.topic, len(seen),
+                 len(self.records.batches(open_only=True)),
+                 f"; {len(missing)} open batches of the local records were not on it: produced again" if missing else "")
+        self._follow = asyncio.create_task(self._follow_topic(), name="batch-records-follow")
+
+    async def load(self) -> tuple[set[str], int]:
+        """Apply the topic up to its current end (the reader started); the batches seen, the changes applied."""
         await self._reader.refresh()
         positions = await self._reader.positions(self.topic, FROM_BEGINNING)
         ends = await self._reader.ends(list(positions))
@@ -110,15 +134,7 @@ class BatchLog:
             if (local_id := self._apply(record)) is not None:
                 seen.add(local_id)
                 applied += 1
-        missing = [row for row in self.records.batches(open_only=True) if row.local_id not in seen]
-        for row in missing:
-            self.records.republish(row.local_id)
-        if missing:
-            await self.flush()
-        log.info("batch records: %d changes from %s (%d batches, %d open)%s", applied, self.topic, len(seen),
-                 len(self.records.batches(open_only=True)),
-                 f"; {len(missing)} open batches of the local records were not on it: produced again" if missing else "")
-        self._follow = asyncio.create_task(self._follow_topic(), name="batch-records-follow")
+        return seen, applied
 
     async def _follow_topic(self) -> None:
         while True:
@@ -177,3 +193,14 @@ class BatchLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follow
         await self._reader.stop()
+
+
+async def read_batch_records(settings: Settings, records: Any) -> int:
+    """Every worker's batch records, from the topic into `records` (for `synthstream batch` on any machine);
+    the changes applied."""
+    log = BatchLog(settings, records, producer=None)  # type: ignore[arg-type] - reads only
+    await log._reader.start()  # noqa: SLF001 - its own reader, stopped below
+    try:
+        return (await log.load())[1]
+    finally:
+        await log._reader.stop()  # noqa: SLF001
