@@ -122,11 +122,13 @@ def start_with_data_dir(pipeline, data_dir, *args: str, name: str):
         pipeline.env = env
 
 
+@pytest.mark.parametrize("survivor_starts", ["before", "after"])
 def test_a_worker_on_another_machine_takes_over_a_sigkilled_workers_batches_from_the_topic(
-        pipeline, start_simulator, tmp_path):
+        pipeline, start_simulator, tmp_path, survivor_starts):
     """Judge and answer on two workers with different data dirs (two machines: no SQLite shared); the one
-    holding batches is SIGKILLed while they are out. The other is handed its partitions mid-run, finds the
-    batches of the redelivered records through the `batches` topic and waits for them: nothing is paid twice."""
+    holding batches is SIGKILLed while they are out. The other — running beside it and handed its partitions
+    mid-run (following the topic), or started after the kill (loading the topic) — finds the batches of the
+    redelivered records through the `batches` topic and waits for them: nothing is paid twice."""
     sim = start_simulator("--batch-seconds", "5")
     batch_env(pipeline, sim.url)
     texts = make_texts(DOCUMENTS)
@@ -136,7 +138,8 @@ def test_a_worker_on_another_machine_takes_over_a_sigkilled_workers_batches_from
     here, there = tmp_path / "machine-a", tmp_path / "machine-b"
     lanes = ("run", "--no-progress", "--stage", "judge", "--stage", "answer")
     doomed = start_with_data_dir(pipeline, here, *lanes, name="batch-a")
-    survivor = start_with_data_dir(pipeline, there, *lanes, name="batch-b")
+    if survivor_starts == "before":
+        survivor = start_with_data_dir(pipeline, there, *lanes, name="batch-b")
 
     def doomeds_batches_out() -> list[Any]:
         return [r for r in batch_rows(pipeline, here) if r.owner_pid == doomed.pid and r.provider_id
@@ -148,6 +151,8 @@ def test_a_worker_on_another_machine_takes_over_a_sigkilled_workers_batches_from
     in_flight = {r.local_id: r for r in doomeds_batches_out()}
     stop_process(doomed, signal.SIGKILL)
     assert doomed.returncode == -signal.SIGKILL
+    if survivor_starts == "after":
+        survivor = start_with_data_dir(pipeline, there, *lanes, name="batch-b")
 
     def all_ended() -> bool:
         ended = endings(pipeline)
@@ -170,7 +175,8 @@ def test_a_worker_on_another_machine_takes_over_a_sigkilled_workers_batches_from
     assert set(in_flight) <= set(survivors), (set(in_flight), set(survivors))
     assert all(survivors[i].collected and survivors[i].state == "completed" and survivors[i].owner_pid == doomed.pid
                for i in in_flight), [survivors[i] for i in in_flight]
-    assert any(r.owner_pid == survivor.pid for r in survivors.values())  # batch-b submitted batches of its own
+    if survivor_starts == "before":
+        assert any(r.owner_pid == survivor.pid for r in survivors.values())  # batch-b had batches of its own
 
 
 def test_expired_batch_and_failed_requests_resubmitted_then_dead_lettered_with_the_providers_text(
