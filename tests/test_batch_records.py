@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from consumers import TOPICS
-from streamer.kafka.clients import make_producer
-from streamer.kafka.clients import ensure_topics
+from streamer.kafka.clients import ensure_topics, make_producer
 from streamer.llm.batch import BatchRecords, BatchRow
 from streamer.state.batch_log import BatchLog
 

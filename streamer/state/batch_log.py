@@ -71,7 +71,7 @@ class BatchLog:
         self.settings = settings
         self.topic = TopicNames(settings.kafka.topic_prefix)(TOPIC)
         self.producer = producer
-        self._reader = TopicReader(settings)
+        self.reader = TopicReader(settings)
         self._tp = TopicPartition(self.topic, 0)
         self._outbox: list[tuple[str, bytes]] = []
         self._applied = -1  # offset of the last record applied
@@ -110,7 +110,7 @@ class BatchLog:
     # Changes in --------------------------------------------------------------------------------
     async def start(self) -> None:
         """The whole topic into the index, the open batches it lacks produced again; then follow it."""
-        await self._reader.start()
+        await self.reader.start()
         seen, applied = await self.load()
         missing = [row for row in self.records.batches(open_only=True) if row.local_id not in seen]
         for row in missing:
@@ -124,13 +124,13 @@ class BatchLog:
 
     async def load(self) -> tuple[set[str], int]:
         """Apply the topic up to its current end (the reader started); the batches seen, the changes applied."""
-        await self._reader.refresh()
-        positions = await self._reader.positions(self.topic, FROM_BEGINNING)
-        ends = await self._reader.ends(list(positions))
-        self._reader.assign(positions)
+        await self.reader.refresh()
+        positions = await self.reader.positions(self.topic, FROM_BEGINNING)
+        ends = await self.reader.ends(list(positions))
+        self.reader.assign(positions)
         seen: set[str] = set()
         applied = 0
-        async for record in self._reader.records(ends, timeout_ms=500, max_records=5000):
+        async for record in self.reader.records(ends, timeout_ms=500, max_records=5000):
             if (local_id := self._apply(record)) is not None:
                 seen.add(local_id)
                 applied += 1
@@ -139,7 +139,7 @@ class BatchLog:
     async def _follow_topic(self) -> None:
         while True:
             try:
-                async for record in self._reader.records(timeout_ms=1000):
+                async for record in self.reader.records(timeout_ms=1000):
                     self._apply(record)
                     async with self._moved:
                         self._moved.notify_all()
@@ -192,15 +192,15 @@ class BatchLog:
             self._follow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follow
-        await self._reader.stop()
+        await self.reader.stop()
 
 
 async def read_batch_records(settings: Settings, records: Any) -> int:
     """Every worker's batch records, from the topic into `records` (for `synthstream batch` on any machine);
     the changes applied."""
     log = BatchLog(settings, records, producer=None)  # type: ignore[arg-type] - reads only
-    await log._reader.start()  # noqa: SLF001 - its own reader, stopped below
+    await log.reader.start()
     try:
         return (await log.load())[1]
     finally:
-        await log._reader.stop()  # noqa: SLF001
+        await log.reader.stop()
