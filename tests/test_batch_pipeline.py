@@ -210,8 +210,10 @@ def test_expired_batch_and_failed_requests_resubmitted_then_dead_lettered_with_t
 
 def test_batch_list_shows_batches_and_cancel_dead_letters_their_requests(pipeline, start_simulator, tmp_path):
     sim = start_simulator("--batch-seconds", "30")
+    # Cancelling dead-letters what the batch had not answered, often most of judge's records: the run is not
+    # to be judged failed for that (run.max_dlq_share), only to end with every record accounted for.
     batch_env(pipeline, sim.url, SYNTHSTREAM_STAGES__JUDGE__LLM__BATCH_MAX_AGE="2",
-              SYNTHSTREAM_STAGES__JUDGE__LLM__BATCH_MAX_REQUESTS="1000")
+              SYNTHSTREAM_STAGES__JUDGE__LLM__BATCH_MAX_REQUESTS="1000", SYNTHSTREAM_RUN__MAX_DLQ_SHARE="1")
     texts = make_texts(20)
     pipeline.feed(tmp_path, texts, seeds=4)
     worker = pipeline.start("run", "--until-idle", "--no-progress", name="batch-worker")
