@@ -113,7 +113,7 @@ class ExampleSelector:
         chosen: list[str] = []
         if n_nearest:
             matrix = (await self._vectors(table))[: len(ids)]
-            # Fast (bfloat16 where quicker): these vectors only choose, and are never stored.
+            # `fast`: these vectors only choose, and are never stored (served after the exact requests).
             [query] = await self.encoder.encode([text], fast=True)
             order = np.argsort(-(matrix @ query), kind="stable")
             chosen = [ids[i] for i in order[:n_nearest]]

@@ -144,6 +144,61 @@ async def test_a_200_reply_that_is_not_a_chat_completion_is_retried_then_named()
     assert len(hits) == 2 and count("t-not-completion", "error") == 2
 
 
+async def test_requests_carry_the_key_as_bearer_json_and_the_organisation_and_errors_keep_the_servers_words(
+        monkeypatch):
+    # What an OpenAI-compatible server sees of the client (the simulator keeps no headers): the key as
+    # a bearer token, a JSON body, OPENAI_ORG_ID / OPENAI_PROJECT_ID as the SDK sends them; and an
+    # error answer's `error.message` in the raised error, with the key masked.
+    from aiohttp import web
+
+    seen: list[tuple[dict[str, str], dict]] = []
+
+    async def endpoint(request: web.Request) -> web.Response:
+        seen.append((dict(request.headers), await request.json()))
+        if len(seen) == 1:
+            return web.json_response({"choices": [{"message": {"content": "Hello there, reader."},
+                                                   "finish_reason": "stop"}], "model": "m-answered"})
+        return web.json_response({"error": {"message": "Incorrect API key provided: sk-test-secr**cdef"}}, status=401)
+
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-synth")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-synth")
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", endpoint)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - the port the OS chose
+    try:
+        pool = LLMPool()
+        client = pool.client(llm(f"http://127.0.0.1:{port}/v1/", max_retries=3, temperature=0.3), "t-headers")
+        result = await client.complete(ask("hello"))
+        with pytest.raises(LLMRequestError) as refused:
+            await client.complete(ask("again"))
+        await pool.close()
+    finally:
+        await runner.cleanup()
+    assert result.content == "Hello there, reader." and result.model == "m-answered"
+    headers, body = seen[0]
+    assert headers["Authorization"] == "Bearer sk-test-secret-abcdef"
+    assert headers["Content-Type"] == "application/json"
+    assert headers["OpenAI-Organization"] == "org-synth" and headers["OpenAI-Project"] == "proj-synth"
+    assert body["model"] == "synthstream-simulator" and body["messages"] == ask("hello") and body["temperature"] == 0.3
+    assert len(seen) == 2  # a 401 is not retried
+    assert str(refused.value) == "HTTP 401: Error code: 401 - Incorrect API key provided: sk-***"
+
+
+async def test_an_endpoint_that_does_not_answer_is_retried_then_named():
+    from streamer.kafka.broker import free_port
+
+    pool = LLMPool()
+    client = pool.client(llm(f"http://127.0.0.1:{free_port()}/v1", max_retries=1), "t-refused")
+    with pytest.raises(LLMUnavailableError, match="2 attempts failed; last: APIConnectionError"):
+        await client.complete(ask("x"))
+    await pool.close()
+    assert count("t-refused", "error") == 2
+
+
 async def test_malformed_output_is_reasked_then_fails_with_the_reason():
     async with simulator(malformed_rate=1.0) as (url, stats):
         pool = LLMPool()

@@ -30,6 +30,7 @@ FIXED_PARTITIONS = {"instructions.embedded": 1, "incarnation": 1, "batches": 1}
 COMPACTED = {"batches"}
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+PRODUCER_BATCH_BYTES = 1024 * 1024  # below every broker's default message.max.bytes (1 MiB + 12)
 
 
 class TopicPartitionsError(RuntimeError):
@@ -124,7 +125,11 @@ def use_fast_group_timing(kafka: KafkaSettings) -> None:
 
 def make_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
     # acks=all: an output counts as written only once the broker has it durably.
-    return AIOKafkaProducer(**client_options(kafka), acks="all", linger_ms=5, max_request_size=MAX_MESSAGE_BYTES)
+    # Batches of up to 1 MiB: with aiokafka's default 16 KB a batch of our few-KB records fills after
+    # two or three, and every sender waiting on it wakes and tries again (~9 waits per send; measured
+    # 0.30 ms CPU per send against 0.04 ms with room for the records lingering together).
+    return AIOKafkaProducer(**client_options(kafka), acks="all", linger_ms=5, max_request_size=MAX_MESSAGE_BYTES,
+                            max_batch_size=PRODUCER_BATCH_BYTES)
 
 
 def make_consumer(kafka: KafkaSettings, *topics: str, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:

@@ -120,12 +120,14 @@ class RecordProcessor:
         target = emit.topic or self.stage.output_topics[0]
         if target not in self.stage.output_topics:
             raise ValueError(f"stage {self.stage.name} emitted to undeclared topic {target!r}")
-        lineage = parent.lineage.model_copy(deep=True)
-        lineage.stages.append(StageStamp(stage=self.stage.name, version=self.bound.version,
-                                         model=ctx.llm.answered_model))
-        if emit.seed_ids is not None:
-            lineage.seed_ids = list(emit.seed_ids)
-        lineage.details.update(emit.details)
+        # New containers, shared contents: the parent's lineage is never changed, and its values are
+        # JSON read from the input (nothing mutates them), so the deep copy it was would only cost CPU.
+        lineage = parent.lineage.model_copy(update={
+            "stages": [*parent.lineage.stages, StageStamp(stage=self.stage.name, version=self.bound.version,
+                                                          model=ctx.llm.answered_model)],
+            "seed_ids": list(emit.seed_ids if emit.seed_ids is not None else parent.lineage.seed_ids),
+            "details": {**parent.lineage.details, **emit.details},
+        })
         if ctx.llm.cuts:  # what was left out of the prompt to fit the model's context window
             cuts = dict(lineage.details.get("context_cuts") or {})
             cuts[self.stage.name] = list(ctx.llm.cuts)

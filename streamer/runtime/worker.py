@@ -30,7 +30,7 @@ from streamer.kafka.incarnation import SeenIncarnations, replaced_line
 from streamer.llm.batch import BatchRecords
 from streamer.state.batch_log import BatchLog
 from streamer.llm.cache import ResponseCache
-from streamer.llm.client import LLMPool, preload_sdk
+from streamer.llm.client import LLMPool
 from streamer.llm.prices import Prices
 from streamer.runtime import outcomes
 from streamer.runtime.embedding import encoder_summaries
@@ -87,8 +87,6 @@ class Worker:
         return broker
 
     async def _run(self) -> None:
-        if self.stages:
-            preload_sdk()  # imported in a thread while the broker is reached and groups are joined
         broker = await self._connect()
         if broker is None:
             return
