@@ -13,9 +13,10 @@ from streamer.runtime.stage import Stage
 
 REJECTED, DLQ = "rejected", "dlq"
 # Topics of the machinery rather than of a stage: audit (rejections, dead letters), the markers of
-# redriven dead letters (each redriven once), the token telling this set of topics from an earlier one.
+# redriven dead letters (each redriven once), the token telling this set of topics from an earlier one,
+# the batch lane's records (compacted: every worker finds the batches of every other, streamer.state.batch_log).
 AUDIT_TOPICS = (REJECTED, DLQ)
-MACHINERY_TOPICS = ("dlq.redriven", "incarnation")
+MACHINERY_TOPICS = ("dlq.redriven", "incarnation", "batches")
 SINK = "sink"  # the stage-like writer of the store (streamer.storage.sink)
 
 

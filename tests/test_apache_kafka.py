@@ -119,3 +119,31 @@ def core_share(pid: int, seconds: float) -> float:
     before = cpu_seconds(pid)
     time.sleep(seconds)
     return (cpu_seconds(pid) - before) / seconds
+
+
+def test_the_batch_records_topic_is_created_compacted_with_one_partition(kafka_pipeline):
+    """The batch lane's records are a table: Kafka keeps the last change per key, never ages them out."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from consumers import TOPICS
+    from streamer.kafka.clients import client_options, ensure_topics
+
+    settings = kafka_pipeline.settings()
+    topic = kafka_pipeline.prefix + "batches"
+
+    async def created() -> tuple[int, str]:
+        await ensure_topics(settings, TOPICS)
+        admin = AIOKafkaAdminClient(**client_options(settings.kafka))
+        await admin.start()
+        try:
+            [description] = await admin.describe_topics([topic])
+            [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                                                      {"cleanup.policy": None})])
+            policy = [entry[1] for resource in response.resources for entry in resource[4]
+                      if entry[0] == "cleanup.policy"]
+            return len(description["partitions"]), policy[0]
+        finally:
+            await admin.close()
+
+    assert asyncio.run(created()) == (1, "compact")

@@ -36,8 +36,8 @@ def batch_env(pipeline, sim_url: str, **extra: str) -> None:
     pipeline.env.update(extra)
 
 
-def batch_rows(pipeline) -> list[Any]:
-    path = records_path(pipeline.data_dir, pipeline.prefix)
+def batch_rows(pipeline, data_dir=None) -> list[Any]:
+    path = records_path(data_dir or pipeline.data_dir, pipeline.prefix)
     if not path.exists():
         return []
     records = BatchRecords(path)
@@ -112,6 +112,73 @@ def test_sigkilled_worker_re_attaches_to_its_batches_nothing_paid_twice_and_cost
     assert console["batch_usd"] == pytest.approx(status["cost_usd"]["batch"], rel=0.01)
 
 
+def start_with_data_dir(pipeline, data_dir, *args: str, name: str):
+    """A worker of the same pipeline with its own data dir: as if on another machine."""
+    env = pipeline.env
+    pipeline.env = {**env, "SYNTHSTREAM_STORAGE__DATA_DIR": str(data_dir)}
+    try:
+        return pipeline.start(*args, name=name)
+    finally:
+        pipeline.env = env
+
+
+@pytest.mark.parametrize("survivor_starts", ["before", "after"])
+def test_a_worker_on_another_machine_takes_over_a_sigkilled_workers_batches_from_the_topic(
+        pipeline, start_simulator, tmp_path, survivor_starts):
+    """Judge and answer on two workers with different data dirs (two machines: no SQLite shared); the one
+    holding batches is SIGKILLed while they are out. The other — running beside it and handed its partitions
+    mid-run (following the topic), or started after the kill (loading the topic) — finds the batches of the
+    redelivered records through the `batches` topic and waits for them: nothing is paid twice."""
+    sim = start_simulator("--batch-seconds", "5")
+    batch_env(pipeline, sim.url)
+    texts = make_texts(DOCUMENTS)
+    pipeline.feed(tmp_path, texts, seeds=4)
+    upstream = ("attribution", "situation", "instruction", "embed", "dedup", "sink")
+    rest = pipeline.start("run", "--no-progress", *(a for s in upstream for a in ("--stage", s)), name="upstream")
+    here, there = tmp_path / "machine-a", tmp_path / "machine-b"
+    lanes = ("run", "--no-progress", "--stage", "judge", "--stage", "answer")
+    doomed = start_with_data_dir(pipeline, here, *lanes, name="batch-a")
+    if survivor_starts == "before":
+        survivor = start_with_data_dir(pipeline, there, *lanes, name="batch-b")
+
+    def doomeds_batches_out() -> list[Any]:
+        return [r for r in batch_rows(pipeline, here) if r.owner_pid == doomed.pid and r.provider_id
+                and not r.collected]
+
+    wait_for(lambda: len(doomeds_batches_out()) >= 2, 180, interval=0.1,
+             what=lambda: f"batch-a's batches out: {batch_rows(pipeline, here)}")
+    time.sleep(0.5)  # more of its batches on their way, maybe one half-submitted
+    in_flight = {r.local_id: r for r in doomeds_batches_out()}
+    stop_process(doomed, signal.SIGKILL)
+    assert doomed.returncode == -signal.SIGKILL
+    if survivor_starts == "after":
+        survivor = start_with_data_dir(pipeline, there, *lanes, name="batch-b")
+
+    def all_ended() -> bool:
+        ended = endings(pipeline)
+        return set(ended) == expected_ids(texts)
+
+    wait_for(all_ended, 300, what=lambda: f"documents ended: {len(endings(pipeline))} of {DOCUMENTS}")
+    time.sleep(2)  # anything late (a duplicate) would show now
+    for proc in (survivor, rest):
+        stop_process(proc, signal.SIGTERM)
+    ended = endings(pipeline)
+    assert set(ended) == expected_ids(texts) and all(n == 1 for n in ended.values()), ended
+
+    charges = ledger(sim.url)["charges"]
+    by_lane = Counter((c["lane"], c["key"]) for c in charges)
+    assert max(by_lane.values()) == 1, [k for k, n in by_lane.items() if n > 1]  # no request charged twice
+    assert sum(1 for c in charges if c["lane"] == "batch") == 2 * DOCUMENTS  # one judge, one answer each
+    # batch-b knew batch-a's batches from the topic alone (its data dir never saw batch-a's SQLite) and
+    # collected them: the redelivered records waited for them instead of going out again.
+    survivors = {r.local_id: r for r in batch_rows(pipeline, there)}
+    assert set(in_flight) <= set(survivors), (set(in_flight), set(survivors))
+    assert all(survivors[i].collected and survivors[i].state == "completed" and survivors[i].owner_pid == doomed.pid
+               for i in in_flight), [survivors[i] for i in in_flight]
+    if survivor_starts == "before":
+        assert any(r.owner_pid == survivor.pid for r in survivors.values())  # batch-b had batches of its own
+
+
 def test_expired_batch_and_failed_requests_resubmitted_then_dead_lettered_with_the_providers_text(
         pipeline, start_simulator, tmp_path):
     sim = start_simulator("--batch-seconds", "1")
@@ -143,8 +210,10 @@ def test_expired_batch_and_failed_requests_resubmitted_then_dead_lettered_with_t
 
 def test_batch_list_shows_batches_and_cancel_dead_letters_their_requests(pipeline, start_simulator, tmp_path):
     sim = start_simulator("--batch-seconds", "30")
+    # Cancelling dead-letters what the batch had not answered, often most of judge's records: the run is not
+    # to be judged failed for that (run.max_dlq_share), only to end with every record accounted for.
     batch_env(pipeline, sim.url, SYNTHSTREAM_STAGES__JUDGE__LLM__BATCH_MAX_AGE="2",
-              SYNTHSTREAM_STAGES__JUDGE__LLM__BATCH_MAX_REQUESTS="1000")
+              SYNTHSTREAM_STAGES__JUDGE__LLM__BATCH_MAX_REQUESTS="1000", SYNTHSTREAM_RUN__MAX_DLQ_SHARE="1")
     texts = make_texts(20)
     pipeline.feed(tmp_path, texts, seeds=4)
     worker = pipeline.start("run", "--until-idle", "--no-progress", name="batch-worker")

@@ -114,10 +114,11 @@ def test_console_follows_a_live_pipeline_and_shows_each_samples_whole_chain(pipe
     wait_for(lambda: page.locator("#simulated-banner").is_visible(), 30, what="the simulated-data banner")
     # Drawn from the stage declarations: a card for every stage, the feed and the sink, a pill per topic.
     from consumers import PIPELINE, TOPICS
+    from consumers.topology import MACHINERY_TOPICS
 
     drawn = lambda test: {g.get_attribute("data-name") for g in page.locator(f"#graph g[data-test={test}]").all()}
     assert drawn("stage") == {stage.name for stage in PIPELINE}
-    assert drawn("feed") == {"feed"} and drawn("sink") == {"sink"} and drawn("topic") == set(TOPICS) - {"dlq.redriven", "incarnation"}
+    assert drawn("feed") == {"feed"} and drawn("sink") == {"sink"} and drawn("topic") == set(TOPICS) - set(MACHINERY_TOPICS)
     page.set_viewport_size({"width": 1400, "height": 1000})  # every card whole in a 1400 px window
     outside = page.evaluate("""(() => { const wrap = document.querySelector(".graph-wrap").getBoundingClientRect();
         return [...document.querySelectorAll("#graph g:not([data-test=topic])")].filter((g) => {

@@ -23,8 +23,11 @@ log = logging.getLogger(__name__)
 
 # The topics themselves are derived from the stage declarations (consumers.TOPICS). Partition
 # counts come from the configuration; the ones here override the default because a design rule needs them.
-# dedup is a single writer; the incarnation token is the first record of its one partition.
-FIXED_PARTITIONS = {"instructions.embedded": 1, "incarnation": 1}
+# dedup is a single writer; the incarnation token is the first record of its one partition; the batch
+# records are read in the order they were written.
+FIXED_PARTITIONS = {"instructions.embedded": 1, "incarnation": 1, "batches": 1}
+# Topics kept as tables, the last record per key: the batch lane's records (streamer.state.batch_log).
+COMPACTED = {"batches"}
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 PRODUCER_BATCH_BYTES = 1024 * 1024  # below every broker's default message.max.bytes (1 MiB + 12)
@@ -206,7 +209,9 @@ async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
         wanted = [n for n in names if topic(n) not in existing]
         if wanted:
             copies = await replication_factor(admin, settings.kafka)
-            missing = [NewTopic(topic(n), partitions_for(settings, n), copies) for n in wanted]
+            missing = [NewTopic(topic(n), partitions_for(settings, n), copies,
+                                topic_configs={"cleanup.policy": "compact"} if n in COMPACTED else {})
+                       for n in wanted]
             with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
                 await admin.create_topics(missing)
             log.info("created topics (%d replica%s): %s", copies, "" if copies == 1 else "s",

@@ -10,12 +10,15 @@ input is committed once its outputs are produced, as for any record.
   one batch created (OpenAI Batch: `POST /v1/files`, `POST /v1/batches`).
 - Ids: a request's `custom_id` is a digest of its body (model, messages, sampling, format), so the same
   call made again — a redelivered record, a restarted worker — has the same id.
-- Durable records (`BatchRecords`, SQLite in the data dir, shared by the workers on one machine): every
-  batch and the custom_ids in it are written *before* the file is uploaded, its provider id once the
-  batch is created (the batch also carries our id in its metadata, so one created just before a crash
-  is found again by listing), and each request's outcome with its result once the batch is done. A
-  call whose custom_id is in a batch not yet done waits for that batch; one whose result is recorded
-  gets it at once. So a request is never paid twice: a restarted or rebalanced worker re-attaches.
+- Durable records (`BatchRecords`): every batch and the custom_ids in it are recorded *before* the file
+  is uploaded, its provider id once the batch is created (the batch also carries our id in its metadata,
+  so one created just before a crash is found again by listing), and each request's outcome with its
+  result once the batch is done. They live on the broker, in the compacted `batches` topic
+  (streamer.state.batch_log: every change acknowledged there before the lane goes on; every worker loads
+  the topic at start and follows it), and in SQLite in the data dir as each machine's index and cache.
+  A call whose custom_id is in a batch not yet done waits for that batch; one whose result is recorded
+  gets it at once; before a batch goes out the lane reads the topic up to its end and looks again. So a
+  request is never paid twice: a restarted or rebalanced worker re-attaches, on any machine.
 - Outcomes: answered requests are returned (and priced once, when their batch is collected: the cost
   is kept with the batch record). A request in the error file raises `LLMUnavailableError` with the
   provider's error text: the stage's attempts retry it through a later batch, then the dlq has the text.
@@ -92,13 +95,16 @@ class BatchRow:
     error: str | None
     owner_pid: int = 0  # the process that submitted it: while it lives, a batch it is still submitting is its own
     owner_host: str = ""
+    version: int = 0  # bumped by every change: the newest of a batch's changes on the topic wins
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 class BatchRecords:
-    """Submitted batches and their requests' outcomes, in `<data_dir>/state/<prefix>batches.sqlite`."""
+    """Submitted batches and their requests' outcomes, in `<data_dir>/state/<prefix>batches.sqlite`: the
+    machine's index. With a `log` (streamer.state.batch_log.BatchLog, set by the worker) every change is
+    also queued for the `batches` topic, and `flush` waits until the broker has it."""
 
     def __init__(self, path: Path | str) -> None:
         if str(path) != ":memory:":
@@ -116,12 +122,16 @@ class BatchRecords:
                 failed INTEGER NOT NULL DEFAULT 0, collected INTEGER NOT NULL DEFAULT 0,
                 cost_usd REAL NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
                 completion_tokens INTEGER NOT NULL DEFAULT 0, error TEXT, owner_pid INTEGER NOT NULL DEFAULT 0,
-                owner_host TEXT NOT NULL DEFAULT '');
+                owner_host TEXT NOT NULL DEFAULT '', version INTEGER NOT NULL DEFAULT 0);
             CREATE TABLE IF NOT EXISTS requests (
                 custom_id TEXT NOT NULL, local_id TEXT NOT NULL, outcome TEXT, result BLOB, error TEXT,
                 PRIMARY KEY (custom_id, local_id));
             CREATE INDEX IF NOT EXISTS requests_by_custom_id ON requests (custom_id);
         """)
+        if "version" not in {r[1] for r in self._db.execute("PRAGMA table_info(batches)")}:  # written before it
+            with contextlib.suppress(sqlite3.OperationalError):  # another process added it at the same moment
+                self._db.execute("ALTER TABLE batches ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+        self.log: Any = None  # streamer.state.batch_log.BatchLog (this module knows nothing of Kafka)
 
     @classmethod
     def of(cls, data_dir: Path, prefix: str) -> BatchRecords:
@@ -154,11 +164,14 @@ class BatchRecords:
             ("INSERT OR REPLACE INTO requests (custom_id, local_id) VALUES (?, ?)",
              [(cid, row.local_id) for cid in custom_ids]),
         ])
+        self._published(row.local_id, custom_ids)
 
     def update(self, local_id: str, **fields: Any) -> None:
         fields["updated"] = time.time()
         names = ", ".join(f"{k} = ?" for k in fields)
-        self._write([(f"UPDATE batches SET {names} WHERE local_id = ?", (*fields.values(), local_id))])
+        self._write([(f"UPDATE batches SET {names}, version = version + 1 WHERE local_id = ?",
+                      (*fields.values(), local_id))])
+        self._published(local_id)
 
     def collect(self, local_id: str, outcomes: list[tuple[str, str, bytes | None, str | None]], **fields: Any) -> None:
         """A finished batch's outcomes (custom_id, outcome, result, error) and figures, in one transaction."""
@@ -167,8 +180,62 @@ class BatchRecords:
         self._write([
             ("UPDATE requests SET outcome = ?, result = ?, error = ? WHERE custom_id = ? AND local_id = ?",
              [(outcome, result, error, cid, local_id) for cid, outcome, result, error in outcomes]),
-            (f"UPDATE batches SET {names} WHERE local_id = ?", (*fields.values(), local_id)),
+            (f"UPDATE batches SET {names}, version = version + 1 WHERE local_id = ?", (*fields.values(), local_id)),
         ])
+        self._published(local_id, [cid for cid, _, _, _ in outcomes])
+
+    # The topic's side (streamer.state.batch_log) ------------------------------------------------
+    def _published(self, local_id: str, custom_ids: list[str] | None = None) -> None:
+        """Queue the batch's row (and these requests' rows) for the topic, as they now stand."""
+        if self.log is None:
+            return
+        if (row := self.batch(local_id)) is not None:
+            self.log.publish_batch(row.as_dict())
+        if custom_ids:
+            wanted = set(custom_ids)
+            for cid, outcome, result, error in self._read(
+                    "SELECT custom_id, outcome, result, error FROM requests WHERE local_id = ?", (local_id,)):
+                if cid in wanted:
+                    self.log.publish_request(cid, local_id, outcome, result, error)
+
+    def batch(self, local_id: str) -> BatchRow | None:
+        with self._lock:
+            cursor = self._db.execute("SELECT * FROM batches WHERE local_id = ?", (local_id,))
+            names = [d[0] for d in cursor.description]
+            found = cursor.fetchone()
+        return None if found is None else _row(names, found)
+
+    def republish(self, local_id: str) -> None:
+        """Queue a batch and all its requests again (the topic lost them: a broker that came back empty)."""
+        self._published(local_id, self.custom_ids(local_id))
+
+    async def flush(self) -> None:
+        """Wait until the broker has every change queued so far (nothing to wait for without a log)."""
+        if self.log is not None:
+            await self.log.flush()
+
+    async def sync(self) -> None:
+        """Wait until the index holds every change any worker produced so far."""
+        if self.log is not None:
+            await self.log.sync()
+
+    def apply_batch(self, row: dict[str, Any]) -> None:
+        """A batch's row from the topic, unless the index holds a newer change of it (or it is collected here)."""
+        names = [f for f in BatchRow.__dataclass_fields__ if f in row]
+        values = [int(row[n]) if n == "collected" else row[n] for n in names]
+        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != "local_id")
+        self._write([(f"INSERT INTO batches ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
+                      f"ON CONFLICT (local_id) DO UPDATE SET {updates} WHERE excluded.version > batches.version "
+                      f"OR excluded.collected > batches.collected", tuple(values))])
+
+    def apply_request(self, cid: str, local_id: str, outcome: str | None, result: bytes | None,
+                      error: str | None) -> None:
+        """A request's row from the topic: its membership, or its outcome (an outcome is never taken back)."""
+        self._write([("INSERT INTO requests (custom_id, local_id, outcome, result, error) VALUES (?, ?, ?, ?, ?) "
+                      "ON CONFLICT (custom_id, local_id) DO UPDATE SET outcome = excluded.outcome, "
+                      "result = excluded.result, error = excluded.error "
+                      "WHERE excluded.outcome IS NOT NULL AND requests.outcome IS NULL",
+                      (cid, local_id, outcome, result, error))])
 
     def history(self, cid: str) -> list[tuple[str, str | None, bytes | None, str | None, bool, str]]:
         """Every batch the request was in, newest first: (local_id, outcome, result, error, collected, state)."""
@@ -189,7 +256,7 @@ class BatchRecords:
             cursor = self._db.execute(sql, tuple(args))
             names = [d[0] for d in cursor.description]
             rows = cursor.fetchall()
-        return [BatchRow(**{**dict(zip(names, r)), "collected": bool(dict(zip(names, r))["collected"])}) for r in rows]
+        return [_row(names, r) for r in rows]
 
     def custom_ids(self, local_id: str) -> list[str]:
         return [r[0] for r in self._read("SELECT custom_id FROM requests WHERE local_id = ?", (local_id,))]
@@ -204,6 +271,11 @@ class BatchRecords:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _row(names: list[str], values: tuple[Any, ...]) -> BatchRow:
+    row = dict(zip(names, values))
+    return BatchRow(**{**row, "collected": bool(row["collected"])})
 
 
 def batch_costs(data_dir: Path, prefix: str) -> dict[str, dict[str, float]]:
@@ -252,6 +324,7 @@ class BatchLane:
         self.gathered_bytes = 0
         self.oldest: float | None = None
         self.live: dict[str, str | None] = {}  # local id -> provider id, polled until collected
+        self.awaited: dict[str, float] = {}  # local id -> since when its provider id is awaited (another's batch)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._started: asyncio.Task[None] | None = None
@@ -333,18 +406,36 @@ class BatchLane:
                 self.live[row.local_id] = None  # another worker is submitting it right now: its records will say
                 continue
             if provider_id is None:
-                provider_id = await self._find_created(row.local_id)
-                if provider_id is None:  # never created at the provider: nothing was paid, nothing to wait for
-                    self.records.collect(row.local_id, [(cid, "unsent", None, "never submitted")
-                                                        for cid in self.records.custom_ids(row.local_id)],
-                                         state=UNSENT, error="not submitted (the worker stopped first)")
+                if (provider_id := await self._found_or_unsent(row.local_id)) is None:
                     continue
-                self.records.update(row.local_id, provider_id=provider_id)
             self.live[row.local_id] = provider_id
             log.info("stage %s: re-attached to batch %s (%s, %d requests)", self.stage, provider_id, row.state,
                      row.requests)
         self._tasks = [asyncio.create_task(self._gather_loop(), name=f"{self.stage}-batch-gather"),
                        asyncio.create_task(self._poll_loop(), name=f"{self.stage}-batch-poll")]
+
+    async def _found_or_unsent(self, local_id: str) -> str | None:
+        """The provider id of a batch whose worker stopped before recording it: found by its metadata, or
+        recorded as never sent (nothing paid, nothing to wait for; None is returned)."""
+        provider_id = await self._find_created(local_id)
+        if provider_id is None:
+            self.records.collect(local_id, [(cid, "unsent", None, "never submitted")
+                                            for cid in self.records.custom_ids(local_id)],
+                                 state=UNSENT, error="not submitted (the worker stopped first)")
+        else:
+            self.records.update(local_id, provider_id=provider_id)
+        await self._flush(local_id)
+        return provider_id
+
+    async def _flush(self, local_id: str) -> bool:
+        """The changes recorded so far onto the broker; False (and a warning) when it does not take them."""
+        try:
+            await self.records.flush()
+            return True
+        except Exception as exc:  # noqa: BLE001 - kept queued: produced with the next change
+            log.warning("stage %s: batch %s: records not on the broker yet (%s: %s)", self.stage, local_id,
+                        type(exc).__name__, exc)
+            return False
 
     async def _find_created(self, local_id: str) -> str | None:
         """The provider's id of a batch created just before a crash (found by our id in its metadata)."""
@@ -383,6 +474,9 @@ class BatchLane:
         return taken
 
     async def _submit(self, cids: list[str]) -> None:
+        cids = await self._not_submitted_elsewhere(cids)
+        if not cids:
+            return
         lines = b"".join(orjson.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT,
                                        "body": self.pending[cid].body}) + b"\n" for cid in cids)
         now = time.time()
@@ -391,6 +485,12 @@ class BatchLane:
                                   len(cids), len(lines), 0, 0, False, 0.0, 0, 0, None), cids)
         for cid in cids:
             self.pending[cid].local_id = local_id
+        if not await self._flush(local_id):  # not uploaded unless every worker can learn of it
+            self.records.collect(local_id, [(cid, "unsent", None, "not recorded on the broker") for cid in cids],
+                                 state=UNSENT, error="not submitted: its record was not taken by the broker")
+            self._settle(local_id, {}, {cid: ("error", "batch not submitted: its record was not taken by the broker")
+                                        for cid in cids}, UNSENT)
+            return
         last = ""
         for retry in range(self.settings.max_retries + 1):
             if retry:
@@ -406,13 +506,43 @@ class BatchLane:
                 continue
             self.records.update(local_id, provider_id=batch.id, state=batch.status)
             self.live[local_id] = batch.id
+            await self._flush(local_id)
             metrics.LLM_BATCHES.labels(self.stage, "submitted").inc()
             log.info("stage %s: submitted batch %s (%d requests, %d bytes)", self.stage, batch.id, len(cids),
                      len(lines))
             return
         self.records.collect(local_id, [(cid, "unsent", None, last) for cid in cids], state="failed",
                              error=f"not submitted: {last}")
+        await self._flush(local_id)
         self._settle(local_id, {}, {cid: ("error", f"batch not submitted: {last}") for cid in cids}, "failed")
+
+    async def _not_submitted_elsewhere(self, cids: list[str]) -> list[str]:
+        """Of the gathered requests, those no batch holds: the records read up to the topic's end first, so
+        a request another worker (another machine) put into a batch waits for that batch instead."""
+        try:
+            await self.records.sync()
+        except Exception as exc:  # noqa: BLE001 - the broker away: recording the batch will fail and say so
+            log.warning("stage %s: batch records not read up to their end (%s: %s)", self.stage,
+                        type(exc).__name__, exc)
+            return cids
+        fresh = []
+        for cid in cids:
+            if cid not in self.pending:
+                continue
+            try:
+                done = self._recorded(cid)
+            except BatchCancelledError as exc:
+                self._fail(cid, exc)
+                continue
+            if done is not None:
+                self._resolve(cid, done)
+            elif (open_batch := self._open_batch_of(cid)) is not None:
+                self.pending[cid].local_id = open_batch
+                self.live.setdefault(open_batch, None)
+                log.info("stage %s: request %s is in batch %s already: waiting for it", self.stage, cid, open_batch)
+            else:
+                fresh.append(cid)
+        return fresh
 
     async def _poll_loop(self) -> None:
         while True:
@@ -427,13 +557,16 @@ class BatchLane:
 
     async def _poll(self, local_id: str, provider_id: str | None) -> None:
         if provider_id is None:  # submitted by another process: its provider id is recorded once it has one
-            rows = [r for r in self.records.batches(self.stage) if r.local_id == local_id]
-            if not rows:
+            if (row := self.records.batch(local_id)) is None:
                 return
-            if rows[0].collected:
+            if row.collected:
                 return self._settle_from_records(local_id)
-            if (provider_id := rows[0].provider_id) is None:
-                return
+            if (provider_id := row.provider_id) is None:
+                if not self._submitter_gone(row):
+                    return
+                if (provider_id := await self._found_or_unsent(local_id)) is None:
+                    return self._regather(local_id)
+            self.awaited.pop(local_id, None)
             self.live[local_id] = provider_id
         batch = await self.http.batches.retrieve(provider_id)
         counts = batch.request_counts
@@ -469,11 +602,31 @@ class BatchLane:
         self.records.collect(local_id, outcomes, state=batch.status, completed=len(answers), failed=len(failures),
                              cost_usd=cost, prompt_tokens=prompt, completion_tokens=completion,
                              error=_batch_errors(batch) if batch.status == "failed" else None)
+        await self._flush(local_id)
         metrics.LLM_COST.labels(self.stage, self.endpoint, self.settings.model, "batch").inc(cost)
         metrics.LLM_BATCHES.labels(self.stage, batch.status).inc()
         log.info("stage %s: batch %s %s: %d answered, %d failed, $%.4f", self.stage, batch.id, batch.status,
                  len(answers), len(failures), cost)
         self._settle(local_id, answers, failures, batch.status)
+
+    def _submitter_gone(self, row: BatchRow) -> bool:
+        """Whether the worker submitting this batch is gone without recording its provider id: dead on this
+        machine, or, on another, silent for longer than a submission can take."""
+        if row.owner_pid == os.getpid():
+            return False  # this worker's own, on its way
+        if row.owner_host == socket.gethostname():
+            return not process_alive(row.owner_pid)
+        since = self.awaited.setdefault(row.local_id, time.monotonic())
+        s = self.settings
+        return time.monotonic() - since > (2 * s.timeout + 30) * (s.max_retries + 1)
+
+    def _regather(self, local_id: str) -> None:
+        """A batch never sent: the requests that waited for it go into a batch of this worker."""
+        self.live.pop(local_id, None)
+        self.awaited.pop(local_id, None)
+        for cid, pending in self.pending.items():
+            if pending.local_id == local_id:
+                self._gather(cid)
 
     def _settle_from_records(self, local_id: str) -> None:
         answers, failures = {}, {}

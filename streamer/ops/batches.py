@@ -1,14 +1,22 @@
-"""`synthstream batch list|cancel`: the batch lane's batches, from the durable records in the data dir
-(streamer.llm.batch), their open ones refreshed from the provider; cancelling asks the provider."""
+"""`synthstream batch list|cancel`: the batch lane's batches, from the durable records (the broker's
+`batches` topic, over the data dir's copy: streamer.llm.batch, streamer.state.batch_log), their open ones
+refreshed from the provider; cancelling asks the provider."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from streamer.config import LLMSettings, Settings
 from streamer.llm.batch import TERMINAL, BatchRecords, BatchRow, records_path
+from streamer.state.batch_log import read_batch_records
+
+log = logging.getLogger(__name__)
+
+TOPIC_TIMEOUT = 30.0  # seconds to read the batch records from the broker
 
 
 class UnknownBatchError(Exception):
@@ -49,11 +57,17 @@ def stage_llm(settings: Settings, stage: str) -> LLMSettings:
 
 
 def load(settings: Settings, *, stage: str | None = None, open_only: bool = False) -> list[BatchView]:
+    """The batches of every worker: the broker's `batches` topic over this machine's records (the data dir's
+    cache), or those records alone when no broker is configured or it does not answer."""
     path = records_path(settings.storage.data_dir, settings.kafka.topic_prefix)
-    if not path.exists():
-        return []
-    records = BatchRecords(path)
+    records = BatchRecords(path if path.exists() else ":memory:")
     try:
+        if settings.kafka.bootstrap_servers:
+            try:
+                asyncio.run(asyncio.wait_for(read_batch_records(settings, records), TOPIC_TIMEOUT))
+            except Exception as exc:  # noqa: BLE001 - the records of this machine are still worth showing
+                log.warning("batch records not read from the broker (%s: %s): showing this machine's only",
+                            type(exc).__name__, exc)
         return [BatchView(row) for row in records.batches(stage, open_only=open_only)]
     finally:
         records.close()

@@ -14,6 +14,7 @@ recreated: stop at once, commit nothing).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from typing import Sequence
@@ -27,6 +28,7 @@ from streamer.kafka.group import GroupMember, abandon, sleep_until
 from streamer.kafka.health import BrokerWatch
 from streamer.kafka.incarnation import SeenIncarnations, replaced_line
 from streamer.llm.batch import BatchRecords
+from streamer.state.batch_log import BatchLog
 from streamer.llm.cache import ResponseCache
 from streamer.llm.client import LLMPool
 from streamer.llm.prices import Prices
@@ -96,6 +98,15 @@ class Worker:
         pool = LLMPool(cache, Prices(self.settings.prices), batches)
         producer = make_producer(self.settings.kafka)
         await producer.start()
+        batch_log = None
+        if batches is not None:  # every worker's batches, from the broker, before a stage may submit one
+            batch_log = batches.log = BatchLog(self.settings, batches, producer)
+            try:
+                await batch_log.start()
+            except BaseException:
+                await batch_log.stop()
+                await producer.stop()
+                raise
         self.members = [StageRunner(s, self.settings, producer, pool, self.stop, broker) for s in self.stages]
         if self.with_sink:
             self.members.append(ParquetSink(self.settings, self.stop, SINK_TOPICS, broker=broker))
@@ -126,6 +137,9 @@ class Worker:
                 for task in late:
                     task.cancel()
                 await asyncio.gather(*observers, return_exceptions=True)
+            if batch_log is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await broker.unless_away(batch_log.stop(), 5.0)
             try:
                 await broker.unless_away(producer.stop(), 5.0)
             except asyncio.TimeoutError:
