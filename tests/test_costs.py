@@ -49,8 +49,9 @@ def test_prices_come_from_settings(tmp_path) -> None:
 async def test_reported_cost_equals_the_ledger_times_prices() -> None:
     runner, port = await start_simulator(SimulatorSettings(port=0))
     base = f"http://127.0.0.1:{port}"
-    # system_role auto: its probe is a charged request too, counted under the stage that set it off
-    settings = LLMSettings(base_url=f"{base}/v1", model="gpt-4o-mini", cache=False, max_retries=0)
+    # system_role pinned: the auto probe is one more charged request, counted under stage llm-probe
+    settings = LLMSettings(base_url=f"{base}/v1", model="gpt-4o-mini", cache=False, max_retries=0,
+                           system_role="system")
     pool = LLMPool()
     client = pool.client(settings, "t-cost")
     try:

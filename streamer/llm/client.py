@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 120.0
 SPEED_SAMPLES = 16  # replies whose tokens/s size later timeouts: the slowest of these counts
 MIN_SPEED_TOKENS = 32  # shorter replies say more about latency than about speed
+PROBE_STAGE = "llm-probe"  # the stage label of the system-role probe's request
 DEFAULT_BASE_URL = "https://api.openai.com/v1"  # what the OpenAI SDK uses when none is set
 
 T = TypeVar("T", bound=BaseModel)
@@ -437,9 +438,7 @@ class LLMClient:
         key = cache_key(self.model, roles.PROBE, {"probe": "system_role"})
         cache = self.pool.cache if self.settings.cache else None
         # One try: an endpoint that fails it fails the request that follows too, with its own retries.
-        # Counted under the stage whose request set it off: status and cost then add up to what the
-        # server answered and billed.
-        probe = LLMClient(self.pool, self.settings.model_copy(update={"max_retries": 0}), self.stage, self.cache_scope)
+        probe = LLMClient(self.pool, self.settings.model_copy(update={"max_retries": 0}), PROBE_STAGE)
         try:
             attempt = await probe._send(roles.PROBE, {"temperature": 0.0, "max_tokens": roles.PROBE_TOKENS}, {})
         except LLMRequestError as exc:
