@@ -59,9 +59,12 @@ _BLOCKS = frozenset({"div", "section", "article", "header", "footer", "aside", "
 _INLINE = frozenset({"a", "span", "b", "i", "em", "strong", "code", "sub", "sup", "small", "br", "img", "abbr", "cite",
                      "q", "mark", "s", "u", "time", "font", "label", "kbd", "var", "samp", "wbr", "tt", "del", "ins",
                      "bdi", "bdo", "data", "dfn", "big", "strike", "nobr", *_UNSEEN})
-_BOILERPLATE_NAMES = frozenset({"comment", "comments", "related", "share", "sharing", "social", "byline", "author",
-                                "meta", "footer", "sidebar", "widget", "promo", "newsletter", "subscribe",
-                                "breadcrumb", "breadcrumbs", "tags", "advert", "ad", "ads"})
+# class/id names of blocks that are not the article: as a part of a name (a hyphen between parts) …
+_BOILERPLATE_NAMES = frozenset({"meta", "footer", "sidebar", "tags", "ad", "ads", "advert", "postmetadata", "rating",
+                                "ratings"})
+# … or inside one ("post-authorbox", "ArticlePage-authorInfo", "commentlist")
+_BOILERPLATE_STEMS = ("comment", "related", "share", "sharing", "social", "byline", "author", "widget", "promo",
+                      "newsletter", "subscribe", "breadcrumb")
 
 
 def _tag(element: HtmlElement) -> str:
@@ -302,6 +305,7 @@ def _keep_judged_blocks(node: HtmlElement, kept_text: str, empty: set[HtmlElemen
     # per block: whether it is in a manual's section (nothing judged) or in a section trafilatura
     # kept nearly all of (its paragraphs are content too; short lines are still judged)
     todo = [(child, manual, False) for child in node if _tag(child)]
+    trusted_parts: set[HtmlElement] = set()
     while todo:
         element, technical, trusted = todo.pop()
         tag = _tag(element)
@@ -314,6 +318,8 @@ def _keep_judged_blocks(node: HtmlElement, kept_text: str, empty: set[HtmlElemen
         if any(_tag(child) not in _INLINE for child in element if _tag(child)):
             inner = trusted or (judgeable[element] > 0 and found[element] >= _WHOLLY_KEPT * judgeable[element]
                                 and sum(1 for _ in element.iter(*_ALL_HEADINGS)) >= _SECTIONS)
+            if inner:
+                trusted_parts.add(element)
             todo.extend((child, technical or _technical(element), inner) for child in element if _tag(child))
         elif technical:
             continue
@@ -322,8 +328,11 @@ def _keep_judged_blocks(node: HtmlElement, kept_text: str, empty: set[HtmlElemen
                 element.drop_tree()
         elif (text := " ".join(element.text_content().split())) and text not in kept:
             element.drop_tree()  # "Read more", "Views:", "Tags": too short to judge by runs, and not kept
-    for heading in _empty_headings(node):  # "Comments", "Related articles" with nothing left under them
-        if heading not in empty and heading.getparent() is not None:
+    # "Comments", "Related articles", "Tags" with nothing trafilatura kept under them
+    for heading in _empty_headings(node) if manual else _empty_headings(node, kept):
+        if (heading not in empty and heading.getparent() is not None
+                and " ".join(heading.text_content().split()) not in kept
+                and not any(ancestor in trusted_parts for ancestor in heading.iterancestors())):
             heading.drop_tree()
 
 
@@ -344,12 +353,23 @@ def _long_prose(element: HtmlElement) -> bool:
 
 
 def _boilerplate_named(element: HtmlElement) -> bool:
-    names = f"{element.get('class') or ''} {element.get('id') or ''}".lower().replace("_", "-").split()
-    return any(part in _BOILERPLATE_NAMES for name in names for part in name.split("-"))
+    """By its class names, or its whole id (ids are often slugs of a section's title)."""
+    if (element.get("id") or "").lower().replace("_", "-") in _BOILERPLATE_NAMES | set(_BOILERPLATE_STEMS):
+        return True
+    names = (element.get("class") or "").lower().replace("_", "-").split()
+    return any(part in _BOILERPLATE_NAMES for name in names for part in name.split("-")) or any(
+        stem in name for name in names for stem in _BOILERPLATE_STEMS)
 
 
-def _empty_headings(node: HtmlElement) -> list[HtmlElement]:
-    """Headings followed by no text before the next heading of their rank or above."""
+def _empty_headings(node: HtmlElement, kept: str | None = None) -> list[HtmlElement]:
+    """Headings followed by no text before the next heading of their rank or above; given `kept`,
+    by no text trafilatura kept, code or table."""
+    def content(text: str | None) -> bool:
+        if kept is None:
+            return bool(_length(text))
+        run = " ".join(text.split()) if text else ""
+        return len(run) >= _MIN_RUN and run in kept
+
     open_headings: list[tuple[int, HtmlElement]] = []
     empty: list[HtmlElement] = []
     inside: HtmlElement | None = None  # the heading whose text is being walked
@@ -363,15 +383,15 @@ def _empty_headings(node: HtmlElement) -> list[HtmlElement]:
                 empty.append(open_headings.pop()[1])
             open_headings.append((rank, element))
             inside = element
-            if _length(element.tail):
+            if content(element.tail):
                 open_headings.clear()
             continue
         if inside is not None:
             continue  # the heading's own text
-        if (not tag or tag in _UNSEEN) and _length(element.tail):
+        if (not tag or tag in _UNSEEN) and content(element.tail):
             open_headings.clear()
-        elif tag and tag not in _UNSEEN and (_length(element.text) or _length(element.tail)
-                                             or tag in ("pre", "img", "table")):
+        elif tag and tag not in _UNSEEN and (content(element.text) or content(element.tail)
+                                             or tag in ("pre", "table") or (kept is None and tag == "img")):
             open_headings.clear()
     empty.extend(heading for _, heading in open_headings)
     return empty
