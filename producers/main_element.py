@@ -13,6 +13,8 @@ and the like lay a page out as navigation, content, navigation, and say so only 
   remover kept (trafilatura, given by the caller) and the others hold no h1, that child is the
   content; without such text, by the text that is not links, and the others may hold no heading. Where the text divides (a section
   beside its title, two columns of prose), the element holding both is.
+- Inside it, blocks trafilatura judged boilerplate go (comments, "related" lists, bylines inside an
+  article's container): see _keep_judged_blocks.
 Passes are iterative (reverse document order), so hostile nesting cannot exhaust the stack.
 """
 
@@ -293,8 +295,9 @@ def _keep_judged_blocks(node: HtmlElement, kept_text: str, empty: set[HtmlElemen
     """Inside the content element, drops the blocks trafilatura judged boilerplate: prose blocks
     (paragraphs, list items, divisions of inline text) of whose text it kept under half, and blocks
     named as comments, related links, share bars, bylines and the like unless it kept most of
-    them or it holds most of what trafilatura kept (a theme's "sidebar-right" layout). Headings, code, terms and tables stay (trafilatura drops those for their own reasons),
-    except headings left with nothing under them ("Comments", "Related articles")."""
+    them or it holds most of what trafilatura kept (a theme's "sidebar-right" layout). Headings,
+    code, terms and tables stay (trafilatura drops those for their own reasons), except headings
+    with no kept text under them ("Comments", "Related articles")."""
     found, judgeable = _judged(node, kept_text)
     kept = " ".join(kept_text.split())
 
