@@ -6,7 +6,8 @@
   written out whole by `producers.markdown` (every heading, term, code block and character of it).
 - Other pages: trafilatura (precision mode) judges which text is content, producers.main_element
   finds the element holding that text (navigation blocks by tag, class and link density left
-  out) and producers.markdown writes it out whole; trafilatura's own Markdown only where that finds
+  out, and inside it the blocks trafilatura judged boilerplate) and producers.markdown writes it
+  out; trafilatura's own Markdown only where that finds
   no text. For trafilatura, links inside headings are unwrapped first (its link-density rule drops them otherwise: FAQ questions), and so are line
   breaks inside inline code (it makes a fenced block of them mid-sentence). Its <pre> handling
   re-flows code, so each <pre> is swapped for a marker plus its text before extraction and put

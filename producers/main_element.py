@@ -13,6 +13,8 @@ and the like lay a page out as navigation, content, navigation, and say so only 
   remover kept (trafilatura, given by the caller) and the others hold no h1, that child is the
   content; without such text, by the text that is not links, and the others may hold no heading. Where the text divides (a section
   beside its title, two columns of prose), the element holding both is.
+- Inside it, blocks trafilatura judged boilerplate go (comments, "related" lists, bylines inside an
+  article's container): see _keep_judged_blocks.
 Passes are iterative (reverse document order), so hostile nesting cannot exhaust the stack.
 """
 
@@ -46,6 +48,25 @@ _SHARE = 0.9  # share of the text one child must hold to be the content instead 
 _CONTAINERS = frozenset({"div", "section", "article", "center", "span", "font", "table", "tbody", "tr", "td", "th"})
 _MIN_RUN = 12
 _TABLE_PARTS = frozenset({"table", "tbody", "thead", "tfoot", "tr"})
+# the block check inside the content element (_keep_judged_blocks)
+_KEPT = 0.5  # share of a prose block's text trafilatura must have kept
+# a part of the content holding this many headings, of whose text trafilatura kept this share, is
+# content throughout (release notes: trafilatura drops some of their short sections whole)
+_WHOLLY_KEPT = 0.9
+_SECTIONS = 10
+_LONG_PROSE = 200  # characters of a paragraph kept though trafilatura dropped it
+_KEPT_WHOLE = frozenset({*_ALL_HEADINGS, "pre", "dl", "table"})
+_BLOCKS = frozenset({"div", "section", "article", "header", "footer", "aside", "nav", "p", "ul", "ol", "li",
+                     "blockquote", "figure", "figcaption", "form", "address", "center", "menu"})
+_INLINE = frozenset({"a", "span", "b", "i", "em", "strong", "code", "sub", "sup", "small", "br", "img", "abbr", "cite",
+                     "q", "mark", "s", "u", "time", "font", "label", "kbd", "var", "samp", "wbr", "tt", "del", "ins",
+                     "bdi", "bdo", "data", "dfn", "big", "strike", "nobr", *_UNSEEN})
+# class/id names of blocks that are not the article: as a part of a name (a hyphen between parts) …
+_BOILERPLATE_NAMES = frozenset({"meta", "footer", "sidebar", "tags", "ad", "ads", "advert", "postmetadata", "rating",
+                                "ratings"})
+# … or inside one ("post-authorbox", "ArticlePage-authorInfo", "commentlist")
+_BOILERPLATE_STEMS = ("comment", "related", "share", "sharing", "social", "byline", "author", "widget", "promo",
+                      "newsletter", "subscribe", "breadcrumb")
 
 
 def _tag(element: HtmlElement) -> str:
@@ -150,6 +171,7 @@ def main_element(tree: HtmlElement, kept_text: str | None = None) -> HtmlElement
     if body is None:
         return None
     measures = _Measures(body)
+    empty = set(_empty_headings(body)) if kept_text else set()  # as written, before anything is dropped
     _prune(body, measures)
     weight = _found_in(body, kept_text) if kept_text else measures.prose
     # headings the content must not be cut from: any, judging by text alone; the page's title (h1),
@@ -170,6 +192,7 @@ def main_element(tree: HtmlElement, kept_text: str | None = None) -> HtmlElement
         node = node.getparent()
     if kept_text:
         _trim_edges(node, weight)
+        _keep_judged_blocks(node, kept_text, empty)
         return _with_title(node, measures)
     return node
 
@@ -236,20 +259,142 @@ def _footnote(element: HtmlElement) -> bool:
 def _found_in(root: HtmlElement, kept_text: str) -> Callable[[HtmlElement], int]:
     """Per element, the characters of its text that are in `kept_text` (by runs of text between
     tags, spaces collapsed; runs under _MIN_RUN characters are too common to tell)."""
-    kept = " ".join(kept_text.split())
-    found: dict[HtmlElement, int] = {}
-    for element in reversed(list(root.iter())):
-        tag = _tag(element)
-        if not tag or tag in _UNSEEN:
-            found[element] = 0
-            continue
-        total = _run_found(element.text, kept)
-        for child in element:
-            total += found.get(child, 0) + _run_found(child.tail, kept)
-        found[element] = total
+    found, _ = _judged(root, kept_text)
     return lambda element: found.get(element, 0)
 
 
-def _run_found(text: str | None, kept: str) -> int:
+def _judged(root: HtmlElement, kept_text: str) -> tuple[dict[HtmlElement, int], dict[HtmlElement, int]]:
+    """Per element under `root`: characters of its runs found in `kept_text`, and of its runs long
+    enough to tell (see _found_in)."""
+    kept = " ".join(kept_text.split())
+    found: dict[HtmlElement, int] = {}
+    judgeable: dict[HtmlElement, int] = {}
+    for element in reversed(list(root.iter())):
+        tag = _tag(element)
+        if not tag or tag in _UNSEEN:
+            found[element] = judgeable[element] = 0
+            continue
+        total, told = _run_found(element.text, kept)
+        for child in element:
+            child_found, child_told = _run_found(child.tail, kept)
+            total += found.get(child, 0) + child_found
+            told += judgeable.get(child, 0) + child_told
+        found[element], judgeable[element] = total, told
+    return found, judgeable
+
+
+def _run_found(text: str | None, kept: str) -> tuple[int, int]:
+    """(characters found, characters judged) of one run of text."""
     run = " ".join(text.split()) if text else ""
-    return len(run) if len(run) >= _MIN_RUN and run in kept else 0
+    if len(run) < _MIN_RUN:
+        return 0, 0
+    return (len(run) if run in kept else 0), len(run)
+
+
+def _keep_judged_blocks(node: HtmlElement, kept_text: str, empty: set[HtmlElement]) -> None:
+    """Inside the content element, drops the blocks trafilatura judged boilerplate: prose blocks
+    (paragraphs, list items, divisions of inline text) of whose text it kept under half, and blocks
+    named as comments, related links, share bars, bylines and the like unless it kept most of
+    them or it holds most of what trafilatura kept (a theme's "sidebar-right" layout). Headings,
+    code, terms and tables stay (trafilatura drops those for their own reasons), except headings
+    with no kept text under them ("Comments", "Related articles")."""
+    found, judgeable = _judged(node, kept_text)
+    kept = " ".join(kept_text.split())
+
+    def mostly_kept(element: HtmlElement) -> bool:
+        return found[element] >= _KEPT * judgeable[element]
+
+    manual = node.find(".//pre") is not None or node.find(".//dl") is not None
+    # per block: whether it is in a manual's section (nothing judged) or in a section trafilatura
+    # kept nearly all of (its paragraphs are content too; short lines are still judged)
+    todo = [(child, manual, False) for child in node if _tag(child)]
+    trusted_parts: set[HtmlElement] = set()
+    while todo:
+        element, technical, trusted = todo.pop()
+        tag = _tag(element)
+        if not tag or tag in _UNSEEN or tag in _KEPT_WHOLE or _footnote(element):
+            continue
+        if tag in _BLOCKS and _boilerplate_named(element):
+            if not judgeable[element] or not (mostly_kept(element) or found[element] >= _KEPT * found[node]):
+                element.drop_tree()
+                continue
+        if any(_tag(child) not in _INLINE for child in element if _tag(child)):
+            inner = trusted or (judgeable[element] > 0 and found[element] >= _WHOLLY_KEPT * judgeable[element]
+                                and sum(1 for _ in element.iter(*_ALL_HEADINGS)) >= _SECTIONS)
+            if inner:
+                trusted_parts.add(element)
+            todo.extend((child, technical or _technical(element), inner) for child in element if _tag(child))
+        elif technical:
+            continue
+        elif judgeable[element]:
+            if not (trusted or mostly_kept(element) or _long_prose(element)):
+                element.drop_tree()
+        elif (text := " ".join(element.text_content().split())) and text not in kept:
+            element.drop_tree()  # "Read more", "Views:", "Tags": too short to judge by runs, and not kept
+    # "Comments", "Related articles", "Tags" with nothing trafilatura kept under them
+    for heading in _empty_headings(node) if manual else _empty_headings(node, kept):
+        if (heading not in empty and heading.getparent() is not None
+                and " ".join(heading.text_content().split()) not in kept
+                and not any(ancestor in trusted_parts for ancestor in heading.iterancestors())):
+            heading.drop_tree()
+
+
+def _technical(element: HtmlElement) -> bool:
+    """A manual's section: it holds code or terms beside its prose, which trafilatura judges poorly
+    (it drops whole stretches of an API reference); its paragraphs are kept unjudged, and so are all
+    of a content element that holds code or terms anywhere."""
+    return any(_tag(child) in ("pre", "dl") or (_tag(child) == "div" and child.find("pre") is not None)
+               for child in element)
+
+
+def _long_prose(element: HtmlElement) -> bool:
+    """A paragraph too long and too free of links to be a byline, caption or teaser link
+    (trafilatura drops some leads and paragraphs set apart by their markup)."""
+    text = _length(element.text_content())
+    links = sum(_length(link.text_content()) for link in element.iter("a"))
+    return text >= _LONG_PROSE and links < 0.3 * text
+
+
+def _boilerplate_named(element: HtmlElement) -> bool:
+    """By its class names, or its whole id (ids are often slugs of a section's title)."""
+    if (element.get("id") or "").lower().replace("_", "-") in _BOILERPLATE_NAMES | set(_BOILERPLATE_STEMS):
+        return True
+    names = (element.get("class") or "").lower().replace("_", "-").split()
+    return any(part in _BOILERPLATE_NAMES for name in names for part in name.split("-")) or any(
+        stem in name for name in names for stem in _BOILERPLATE_STEMS)
+
+
+def _empty_headings(node: HtmlElement, kept: str | None = None) -> list[HtmlElement]:
+    """Headings followed by no text before the next heading of their rank or above; given `kept`,
+    by no text trafilatura kept, code or table."""
+    def content(text: str | None) -> bool:
+        if kept is None:
+            return bool(_length(text))
+        run = " ".join(text.split()) if text else ""
+        return len(run) >= _MIN_RUN and run in kept
+
+    open_headings: list[tuple[int, HtmlElement]] = []
+    empty: list[HtmlElement] = []
+    inside: HtmlElement | None = None  # the heading whose text is being walked
+    for element in node.iter():
+        tag = _tag(element)
+        if inside is not None and element is not inside and inside not in element.iterancestors():
+            inside = None
+        if tag in _ALL_HEADINGS and inside is None:
+            rank = int(tag[1])
+            while open_headings and open_headings[-1][0] >= rank:
+                empty.append(open_headings.pop()[1])
+            open_headings.append((rank, element))
+            inside = element
+            if content(element.tail):
+                open_headings.clear()
+            continue
+        if inside is not None:
+            continue  # the heading's own text
+        if (not tag or tag in _UNSEEN) and content(element.tail):
+            open_headings.clear()
+        elif tag and tag not in _UNSEEN and (content(element.text) or content(element.tail)
+                                             or tag in ("pre", "table") or (kept is None and tag == "img")):
+            open_headings.clear()
+    empty.extend(heading for _, heading in open_headings)
+    return empty
