@@ -137,7 +137,12 @@ def test_the_batch_records_topic_is_created_compacted_with_one_partition(kafka_p
         admin = AIOKafkaAdminClient(**client_options(settings.kafka))
         await admin.start()
         try:
-            [description] = await admin.describe_topics([topic])
+            # A node that did not create it learns of the new topic's partitions a moment later.
+            for _ in range(50):
+                [description] = await admin.describe_topics([topic])
+                if description["partitions"]:
+                    break
+                await asyncio.sleep(0.2)
             [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
                                                                       {"cleanup.policy": None})])
             policy = [entry[1] for resource in response.resources for entry in resource[4]

@@ -215,7 +215,11 @@ def test_status_and_the_console_read_the_recipes_pipeline(recipe: Shell):
     # The workers' LLM counters (kept on disk by each run) against what the simulator answered.
     with urllib.request.urlopen(f"http://127.0.0.1:{recipe.ports['llm']}/stats", timeout=10) as answered:
         completed = json.loads(answered.read())["completed"]
-    assert sum((row["llm"] or {}).get("requests", 0) for row in stages.values()) == completed, stages
+    # Beside them, each worker process that talks to the model asks it once, under stage llm-probe,
+    # whether the system message arrives (llm.system_role = auto), unless an earlier one's finding is cached.
+    workers = sum(c.startswith("synthstream run") for c in commands_of(fenced_block_after(MULTI_PROCESS)))
+    probes = completed - sum((row["llm"] or {}).get("requests", 0) for row in stages.values())
+    assert 0 <= probes <= workers, (probes, workers, stages)
     table = recipe.run("synthstream status", timeout=60).stdout.decode()
     assert table.startswith("synthstream status: prefix synth.") and "answer" in table
 

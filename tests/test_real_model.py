@@ -54,6 +54,8 @@ def test_synthquestions_end_to_end_on_a_real_model(pipeline, llama_server, tmp_p
         "SYNTHSTREAM_STAGES__SITUATION__EXAMPLES_WAIT": "900",
     })
     pipeline.feed(tmp_path, DOCUMENTS, seeds=3)
+    # The server is shared by the session (llm check's test asks it too): only this run's lines count.
+    log_start = llama_server.log_path.stat().st_size
     started = time.monotonic()
     run = pipeline.cli("run", "--until-idle", "--no-progress", check=False, timeout=1500)
     took = time.monotonic() - started
@@ -78,7 +80,9 @@ def test_synthquestions_end_to_end_on_a_real_model(pipeline, llama_server, tmp_p
     assert settled == ["json_object_schema"], log[-4000:]
     assert log.count("json_schema not usable (HTTP 500") == 1 and "Input should be 'text' or 'json_object'" in log
     # No request answered 500 more than once per dialect: the one refusal of json_schema.
-    server_log = llama_server.log_path.read_text(errors="replace")
+    with llama_server.log_path.open("rb") as server_file:
+        server_file.seek(log_start)
+        server_log = server_file.read().decode(errors="replace")
     assert len(re.findall(r'"POST /v1/chat/completions HTTP/1\.1" 500', server_log)) <= 1
 
     # Every record ended: each seed attributed, rejected or dead-lettered; each document a sample,

@@ -268,9 +268,15 @@ async def _parallel(pool: LLMPool, settings: LLMSettings, report: CheckReport) -
     as long as one where it does, twice as long where it answers one after the other (llama-cpp-python)."""
     client = pool.client(probe_settings(settings, max_tokens=PARALLEL_TOKENS), CHECK_STAGE)
     try:
-        started = time.monotonic()
-        await client.once(SPEED_PROMPT)
-        one = time.monotonic() - started
+        # Once untimed first: a server that keeps the last prompt's state (llama.cpp) then starts
+        # the timed one alone and the two together from the same warm prompt, and the load of the
+        # machine settles on the same figure; the faster of two alone counts.
+        await client.once(SPEED_PROMPT, seed=3)
+        one = float("inf")
+        for seed in (4, 5):
+            started = time.monotonic()
+            await client.once(SPEED_PROMPT, seed=seed)
+            one = min(one, time.monotonic() - started)
         started = time.monotonic()
         await asyncio.gather(*(client.once(SPEED_PROMPT, seed=seed) for seed in (1, 2)))
         two = time.monotonic() - started
