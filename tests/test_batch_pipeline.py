@@ -75,7 +75,11 @@ def test_sigkilled_worker_re_attaches_to_its_batches_nothing_paid_twice_and_cost
     pipeline.cli("run", "--until-idle", "--no-progress", timeout=300)
     ended = endings(pipeline)
     assert set(ended) == expected_ids(texts) and all(n == 1 for n in ended.values()), ended
-    assert len({e["id"] for e in envelopes(pipeline, "samples")}) == DOCUMENTS  # redelivered copies share ids
+    # A sample each (redelivered copies share ids), or now and then dedup's rejection: the simulator
+    # writes instructions from the prompt's words, and two documents can get the same one.
+    samples = len({e["id"] for e in envelopes(pipeline, "samples")})
+    duplicates = [e for e in envelopes(pipeline, "rejected") if e["data"]["stage"] == "dedup"]
+    assert samples + len(duplicates) == DOCUMENTS and len(duplicates) <= 2 and not envelopes(pipeline, "dlq")
 
     rows = batch_rows(pipeline)
     assert {r.local_id for r in in_flight} <= {r.local_id for r in rows if r.collected}  # re-attached, not resubmitted
@@ -83,7 +87,7 @@ def test_sigkilled_worker_re_attaches_to_its_batches_nothing_paid_twice_and_cost
     charges = ledger(sim.url)["charges"]
     by_lane = Counter((c["lane"], c["key"]) for c in charges)
     assert max(by_lane.values()) == 1, [k for k, n in by_lane.items() if n > 1]  # no request charged twice
-    assert sum(1 for c in charges if c["lane"] == "batch") == 2 * DOCUMENTS  # one judge, one answer each
+    assert sum(1 for c in charges if c["lane"] == "batch") == DOCUMENTS + samples  # one judge each, one answer per sample
 
     status = json.loads(pipeline.cli("status", "--json").stdout)
     expected = ledger_cost(charges)
@@ -168,7 +172,7 @@ def test_a_worker_on_another_machine_takes_over_a_sigkilled_workers_batches_from
     charges = ledger(sim.url)["charges"]
     by_lane = Counter((c["lane"], c["key"]) for c in charges)
     assert max(by_lane.values()) == 1, [k for k, n in by_lane.items() if n > 1]  # no request charged twice
-    assert sum(1 for c in charges if c["lane"] == "batch") == 2 * DOCUMENTS  # one judge, one answer each
+    assert sum(1 for c in charges if c["lane"] == "batch") == DOCUMENTS + samples  # one judge each, one answer per sample
     # batch-b knew batch-a's batches from the topic alone (its data dir never saw batch-a's SQLite) and
     # collected them: the redelivered records waited for them instead of going out again.
     survivors = {r.local_id: r for r in batch_rows(pipeline, there)}
