@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import socket
+import subprocess
 
 PR_SET_PDEATHSIG = 1
 
@@ -30,3 +32,17 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
         return True
     return False
+
+
+def stop_child(proc: subprocess.Popen | None, grace: float) -> None:
+    """SIGTERM a child we started, SIGKILL it if it is not gone within `grace` seconds, and reap it."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=grace)

@@ -10,14 +10,13 @@ import contextlib
 import logging
 import os
 import re
-import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from streamer.processes import die_with_parent, free_port, port_open  # noqa: F401 - imported from here too
+from streamer.processes import die_with_parent, free_port, port_open, stop_child  # noqa: F401 - imported from here too
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +90,7 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+        stop_child(proc, grace=5)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from streamer.processes import die_with_parent, free_port
+from streamer.processes import die_with_parent, free_port, stop_child
 from streamer.user_cache import cache_dir
 
 log = logging.getLogger(__name__)
@@ -277,16 +277,7 @@ class LocalModelServer:
 
     def stop(self) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_child(proc, grace=10)
 
     def __enter__(self) -> LocalModelServer:
         return self.start()
