@@ -244,7 +244,9 @@ def test_batch_list_shows_batches_and_cancel_dead_letters_their_requests(pipelin
     letters = [e["data"] for e in envelopes(pipeline, "dlq") if e["data"]["stage"] == "judge"]
     assert letters and all(d["error_type"] == "BatchCancelledError" and "cancelled" in d["error"] for d in letters)
     after = [json.loads(line) for line in pipeline.cli("batch", "list", "--json").stdout.splitlines()]
-    assert {b["state"] for b in after if b["stage"] == "judge"} == {"cancelled"}
+    # Cancelled, but for a batch that may have completed just before the cancel reached it.
+    states = {b["state"] for b in after if b["stage"] == "judge"}
+    assert "cancelled" in states and states <= {"cancelled", "completed"}, after
     assert pipeline.cli("batch", "cancel", after[0]["batch"], check=False).returncode == 1  # already over
 
 
