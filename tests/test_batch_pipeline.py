@@ -172,7 +172,10 @@ def test_a_worker_on_another_machine_takes_over_a_sigkilled_workers_batches_from
     charges = ledger(sim.url)["charges"]
     by_lane = Counter((c["lane"], c["key"]) for c in charges)
     assert max(by_lane.values()) == 1, [k for k, n in by_lane.items() if n > 1]  # no request charged twice
-    assert sum(1 for c in charges if c["lane"] == "batch") == DOCUMENTS + samples  # one judge each, one answer per sample
+    # One judge each, one answer per sample (a document may end as dedup's exact-duplicate rejection).
+    samples = len({e["id"] for e in envelopes(pipeline, "samples")})
+    assert samples >= DOCUMENTS - 2
+    assert sum(1 for c in charges if c["lane"] == "batch") == DOCUMENTS + samples
     # batch-b knew batch-a's batches from the topic alone (its data dir never saw batch-a's SQLite) and
     # collected them: the redelivered records waited for them instead of going out again.
     survivors = {r.local_id: r for r in batch_rows(pipeline, there)}
