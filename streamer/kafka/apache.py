@@ -25,6 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from streamer.kafka.broker import BrokerError, die_with_parent, free_port, port_open, running
 from streamer.user_cache import cache_dir
@@ -420,20 +421,19 @@ def _cluster_id() -> str:
             return cluster_id
 
 
-def _brokers_seen(address: str) -> set[int] | None:
-    """The broker ids the node at `address` lists in its metadata (None: it does not answer)."""
+def _ask_node(address: str, request: Any) -> Any:
+    """One request to the node at `address` on a connection of its own; None when it does not answer
+    (not listening yet, or not ready to answer: whatever the reason)."""
     from aiokafka.conn import create_conn
-    from aiokafka.protocol.metadata import MetadataRequest
 
     host, _, port = address.rpartition(":")
     if not port_open(host, int(port)):
         return None
 
-    async def ask() -> set[int]:
+    async def ask() -> Any:
         conn = await asyncio.wait_for(create_conn(host, int(port), request_timeout_ms=2000), 3)
         try:
-            response = await asyncio.wait_for(conn.send(MetadataRequest([])), 3)
-            return {broker[0] for broker in response.brokers}
+            return await asyncio.wait_for(conn.send(request), 3)
         finally:
             conn.close()
 
@@ -443,25 +443,20 @@ def _brokers_seen(address: str) -> set[int] | None:
         return None
 
 
+def _brokers_seen(address: str) -> set[int] | None:
+    """The broker ids the node at `address` lists in its metadata (None: it does not answer)."""
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    response = _ask_node(address, MetadataRequest([]))
+    return None if response is None else {broker[0] for broker in response.brokers}
+
+
 def _coordinates_groups(address: str) -> bool:
     """Whether the node at `address` names a coordinator for a consumer group (FindCoordinator)."""
-    from aiokafka.conn import create_conn
     from aiokafka.protocol.coordination import FindCoordinatorRequest
 
-    host, _, port = address.rpartition(":")
-
-    async def ask() -> bool:
-        conn = await asyncio.wait_for(create_conn(host, int(port), request_timeout_ms=2000), 3)
-        try:
-            response = await asyncio.wait_for(conn.send(FindCoordinatorRequest("synthstream-ready", 0)), 3)
-            return response.error_code == 0
-        finally:
-            conn.close()
-
-    try:
-        return asyncio.run(ask())
-    except Exception:  # noqa: BLE001 - not answering yet, whatever the reason
-        return False
+    response = _ask_node(address, FindCoordinatorRequest("synthstream-ready", 0))
+    return response is not None and response.error_code == 0
 
 
 def main(argv: list[str]) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamer.config import LLMSettings, Settings
+from streamer.ops.units import duration
 from streamer.llm.batch import TERMINAL, BatchRecords, BatchRow, records_path
 from streamer.state.batch_log import read_batch_records
 
@@ -144,7 +145,7 @@ def table_lines(views: list[BatchView]) -> list[str]:
     for view in views:
         j = view.to_json()
         cells.append((view.name, j["stage"], j["state"], str(j["requests"]), str(j["completed"]), str(j["failed"]),
-                      _age(j["age_s"]), f"${j['cost_usd']:.4f}" if view.row.collected else "-"))
+                      duration(j["age_s"]), f"${j['cost_usd']:.4f}" if view.row.collected else "-"))
     widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
              for r in cells]
@@ -152,9 +153,3 @@ def table_lines(views: list[BatchView]) -> list[str]:
     return lines
 
 
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"

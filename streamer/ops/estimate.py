@@ -21,6 +21,7 @@ from streamer import metrics
 from streamer.config import Settings
 from streamer.llm.client import LLMPool
 from streamer.llm.prices import Prices
+from streamer.ops.units import duration, usd
 from streamer.records import Envelope
 from streamer.runtime.processor import RecordProcessor, Source
 from streamer.runtime.testing import StaticTable
@@ -97,36 +98,26 @@ class Estimate:
         cells = [head]
         for s in self.stages:
             cells.append((s.stage, s.mode, str(s.total), f"{s.calls:.0f}", f"{s.prompt_tokens:.0f}",
-                          f"{s.completion_tokens:.0f}", _usd(s.cost_usd), _usd(s.online_usd), _usd(s.batch_usd),
-                          _duration(s.online_time_s)))
+                          f"{s.completion_tokens:.0f}", usd(s.cost_usd), usd(s.online_usd), usd(s.batch_usd),
+                          duration(s.online_time_s)))
         t = self.totals()
         times = self.time_s()
         cells.append(("total", "", "", f"{t['calls']:.0f}", f"{t['prompt_tokens']:.0f}", f"{t['completion_tokens']:.0f}",
-                      _usd(t["cost_usd"]), _usd(t["online_usd"]), _usd(t["batch_usd"]), _duration(times["online_s"])))
+                      usd(t["cost_usd"]), usd(t["online_usd"]), usd(t["batch_usd"]), duration(times["online_s"])))
         widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
                  for r in cells]
         configured = ("within the batch window (24 h at most) for the stages in batch mode"
-                      if any(s.mode == "batch" for s in self.stages) else _duration(times["configured_s"]))
+                      if any(s.mode == "batch" for s in self.stages) else duration(times["configured_s"]))
         lines += ["", f"{self.documents} documents and {self.seeds} seeds, estimated from {self.sampled_documents} "
                       f"documents and {self.sampled_seeds} seeds"
-                      + (" on the simulator" if self.simulated else "") + f" (the sample cost {_usd(self.sample_usd)}, "
+                      + (" on the simulator" if self.simulated else "") + f" (the sample cost {usd(self.sample_usd)}, "
                       f"{self.sample_seconds:.0f}s)",
-                  f"cost as configured {_usd(t['cost_usd'])}; all online {_usd(t['online_usd'])}, all in the batch "
-                  f"lane {_usd(t['batch_usd'])}; time as configured: {configured}"]
+                  f"cost as configured {usd(t['cost_usd'])}; all online {usd(t['online_usd'])}, all in the batch "
+                  f"lane {usd(t['batch_usd'])}; time as configured: {configured}"]
         return lines
 
 
-def _usd(value: float) -> str:
-    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 def spread(records: list[Envelope], n: int) -> list[Envelope]:

@@ -41,6 +41,7 @@ from streamer.kafka.group import sleep_until
 from streamer.kafka.incarnation import SeenIncarnations, replaced_line
 from streamer.ops.status.figures import Figures, figures
 from streamer.ops.status.sample import Sample, Sampler
+from streamer.ops.units import usd
 
 NO_WORKERS = "n/a (no worker serving metrics; start workers with --metrics-port)"
 COLUMNS = ("stage", "lag", "in", "in/s", "out", "out/s", "in flight", "dlq", "rejected",
@@ -143,7 +144,7 @@ def _limiter(llm: dict[str, Any], missing: str) -> str:
 
 
 def _money(value: float | None, missing: str) -> str:
-    return missing if value is None else f"${value:.4f}" if value < 1 else f"${value:.2f}"
+    return missing if value is None else usd(value)
 
 
 def _num(value: int | None, missing: str) -> str:
