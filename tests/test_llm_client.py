@@ -413,3 +413,52 @@ async def test_a_truncated_reply_is_asked_once_with_more_room_then_dead_lettered
         await pool.close()
     assert isinstance(result.parsed, Answer) and sent == [200, 400]
     assert stats.truncated == 3 and count("t-trunc", "truncated") == 3
+
+
+@asynccontextmanager
+async def forwarding_proxy():
+    """A plain HTTP forward proxy (absolute-URI requests, as clients send them to a proxy) that
+    notes each URL it forwarded: what a user behind HTTP_PROXY has."""
+    import aiohttp
+    from aiohttp import web
+
+    forwarded: list[str] = []
+
+    async def forward(request: web.Request) -> web.Response:
+        forwarded.append(str(request.url))
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "proxy-authorization")}
+        async with aiohttp.ClientSession() as session:
+            async with session.request(request.method, str(request.url), data=await request.read(),
+                                       headers=headers) as resp:
+                return web.Response(status=resp.status, body=await resp.read(),
+                                    content_type=resp.content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", forwarded
+    finally:
+        await runner.cleanup()
+
+
+async def test_requests_go_through_the_proxy_the_environment_names_unless_no_proxy_names_the_host(monkeypatch):
+    async with simulator() as (url, stats), forwarding_proxy() as (proxy, forwarded):
+        for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        pool = LLMPool()
+        result = await pool.client(llm(url), "t-proxy").structured(ask("proxied"), Answer)
+        await pool.close()
+        assert isinstance(result.parsed, Answer)
+        assert forwarded == [url + "/chat/completions"]
+
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        pool = LLMPool()
+        await pool.client(llm(url), "t-proxy").structured(ask("direct"), Answer)
+        await pool.close()
+        assert len(forwarded) == 1 and stats.completed == 2
