@@ -42,8 +42,9 @@ PREPARE_RETRY_AFTER = 1.0  # seconds before preparing partitions again after the
 
 class GroupMember:
     def __init__(self, name: str, settings: Settings, topics: list[str], group_id: str,
-                 broker: BrokerWatch | None = None) -> None:
+                 broker: BrokerWatch | None = None, stop: asyncio.Event | None = None) -> None:
         self.name = name
+        self.stop_event = stop  # set: the member's loop ends; a poll waiting for records wakes at once
         self.broker = broker
         self.settings = settings
         self.topics = topics
@@ -56,6 +57,7 @@ class GroupMember:
         self.preparing: set[TopicPartition] = set()  # assigned, `after_assign` not yet finished
         self.held: dict[TopicPartition, list[Any]] = {}  # fetched for a preparing partition
         self._last_commit = time.monotonic()
+        self._lag_read: asyncio.Task[int | None] | None = None
         self.consumer = make_consumer(
             settings.kafka, group_id=group_id, max_poll_records=settings.runtime.max_poll_records
         )
@@ -92,6 +94,11 @@ class GroupMember:
     async def stop(self) -> None:
         await self.commit()
         self.active = False
+        if self._lag_read is not None:
+            # Its requests would meet the connections the stop closes: aiokafka logs an OffsetFetch
+            # cut short as an ERROR and marks the coordinator dead, which the leave then waits out.
+            self._lag_read.cancel()
+            await asyncio.wait([self._lag_read])
         try:
             # Leaving needs the broker; when it is away there is no one to tell.
             await self.broker_call(self.consumer.stop(), 1.0 if self.broker_away else BROKER_CALL_TIMEOUT)
@@ -255,9 +262,21 @@ class GroupMember:
         return True
 
     async def lag(self) -> int | None:
-        """Records not yet committed by this group on the partitions this member holds."""
+        """Records not yet committed by this group on the partitions this member holds (None: not
+        known; the member stopping ends a read under way)."""
         if not self.active:
             return None
+        read = self._lag_read = asyncio.ensure_future(self._read_lag())
+        try:
+            return await read
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr] - called from a task
+                raise  # the caller is cancelled, not just the read
+            return None
+        finally:
+            self._lag_read = None
+
+    async def _read_lag(self) -> int | None:
         assignment = set(self.consumer.assignment())
         if not assignment:
             return None
@@ -286,11 +305,30 @@ class GroupMember:
                 self.consumer.resume(*(assignment - self.preparing))
 
     async def poll(self, max_records: int, timeout_ms: int = 200) -> dict[TopicPartition, list[Any]]:
+        """Fetched records, waiting up to `timeout_ms` for some; a stop ends the wait (nothing then)."""
         if self.preparing or not self.joined:
             # Partitions being prepared are paused: poll briefly, so they are resumed (and fetched)
             # as soon as they are ready rather than after a whole wait on nothing.
             timeout_ms = min(timeout_ms, 20)
-        return await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        if timeout_ms == 0 or self.stop_event is None:
+            return await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        if ready := await self.consumer.getmany(timeout_ms=0, max_records=max_records):
+            return ready
+        # Nothing buffered: wait for records or the stop, whichever comes first. An idle member
+        # would otherwise notice a stop only when its poll times out, and the last commit, the
+        # leave and the exit of `run --until-idle` wait for the slowest member.
+        fetch = asyncio.ensure_future(self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records))
+        stopped = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            await asyncio.wait((fetch, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not fetch.done():
+                # Cancelled while it waits, before it takes any record from the buffer: the records
+                # stay there, uncommitted (a stopping member starts no more of them anyway).
+                fetch.cancel()
+                await asyncio.wait([fetch])
+        return {} if fetch.cancelled() else fetch.result()
 
 
 class _Listener(ConsumerRebalanceListener):

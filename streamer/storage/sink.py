@@ -106,11 +106,10 @@ class ParquetSink(GroupMember):
     def __init__(self, settings: Settings, stop: asyncio.Event, topics: tuple[str, ...],
                  broker: BrokerWatch | None = None) -> None:
         self.topic = TopicNames(settings.kafka.topic_prefix)
-        super().__init__("sink", settings, [self.topic(t) for t in topics], self.topic("sink"), broker)
+        super().__init__("sink", settings, [self.topic(t) for t in topics], self.topic("sink"), broker, stop)
         self.store_dir = settings.storage.store_dir
         self.identity = TopicIdentity(settings)
         self.incarnations: dict[str, str] = {}  # full topic name -> incarnation, learnt on assignment
-        self.stop_event = stop
         self.buffers: dict[TopicPartition, list[ConsumerRecord]] = {}
         self.buffered_since: dict[TopicPartition, float] = {}
         self._flush_now = False
