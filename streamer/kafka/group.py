@@ -325,7 +325,9 @@ class GroupMember:
             stopped.cancel()
             if not fetch.done():
                 # Cancelled while it waits, before it takes any record from the buffer: the records
-                # stay there, uncommitted (a stopping member starts no more of them anyway).
+                # stay there, uncommitted (a stopping member starts no more of them anyway). Only
+                # for a stop: a cancelled getmany leaves aiokafka's count of polls under way one
+                # too high, so its max.poll.interval check sees the consumer polling from then on.
                 fetch.cancel()
                 await asyncio.wait([fetch])
         return {} if fetch.cancelled() else fetch.result()
