@@ -45,6 +45,8 @@ class GroupMember:
                  broker: BrokerWatch | None = None, stop: asyncio.Event | None = None) -> None:
         self.name = name
         self.stop_event = stop  # set: the member's loop ends; a poll waiting for records wakes at once
+        self._woken = asyncio.Event()  # `wake`: a poll's wait ends
+        self._fetch: asyncio.Task[dict[TopicPartition, list[Any]]] | None = None  # a wait a stop or wake cut short
         self.broker = broker
         self.settings = settings
         self.topics = topics
@@ -99,6 +101,13 @@ class GroupMember:
             # cut short as an ERROR and marks the coordinator dead, which the leave then waits out.
             self._lag_read.cancel()
             await asyncio.wait([self._lag_read])
+        if self._fetch is not None:
+            # What it may have fetched was never started, so never committed: redelivered.
+            self._fetch.cancel()
+            await asyncio.wait([self._fetch])
+            if not self._fetch.cancelled():
+                self._fetch.exception()  # seen: the member is done with it
+            self._fetch = None
         try:
             # Leaving needs the broker; when it is away there is no one to tell.
             await self.broker_call(self.consumer.stop(), 1.0 if self.broker_away else BROKER_CALL_TIMEOUT)
@@ -304,33 +313,48 @@ class GroupMember:
             else:
                 self.consumer.resume(*(assignment - self.preparing))
 
+    def wake(self) -> None:
+        """End a poll's wait for records now, or the next poll's if none waits: the member's loop has
+        work before more records come. The fetch it waited on goes on; the next poll returns its
+        records, so a wake can be asked for at any time (only with `stop`; see `poll`)."""
+        self._woken.set()
+
     async def poll(self, max_records: int, timeout_ms: int = 200) -> dict[TopicPartition, list[Any]]:
-        """Fetched records, waiting up to `timeout_ms` for some; a stop ends the wait (nothing then)."""
+        """Fetched records, waiting up to `timeout_ms` for some; a stop or `wake` ends the wait early
+        (nothing then). A member given `stop` polls from one task (its loop): a fetch left waiting by
+        a wake is the next poll's, up to the `max_records` it was started with."""
         if self.preparing or not self.joined:
             # Partitions being prepared are paused: poll briefly, so they are resumed (and fetched)
             # as soon as they are ready rather than after a whole wait on nothing.
             timeout_ms = min(timeout_ms, 20)
-        if timeout_ms == 0 or self.stop_event is None:
+        if self.stop_event is None:
             return await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        if ready := await self.consumer.getmany(timeout_ms=0, max_records=max_records):
-            return ready
-        # Nothing buffered: wait for records or the stop, whichever comes first. An idle member
-        # would otherwise notice a stop only when its poll times out, and the last commit, the
-        # leave and the exit of `run --until-idle` wait for the slowest member.
-        fetch = asyncio.ensure_future(self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records))
-        stopped = asyncio.ensure_future(self.stop_event.wait())
+        carried = self._fetch is not None  # left waiting by a wake: bounded by this poll's timeout
+        if not carried:
+            ready = await self.consumer.getmany(timeout_ms=0, max_records=max_records)
+            if ready or not timeout_ms or self._woken.is_set() or self.stop_event.is_set():
+                self._woken.clear()
+                return ready
+            # Nothing buffered: wait for records, the stop or a wake, whichever comes first. An idle
+            # member would otherwise notice a stop only when its poll times out, and the last commit,
+            # the leave and the exit of `run --until-idle` wait for the slowest member. The fetch is
+            # not cancelled when they come first (a cancelled getmany leaves aiokafka's count of
+            # polls under way one too high, and its max.poll.interval check blind): it is the next
+            # poll's, or the stop's to end.
+            self._fetch = asyncio.ensure_future(self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records))
+        fetch = self._fetch
+        others = (asyncio.ensure_future(self.stop_event.wait()), asyncio.ensure_future(self._woken.wait()))
         try:
-            await asyncio.wait((fetch, stopped), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((fetch, *others), timeout=timeout_ms / 1000 if carried else None,
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stopped.cancel()
-            if not fetch.done():
-                # Cancelled while it waits, before it takes any record from the buffer: the records
-                # stay there, uncommitted (a stopping member starts no more of them anyway). Only
-                # for a stop: a cancelled getmany leaves aiokafka's count of polls under way one
-                # too high, so its max.poll.interval check sees the consumer polling from then on.
-                fetch.cancel()
-                await asyncio.wait([fetch])
-        return {} if fetch.cancelled() else fetch.result()
+            for wait in others:
+                wait.cancel()
+        self._woken.clear()
+        if not fetch.done():
+            return {}
+        self._fetch = None
+        return fetch.result()
 
 
 class _Listener(ConsumerRebalanceListener):

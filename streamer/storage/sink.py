@@ -116,8 +116,9 @@ class ParquetSink(GroupMember):
 
     def flush_now(self) -> None:
         """Write what is buffered at the next turn of the loop, not at the flush interval: a
-        finite run whose stages are all done should not wait for it."""
+        finite run whose stages are all done should not wait for it, nor for its poll's timeout."""
         self._flush_now = True
+        self.wake()
 
     @property
     def in_flight(self) -> int:
