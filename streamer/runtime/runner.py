@@ -122,7 +122,8 @@ class StageRunner(GroupMember):
                     await self._wait_for_slot(timeout=FULL_POLL_INTERVAL)
                     free = self.max_in_flight - self.in_flight
                 self.set_paused(free <= 0)
-                batch = await self.poll(max(1, free), timeout_ms=0 if free <= 0 else 200)
+                # Only an idle stage's wait is cut short by a stop: a busy one ends its drain later anyway.
+                batch = await self.poll(max(1, free), timeout_ms=0 if free <= 0 else 200, wakeable=not self.tasks)
                 for tp, records in self.take_ready(batch).items():
                     for record in records:
                         self._start(tp, record)
