@@ -157,13 +157,19 @@ async def start_consumer(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
     return consumer
 
 
+RECANCEL_EVERY = 0.02  # seconds between cancels of a fetcher that swallowed one (stop_consumer)
+
+
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
     """consumer.stop(), which ends. aiokafka cancels its fetcher task once; a cancel that lands while
     the fetcher is still awaiting its own fetches after an unassign (what exact_end_offsets leaves) is
     swallowed there (contextlib.suppress(CancelledError)), and the fetcher then waits for an assignment
-    forever. Seen on Kafka, whose replies take longer; cancelled again until it ends."""
+    forever. Seen on Kafka, whose replies take longer; cancelled again until it ends, soon: every
+    reader stopped on a shutdown path (a stateful stage's last snapshot reads the changelogs' ends)
+    would otherwise add the whole wait to the exit (measured: +0.5 s in a third of `run --until-idle`
+    runs on 3 Kafka brokers, with 0.5 s between cancels)."""
     stopping = asyncio.ensure_future(consumer.stop())
-    while not (await asyncio.wait([stopping], timeout=0.5))[0]:
+    while not (await asyncio.wait([stopping], timeout=RECANCEL_EVERY))[0]:
         fetch_task = getattr(getattr(consumer, "_fetcher", None), "_fetch_task", None)
         if fetch_task is not None and not fetch_task.done():
             fetch_task.cancel()

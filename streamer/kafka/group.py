@@ -42,8 +42,12 @@ PREPARE_RETRY_AFTER = 1.0  # seconds before preparing partitions again after the
 
 class GroupMember:
     def __init__(self, name: str, settings: Settings, topics: list[str], group_id: str,
-                 broker: BrokerWatch | None = None) -> None:
+                 broker: BrokerWatch | None = None, stop: asyncio.Event | None = None) -> None:
         self.name = name
+        self.stop_event = stop  # set: the member's loop ends; a poll waiting for records wakes at once
+        self._woken: asyncio.Future[None] | None = None  # resolved by `wake` (and the stop): a poll's wait ends
+        self._stop_watch: asyncio.Task[None] | None = None  # wakes the member when the stop is set
+        self._fetch: asyncio.Task[dict[TopicPartition, list[Any]]] | None = None  # a wait a stop or wake cut short
         self.broker = broker
         self.settings = settings
         self.topics = topics
@@ -56,6 +60,7 @@ class GroupMember:
         self.preparing: set[TopicPartition] = set()  # assigned, `after_assign` not yet finished
         self.held: dict[TopicPartition, list[Any]] = {}  # fetched for a preparing partition
         self._last_commit = time.monotonic()
+        self._lag_read: asyncio.Task[int | None] | None = None
         self.consumer = make_consumer(
             settings.kafka, group_id=group_id, max_poll_records=settings.runtime.max_poll_records
         )
@@ -72,6 +77,8 @@ class GroupMember:
         self.consumer.subscribe(self.topics, listener=_Listener(self))
         await self.consumer.start()
         self.active = True
+        if self.stop_event is not None:
+            self._stop_watch = asyncio.ensure_future(self._wake_on_stop(self.stop_event))
 
     @property
     def fenced(self) -> bool:
@@ -92,6 +99,20 @@ class GroupMember:
     async def stop(self) -> None:
         await self.commit()
         self.active = False
+        if self._lag_read is not None:
+            # Its requests would meet the connections the stop closes: aiokafka logs an OffsetFetch
+            # cut short as an ERROR and marks the coordinator dead, which the leave then waits out.
+            self._lag_read.cancel()
+            await asyncio.wait([self._lag_read])
+        if self._stop_watch is not None:
+            self._stop_watch.cancel()
+        if self._fetch is not None:
+            # What it may have fetched was never started, so never committed: redelivered.
+            self._fetch.cancel()
+            await asyncio.wait([self._fetch])
+            if not self._fetch.cancelled():
+                self._fetch.exception()  # seen: the member is done with it
+            self._fetch = None
         try:
             # Leaving needs the broker; when it is away there is no one to tell.
             await self.broker_call(self.consumer.stop(), 1.0 if self.broker_away else BROKER_CALL_TIMEOUT)
@@ -255,9 +276,21 @@ class GroupMember:
         return True
 
     async def lag(self) -> int | None:
-        """Records not yet committed by this group on the partitions this member holds."""
+        """Records not yet committed by this group on the partitions this member holds (None: not
+        known; the member stopping ends a read under way)."""
         if not self.active:
             return None
+        read = self._lag_read = asyncio.ensure_future(self._read_lag())
+        try:
+            return await read
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr] - called from a task
+                raise  # the caller is cancelled, not just the read
+            return None
+        finally:
+            self._lag_read = None
+
+    async def _read_lag(self) -> int | None:
         assignment = set(self.consumer.assignment())
         if not assignment:
             return None
@@ -285,12 +318,59 @@ class GroupMember:
             else:
                 self.consumer.resume(*(assignment - self.preparing))
 
-    async def poll(self, max_records: int, timeout_ms: int = 200) -> dict[TopicPartition, list[Any]]:
+    def wake(self) -> None:
+        """End a poll's wait for records now, or the next poll's if none waits: the member's loop has
+        work before more records come. The fetch it waited on goes on; the next poll returns its
+        records, so a wake can be asked for at any time (only with `stop`; see `poll`)."""
+        woken = self._wake_signal()
+        if not woken.done():
+            woken.set_result(None)
+
+    def _wake_signal(self) -> asyncio.Future[None]:
+        if self._woken is None:
+            self._woken = asyncio.get_running_loop().create_future()
+        return self._woken
+
+    async def _wake_on_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.wake()
+
+    async def poll(self, max_records: int, timeout_ms: int = 200, *,
+                   wakeable: bool = True) -> dict[TopicPartition, list[Any]]:
+        """Fetched records, waiting up to `timeout_ms` for some; with `wakeable` a stop or `wake` ends
+        the wait early (nothing then). A member given `stop` polls from one task (its loop): a fetch
+        left waiting by a wake is the next poll's, up to the `max_records` it was started with. A
+        wakeable wait costs a task (~0.1 ms of CPU): a member that is busy anyway need not ask for it."""
         if self.preparing or not self.joined:
             # Partitions being prepared are paused: poll briefly, so they are resumed (and fetched)
             # as soon as they are ready rather than after a whole wait on nothing.
             timeout_ms = min(timeout_ms, 20)
-        return await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        carried = self._fetch is not None  # left waiting by a wake: bounded by this poll's timeout
+        if self.stop_event is None or (not wakeable and not carried):
+            return await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        woken = self._wake_signal()
+        if not carried:
+            ready = await self.consumer.getmany(timeout_ms=0, max_records=max_records)
+            if ready or not timeout_ms or woken.done() or self.stop_event.is_set():
+                if woken.done():
+                    self._woken = None
+                return ready
+            # Nothing buffered: wait for records or a wake (the stop's too), whichever comes first.
+            # An idle member would otherwise notice a stop only when its poll times out, and the last
+            # commit, the leave and the exit of `run --until-idle` wait for the slowest member. The
+            # fetch is not cancelled when the wake comes first (a cancelled getmany leaves aiokafka's
+            # count of polls under way one too high, and its max.poll.interval check blind): it is
+            # the next poll's, or the stop's to end.
+            self._fetch = asyncio.ensure_future(self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records))
+        fetch = self._fetch
+        await asyncio.wait((fetch, woken), timeout=timeout_ms / 1000 if carried else None,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if woken.done():
+            self._woken = None
+        if not fetch.done():
+            return {}
+        self._fetch = None
+        return fetch.result()
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -141,9 +141,15 @@ async def read_changelog(settings: Settings, name: str, model: type[RecordData],
 
 async def end_offsets(settings: Settings, name: str) -> dict[int, int]:
     """Partition -> exact end offset of a topic (unprefixed `name`); empty if it does not exist."""
-    topic = TopicNames(settings.kafka.topic_prefix)(name)
+    return (await ends_of_topics(settings, [name]))[name]
+
+
+async def ends_of_topics(settings: Settings, names: list[str]) -> dict[str, dict[int, int]]:
+    """`end_offsets` of several topics with one reader (one set of connections, one round of requests)."""
+    topic = TopicNames(settings.kafka.topic_prefix)
     async with TopicReader(settings) as reader:
-        return {tp.partition: end for tp, end in (await reader.ends(reader.partitions(topic))).items()}
+        ends = await reader.ends([tp for name in names for tp in reader.partitions(topic(name))])
+    return {name: {tp.partition: end for tp, end in ends.items() if tp.topic == topic(name)} for name in names}
 
 
 async def first_value(settings: Settings, topic: str, timeout: float = 5.0) -> bytes | None:

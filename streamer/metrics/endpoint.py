@@ -49,7 +49,15 @@ class MetricsEndpoint:
         self.withdraw()
         if self.run is not None:
             self.run.close()  # the last totals, then finished runs folded
-        self.server.shutdown()
+        # The server's loop (socketserver's serve_forever, as prometheus_client starts it) looks for
+        # a shutdown between waits of 0.5 s for a connection: it is sent connections until it has
+        # seen the shutdown, else the exit of `run --until-idle` waits for the end of that wait.
+        shutting = threading.Thread(target=self.server.shutdown, daemon=True)
+        shutting.start()
+        while shutting.is_alive() and self.thread.is_alive():
+            with contextlib.suppress(OSError):
+                socket.create_connection(self.server.server_address[:2], timeout=0.5).close()
+            shutting.join(timeout=0.01)
         self.server.server_close()
         self.thread.join(timeout=5)
 

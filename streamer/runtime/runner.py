@@ -63,7 +63,8 @@ class StageRunner(GroupMember):
         self.bound = stage.bind(settings)
         self.data_dir = settings.storage.data_dir
         self.topic = TopicNames(settings.kafka.topic_prefix)
-        super().__init__(stage.name, settings, [self.topic(stage.input_topic)], self.topic(self.bound.group), broker)
+        super().__init__(stage.name, settings, [self.topic(stage.input_topic)], self.topic(self.bound.group), broker,
+                         stop)
         self.tables = {name: TopicTable(settings, name, model) for name, model in stage.tables.items()}
         self.resources: Any = None
         self.state = (StateManager(stage.state, settings, stage.name, self.bound.settings, self.bound.options)
@@ -73,7 +74,6 @@ class StageRunner(GroupMember):
         llm = pool.client(self.bound.settings.llm, stage.name, cache_scope=self.bound.settings.version or "")
         self.processor = RecordProcessor(self.bound, llm, retry_backoff=settings.runtime.retry_backoff,
                                          tables=self.tables, resources=self._resources)
-        self.stop_event = stop
         self.tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self.processed_partitions: dict[int, int] = {}
         self.max_in_flight = stage.max_in_flight(self.bound.settings.records_in_flight)
@@ -122,7 +122,8 @@ class StageRunner(GroupMember):
                     await self._wait_for_slot(timeout=FULL_POLL_INTERVAL)
                     free = self.max_in_flight - self.in_flight
                 self.set_paused(free <= 0)
-                batch = await self.poll(max(1, free), timeout_ms=0 if free <= 0 else 200)
+                # Only an idle stage's wait is cut short by a stop: a busy one ends its drain later anyway.
+                batch = await self.poll(max(1, free), timeout_ms=0 if free <= 0 else 200, wakeable=not self.tasks)
                 for tp, records in self.take_ready(batch).items():
                     for record in records:
                         self._start(tp, record)

@@ -34,7 +34,7 @@ from aiokafka.errors import KafkaError
 from streamer.config import Settings, StageSettings
 from streamer.kafka.incarnation import incarnations, short
 from streamer.records import Envelope, RecordData
-from streamer.kafka.reader import end_offsets, read_changelog
+from streamer.kafka.reader import ends_of_topics, read_changelog
 from streamer.locks import process_alive, try_lock, unlock
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class StateManager:
                  applied, ", ".join(self.spec.changelogs), self.state.size(), time.monotonic() - started)
 
     async def _changelog_ends(self) -> dict[str, dict[int, int]]:
-        return {topic: await end_offsets(self.settings, topic) for topic in self.spec.changelogs}
+        return await ends_of_topics(self.settings, list(self.spec.changelogs))
 
     def _load_snapshot(self, ends: dict[str, dict[int, int]]) -> tuple[dict[str, dict[int, int]], str]:
         """Where to apply each changelog from (missing: its beginning), and what was loaded."""

@@ -106,19 +106,19 @@ class ParquetSink(GroupMember):
     def __init__(self, settings: Settings, stop: asyncio.Event, topics: tuple[str, ...],
                  broker: BrokerWatch | None = None) -> None:
         self.topic = TopicNames(settings.kafka.topic_prefix)
-        super().__init__("sink", settings, [self.topic(t) for t in topics], self.topic("sink"), broker)
+        super().__init__("sink", settings, [self.topic(t) for t in topics], self.topic("sink"), broker, stop)
         self.store_dir = settings.storage.store_dir
         self.identity = TopicIdentity(settings)
         self.incarnations: dict[str, str] = {}  # full topic name -> incarnation, learnt on assignment
-        self.stop_event = stop
         self.buffers: dict[TopicPartition, list[ConsumerRecord]] = {}
         self.buffered_since: dict[TopicPartition, float] = {}
         self._flush_now = False
 
     def flush_now(self) -> None:
         """Write what is buffered at the next turn of the loop, not at the flush interval: a
-        finite run whose stages are all done should not wait for it."""
+        finite run whose stages are all done should not wait for it, nor for its poll's timeout."""
         self._flush_now = True
+        self.wake()
 
     @property
     def in_flight(self) -> int:
