@@ -84,8 +84,7 @@ class ExampleSelector:
         self.ids: list[str] = []
         self.matrix = np.zeros((0, 0), dtype=np.float32)  # rows: the first len(matrix) ids
         self._seen_changes = -1
-        # Records are handled concurrently: one encodes, the others wait for its result.
-        self._encoding = asyncio.Lock()
+        self._encoding: asyncio.Future[None] | None = None  # the newest seeds being encoded, if any
 
     def refresh(self, table: TopicTable) -> None:
         if table.changes != self._seen_changes:
@@ -94,15 +93,38 @@ class ExampleSelector:
             self._seen_changes = table.changes
 
     async def _vectors(self, table: TopicTable) -> np.ndarray:
-        async with self._encoding:
-            if len(self.matrix) < len(self.ids):
-                new_ids = self.ids[len(self.matrix):]
-                vectors = await self.encoder.encode([table.rows[i][1].example_text() for i in new_ids], fast=True)
-                self.matrix = vectors if not len(self.matrix) else np.vstack([self.matrix, vectors])
-            return self.matrix
+        """The vectors of the seeds encoded so far (rows: the first len(matrix) ids). Seeds that
+        arrived since are encoded in the background, one call for all of them, and records choose
+        among the encoded ones meanwhile: waiting, every record of the stage would stall for a whole
+        encoder call each time seeds arrive (attributed seeds come in over the first seconds of a
+        run). Only before any seed is encoded do records wait."""
+        while True:
+            if len(self.matrix) < len(self.ids) and (self._encoding is None or self._encoding.done()):
+                self._encoding = asyncio.ensure_future(self._encode_new(table))
+                self._encoding.add_done_callback(_retrieved)
+            if len(self.matrix) or self._encoding is None:
+                return self.matrix
+            await asyncio.shield(self._encoding)  # a record cancelled while waiting leaves it running
 
-    async def choose(self, text: str, table: TopicTable, k: int, mode: str, seed: str) -> list[str]:
-        """Ids of up to k seeds for a document; deterministic for the same table and document."""
+    async def _encode_new(self, table: TopicTable) -> None:
+        new_ids = self.ids[len(self.matrix):]
+        # Not `fast`: kept for the process like exact vectors, and served before the documents'
+        # vectors queued ahead of them, which only become choices once the seeds' vectors exist.
+        vectors = await self.encoder.encode([table.rows[i][1].example_text() for i in new_ids])
+        self.matrix = vectors if not len(self.matrix) else np.vstack([self.matrix, vectors])
+
+    def query(self, text: str) -> asyncio.Future[np.ndarray]:
+        """The document's vector, asked for at once. It does not depend on the seeds, so it is
+        encoded while the record waits for them or for new seeds' vectors: the encoder keeps
+        working instead of idling until the table fills, then serving every record at once.
+        `fast`: these vectors only choose, and are never stored (served after the exact requests)."""
+        return asyncio.ensure_future(self.encoder.encode([text], fast=True))
+
+    async def choose(self, text: str, table: TopicTable, k: int, mode: str, seed: str,
+                     query: asyncio.Future[np.ndarray] | None = None) -> list[str]:
+        """Ids of up to k seeds for a document; deterministic for the same seeds encoded and document
+        (the nearest among the encoded ones, the rest at random). `query`: the document's vector
+        asked for ahead (`query(text)`), else asked here."""
         self.refresh(table)
         ids = list(self.ids)  # another record may extend the list while this one awaits
         k = min(k, len(ids))
@@ -112,14 +134,21 @@ class ExampleSelector:
         n_nearest = {"nearest": k, "random": 0, "mixed": math.ceil(k / 2)}[mode]
         chosen: list[str] = []
         if n_nearest:
+            query = query or self.query(text)  # asked before the seeds' vectors: encoded meanwhile
             matrix = (await self._vectors(table))[: len(ids)]
-            # `fast`: these vectors only choose, and are never stored (served after the exact requests).
-            [query] = await self.encoder.encode([text], fast=True)
-            order = np.argsort(-(matrix @ query), kind="stable")
+            [vector] = await query
+            order = np.argsort(-(matrix @ vector), kind="stable")
             chosen = [ids[i] for i in order[:n_nearest]]
         rest = sorted(set(ids) - set(chosen))
         chosen += rng.sample(rest, k - len(chosen))
         return chosen
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    """A background encoding's failure is not left unretrieved: the records waiting for it get it,
+    and the next record asks again."""
+    if not done.cancelled():
+        done.exception()
 
 
 async def load_selector(settings, options: SituationOptions) -> ExampleSelector:
@@ -154,14 +183,24 @@ async def choose_examples(doc: Document, ctx: StageContext) -> list[str]:
     """Ahead of the LLM call (Stage.prepare): wait for attributed seeds, choose the examples."""
     opts: SituationOptions = ctx.options
     table: TopicTable = ctx.tables[SEEDS_TABLE]
-    if not await table.wait_for(opts.min_examples, opts.examples_wait):
-        if (why := getattr(table, "empty_reason", None)) is not None:
-            raise RecordFailed(f"{SEEDS_TABLE} will stay empty: {why}")
-        raise RuntimeError(f"only {len(table.rows)} attributed seeds after {opts.examples_wait:.0f}s; "
-                           f"need {opts.min_examples} (feed seeds and run the attribution stage)")
     selector: ExampleSelector = ctx.resources
-    return await selector.choose(doc.text[: opts.nearest_prefix], table, opts.examples, opts.demo_selection,
-                                 seed=ctx.record.id)
+    text = doc.text[: opts.nearest_prefix]
+    # The document's vector is asked for before the seeds are waited for: at the start of a run the
+    # encoder works through the first records' documents while the attribution stage answers.
+    query = selector.query(text) if opts.examples and opts.demo_selection != "random" else None
+    try:
+        if not await table.wait_for(opts.min_examples, opts.examples_wait):
+            if (why := getattr(table, "empty_reason", None)) is not None:
+                raise RecordFailed(f"{SEEDS_TABLE} will stay empty: {why}")
+            raise RuntimeError(f"only {len(table.rows)} attributed seeds after {opts.examples_wait:.0f}s; "
+                               f"need {opts.min_examples} (feed seeds and run the attribution stage)")
+        return await selector.choose(text, table, opts.examples, opts.demo_selection, seed=ctx.record.id,
+                                     query=query)
+    finally:
+        if query is not None:
+            query.cancel()  # when not needed after all (no seeds to choose from, or the record failed)
+            if query.done() and not query.cancelled():
+                query.exception()  # an encoder failure reaches the record through choose, or is moot
 
 
 def document_reference(doc: Document) -> DocumentRef:

@@ -102,6 +102,10 @@ def _row(topic: str, record: ConsumerRecord) -> dict[str, object]:
     }
 
 
+def _write_records(topic: str, records: list[ConsumerRecord], path: Path) -> None:
+    write_new_or_same(path, pa.Table.from_pylist([_row(topic, r) for r in records], schema=ROW_SCHEMA))
+
+
 class ParquetSink(GroupMember):
     def __init__(self, settings: Settings, stop: asyncio.Event, topics: tuple[str, ...],
                  broker: BrokerWatch | None = None) -> None:
@@ -125,7 +129,12 @@ class ParquetSink(GroupMember):
         return sum(len(b) for b in self.buffers.values())
 
     async def run(self) -> None:
+        # pyarrow imports pandas (when it is installed) the first time it builds a table: ~0.3 s of
+        # importing, which on the event loop would stall every stage of the process at the first
+        # flush. Done now, on a thread, while the group is joined.
+        arrow_ready = asyncio.ensure_future(asyncio.to_thread(pa.Table.from_pylist, [], schema=ROW_SCHEMA))
         await self.start()
+        await arrow_ready
         log.info("sink: %s -> %s", ", ".join(self.topics), self.store_dir)
         storage = self.settings.storage
         try:
@@ -164,11 +173,10 @@ class ParquetSink(GroupMember):
         if not records or tracker is None:
             return
         name = self.topic.unprefixed(tp.topic)
-        table = pa.Table.from_pylist([_row(name, r) for r in records], schema=ROW_SCHEMA)
         # Full topic name on disk: pipelines with different prefixes can share a data_dir.
         incarnation = await self._incarnation(tp.topic)
         path = self.store_dir / tp.topic / file_name(tp.topic, incarnation, tp.partition, records[0].offset)
-        await asyncio.to_thread(write_new_or_same, path, table)
+        await asyncio.to_thread(_write_records, name, records, path)  # rows decoded off the event loop too
         metrics.SINK_ROWS.labels(name).inc(len(records))
         for record in records:
             tracker.started(record.offset)
