@@ -87,7 +87,11 @@ def test_sigkilled_worker_re_attaches_to_its_batches_nothing_paid_twice_and_cost
     charges = ledger(sim.url)["charges"]
     by_lane = Counter((c["lane"], c["key"]) for c in charges)
     assert max(by_lane.values()) == 1, [k for k, n in by_lane.items() if n > 1]  # no request charged twice
-    assert sum(1 for c in charges if c["lane"] == "batch") == DOCUMENTS + samples  # one judge each, one answer per sample
+    # One judge request per document and one answer per sample; a document whose instruction duplicates
+    # another's asked judge the very same request (same custom_id), answered by the one charge.
+    batch_charges = sum(1 for c in charges if c["lane"] == "batch")
+    assert DOCUMENTS + samples - len(duplicates) <= batch_charges <= DOCUMENTS + samples, (batch_charges, samples,
+                                                                                          len(duplicates))
 
     status = json.loads(pipeline.cli("status", "--json").stdout)
     expected = ledger_cost(charges)
@@ -172,10 +176,12 @@ def test_a_worker_on_another_machine_takes_over_a_sigkilled_workers_batches_from
     charges = ledger(sim.url)["charges"]
     by_lane = Counter((c["lane"], c["key"]) for c in charges)
     assert max(by_lane.values()) == 1, [k for k, n in by_lane.items() if n > 1]  # no request charged twice
-    # One judge each, one answer per sample (a document may end as dedup's exact-duplicate rejection).
+    # One judge each, one answer per sample (a document may end as dedup's exact-duplicate rejection,
+    # whose judge request was its twin's: one charge for both).
     samples = len({e["id"] for e in envelopes(pipeline, "samples")})
     assert samples >= DOCUMENTS - 2
-    assert sum(1 for c in charges if c["lane"] == "batch") == DOCUMENTS + samples
+    batch_charges = sum(1 for c in charges if c["lane"] == "batch")
+    assert 2 * samples <= batch_charges <= DOCUMENTS + samples, (batch_charges, samples)
     # batch-b knew batch-a's batches from the topic alone (its data dir never saw batch-a's SQLite) and
     # collected them: the redelivered records waited for them instead of going out again.
     survivors = {r.local_id: r for r in batch_rows(pipeline, there)}
@@ -212,10 +218,13 @@ def test_expired_batch_and_failed_requests_resubmitted_then_dead_lettered_with_t
     charges = [c for c in ledger(sim.url)["charges"] if c["lane"] == "batch"]
     assert len({c["key"] for c in charges}) == len(charges)  # the expired batch's finished requests not asked again
     judge_charges = sum(r.completed for r in rows)
-    # A document that an earlier stage dead-lettered (an instruction the content checks refused) never reached judge.
+    # A document that an earlier stage dead-lettered (an instruction the content checks refused) never
+    # reached judge; one whose instruction duplicates another's asked the very same request (one charge).
     before_judge = [d for d in letters if d["stage"] in ("situation", "instruction")]
-    assert judge_charges == DOCUMENTS - len(before_judge) - len(judged), (
-        judge_charges, len(judged), [(d["stage"], d["error"][:120]) for d in letters if d["stage"] != "judge"])
+    twins = [e for e in envelopes(pipeline, "rejected") if e["data"]["stage"] == "dedup"]
+    judged_once = DOCUMENTS - len(before_judge) - len(judged)
+    assert judged_once - len(twins) <= judge_charges <= judged_once, (
+        judge_charges, len(judged), len(twins), [(d["stage"], d["error"][:120]) for d in letters if d["stage"] != "judge"])
 
 
 def test_batch_list_shows_batches_and_cancel_dead_letters_their_requests(pipeline, start_simulator, tmp_path):
