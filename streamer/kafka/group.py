@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BROKER_CALL_TIMEOUT = 10.0  # a commit or leave that takes longer is retried later or abandoned
+AWAY_POLL_MS = 1000  # a poll's wait while the broker is away (GroupMember.poll)
 PREPARE_RETRY_AFTER = 1.0  # seconds before preparing partitions again after the broker went away
 
 
@@ -341,7 +342,11 @@ class GroupMember:
         the wait early (nothing then). A member given `stop` polls from one task (its loop): a fetch
         left waiting by a wake is the next poll's, up to the `max_records` it was started with. A
         wakeable wait costs a task (~0.1 ms of CPU): a member that is busy anyway need not ask for it."""
-        if self.preparing or not self.joined:
+        if self.broker_away and timeout_ms:
+            # Nothing comes while the broker is away, and records fetched once it is back end the
+            # wait anyway: the loop need not turn (and burn CPU beside the reconnects) five times a second.
+            timeout_ms = max(timeout_ms, AWAY_POLL_MS)
+        elif self.preparing or not self.joined:
             # Partitions being prepared are paused: poll briefly, so they are resumed (and fetched)
             # as soon as they are ready rather than after a whole wait on nothing.
             timeout_ms = min(timeout_ms, 20)
