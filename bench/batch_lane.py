@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.pipeline import documents, write_jsonl  # noqa: E402
 from streamer.config import load_settings  # noqa: E402
 from streamer.kafka.broker import EmbeddedBroker, free_port, port_open  # noqa: E402
-from streamer.llm.batch import BatchRecords, records_path  # noqa: E402
+from streamer.llm.batch import stored_batches  # noqa: E402
 from streamer.llm.prices import Prices  # noqa: E402
 from streamer.records import content_id  # noqa: E402
 from streamer.storage import store  # noqa: E402
@@ -51,14 +51,7 @@ def get_json(url: str) -> dict:
 
 def batch_rows(env: dict[str, str]) -> list:
     settings = load_settings(env=env)
-    path = records_path(settings.storage.data_dir, settings.kafka.topic_prefix)
-    if not path.exists():
-        return []
-    records = BatchRecords(path)
-    try:
-        return records.batches()
-    finally:
-        records.close()
+    return stored_batches(settings.storage.data_dir, settings.kafka.topic_prefix)
 
 
 def endings(data_dir: Path, prefix: str) -> Counter[str]:

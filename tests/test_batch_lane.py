@@ -86,21 +86,27 @@ async def test_calls_go_out_in_batches_answered_once_each_at_half_price(sim: Sim
     assert sum(r.cost_usd for r in rows) == pytest.approx(expected, rel=1e-9)
 
 
+async def die_with_batches_out(sim: Sim, path: Path, stage: str, calls: int, more_out: float = 0.0) -> None:
+    """A worker that asks `calls` questions in batch mode and dies once a batch is submitted (after
+    `more_out` seconds more): its callers are gone, its batches go on at the provider."""
+    pool = LLMPool(batches=BatchRecords(path))
+    client = pool.client(batch_llm(sim), stage)
+    asked = [asyncio.ensure_future(client.structured(question(i), Verdict)) for i in range(calls)]
+    deadline = asyncio.get_running_loop().time() + 10
+    while not any(r.provider_id for r in BatchRecords(path).batches(stage)):
+        assert asyncio.get_running_loop().time() < deadline, "no batch submitted"
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(more_out)
+    for call in asked:
+        call.cancel()
+    await asyncio.gather(*asked, return_exceptions=True)
+    await pool.close()
+
+
 async def test_a_restarted_worker_re_attaches_to_its_batches_and_pays_nothing_twice(sim: Sim, tmp_path: Path) -> None:
     await sim.behave(completion_seconds=2.0)
     path = tmp_path / "batches.sqlite"
-    first = LLMPool(batches=BatchRecords(path))
-    client = first.client(batch_llm(sim), "t-batch-restart")
-    calls = [asyncio.ensure_future(client.structured(question(i), Verdict)) for i in range(60)]
-    deadline = asyncio.get_running_loop().time() + 10
-    while not any(r.provider_id for r in BatchRecords(path).batches("t-batch-restart")):
-        assert asyncio.get_running_loop().time() < deadline, "no batch submitted"
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)  # more of them out
-    for call in calls:  # the worker dies: its callers are gone, its batches go on at the provider
-        call.cancel()
-    await asyncio.gather(*calls, return_exceptions=True)
-    await first.close()
+    await die_with_batches_out(sim, path, "t-batch-restart", 60, more_out=0.3)
     submitted = [r for r in BatchRecords(path).batches("t-batch-restart") if r.provider_id]
     assert submitted and not all(r.collected for r in submitted)
 
@@ -149,17 +155,7 @@ async def test_expired_batch_and_failed_requests_are_resubmitted_and_errors_carr
 async def test_a_batch_created_just_before_a_crash_is_found_by_its_metadata(sim: Sim, tmp_path: Path) -> None:
     await sim.behave(completion_seconds=1.5)
     path = tmp_path / "batches.sqlite"
-    first = LLMPool(batches=BatchRecords(path))
-    client = first.client(batch_llm(sim), "t-batch-found")
-    calls = [asyncio.ensure_future(client.structured(question(i), Verdict)) for i in range(10)]
-    deadline = asyncio.get_running_loop().time() + 10
-    while not any(r.provider_id for r in BatchRecords(path).batches("t-batch-found")):
-        assert asyncio.get_running_loop().time() < deadline, "no batch submitted"
-        await asyncio.sleep(0.02)
-    for call in calls:
-        call.cancel()
-    await asyncio.gather(*calls, return_exceptions=True)
-    await first.close()
+    await die_with_batches_out(sim, path, "t-batch-found", 10)
     # As if the worker died between creating the batch and recording its id.
     records = BatchRecords(path)
     (row,) = records.batches("t-batch-found")

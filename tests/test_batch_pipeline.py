@@ -14,7 +14,7 @@ import pytest
 
 from helpers import endings, envelopes, expected_ids, make_texts, stop_process, wait_for
 from streamer.kafka.broker import free_port, port_open
-from streamer.llm.batch import BatchRecords, records_path
+from streamer.llm.batch import stored_batches
 from streamer.llm.prices import Prices
 
 pytestmark = pytest.mark.slow
@@ -37,14 +37,7 @@ def batch_env(pipeline, sim_url: str, **extra: str) -> None:
 
 
 def batch_rows(pipeline, data_dir=None) -> list[Any]:
-    path = records_path(data_dir or pipeline.data_dir, pipeline.prefix)
-    if not path.exists():
-        return []
-    records = BatchRecords(path)
-    try:
-        return records.batches()
-    finally:
-        records.close()
+    return stored_batches(data_dir or pipeline.data_dir, pipeline.prefix)
 
 
 def ledger_cost(charges: list[dict[str, Any]]) -> float:

@@ -42,6 +42,23 @@ async def asked(url: str) -> list[dict]:
             return await resp.json()
 
 
+@asynccontextmanager
+async def serving(handler, path: str = "/v1/chat/completions", method: str = "POST"):
+    """`handler` served on a loopback port (a stand-in for what sits at a base_url): its http://host:port."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # noqa: SLF001 - the port the OS chose
+    finally:
+        await runner.cleanup()
+
+
 def llm(url: str, **kw) -> LLMSettings:
     base = dict(base_url=url, model="synthstream-simulator", requests_per_minute=6000, cache=False,
                 max_retries=2, reasks=1, api_key="sk-test-secret-abcdef", system_role="system")
@@ -126,21 +143,12 @@ async def test_a_200_reply_that_is_not_a_chat_completion_is_retried_then_named()
             return web.Response(text="<html>Sign in to the proxy</html>", content_type="text/html")
         return web.json_response({"status": "ok", "detail": "not the endpoint you wanted"})
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", proxy_page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - the port the OS chose
-    try:
+    async with serving(proxy_page) as base:
         pool = LLMPool()
-        client = pool.client(llm(f"http://127.0.0.1:{port}/v1", max_retries=1), "t-not-completion")
+        client = pool.client(llm(f"{base}/v1", max_retries=1), "t-not-completion")
         with pytest.raises(LLMUnavailableError, match="not a chat completion.*not the endpoint you wanted"):
             await client.complete(ask("hello"))
         await pool.close()
-    finally:
-        await runner.cleanup()
     assert len(hits) == 2 and count("t-not-completion", "error") == 2
 
 
@@ -162,22 +170,13 @@ async def test_requests_carry_the_key_as_bearer_json_and_the_organisation_and_er
 
     monkeypatch.setenv("OPENAI_ORG_ID", "org-synth")
     monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-synth")
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", endpoint)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - the port the OS chose
-    try:
+    async with serving(endpoint) as base:
         pool = LLMPool()
-        client = pool.client(llm(f"http://127.0.0.1:{port}/v1/", max_retries=3, temperature=0.3), "t-headers")
+        client = pool.client(llm(f"{base}/v1/", max_retries=3, temperature=0.3), "t-headers")
         result = await client.complete(ask("hello"))
         with pytest.raises(LLMRequestError) as refused:
             await client.complete(ask("again"))
         await pool.close()
-    finally:
-        await runner.cleanup()
     assert result.content == "Hello there, reader." and result.model == "m-answered"
     headers, body = seen[0]
     assert headers["Authorization"] == "Bearer sk-test-secret-abcdef"
@@ -433,17 +432,8 @@ async def forwarding_proxy():
                 return web.Response(status=resp.status, body=await resp.read(),
                                     content_type=resp.content_type)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", forward)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}", forwarded
-    finally:
-        await runner.cleanup()
+    async with serving(forward, "/{tail:.*}", "*") as proxy:
+        yield proxy, forwarded
 
 
 async def test_requests_go_through_the_proxy_the_environment_names_unless_no_proxy_names_the_host(monkeypatch):

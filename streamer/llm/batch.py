@@ -40,7 +40,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import orjson
 
@@ -278,16 +278,31 @@ def _row(names: list[str], values: tuple[Any, ...]) -> BatchRow:
     return BatchRow(**{**row, "collected": bool(row["collected"])})
 
 
-def batch_costs(data_dir: Path, prefix: str) -> dict[str, dict[str, float]]:
-    """Per stage, what the batch lane's collected batches cost (empty without batch records)."""
+@contextlib.contextmanager
+def existing_records(data_dir: Path, prefix: str) -> Iterator[BatchRecords | None]:
+    """This machine's batch records for reading, or None where no batch-mode worker ever wrote any
+    (no file is made for a look)."""
     path = records_path(data_dir, prefix)
     if not path.exists():
-        return {}
+        yield None
+        return
     records = BatchRecords(path)
     try:
-        return records.costs()
+        yield records
     finally:
         records.close()
+
+
+def batch_costs(data_dir: Path, prefix: str) -> dict[str, dict[str, float]]:
+    """Per stage, what the batch lane's collected batches cost (empty without batch records)."""
+    with existing_records(data_dir, prefix) as records:
+        return records.costs() if records is not None else {}
+
+
+def stored_batches(data_dir: Path, prefix: str) -> list[BatchRow]:
+    """Every batch this machine's records hold (none without batch records)."""
+    with existing_records(data_dir, prefix) as records:
+        return records.batches() if records is not None else []
 
 
 def records_path(data_dir: Path, prefix: str) -> Path:
