@@ -121,15 +121,12 @@ def probe_settings(settings: LLMSettings, **overrides: Any) -> LLMSettings:
 
 async def check_endpoint(settings: LLMSettings) -> CheckReport:
     """Every probe against the endpoint and model of `settings`."""
-    import aiohttp
-
-    report = CheckReport(settings.base_url or "(none)", settings.model)
-    headers = {"Authorization": f"Bearer {settings.resolved_api_key()}"}
     pool = LLMPool()
+    http = pool.endpoint(settings)  # the requests' own base URL, auth, headers and proxy
+    report = CheckReport(http.base, settings.model)
     try:
-        async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as http:
-            listing = await _list_models(http, settings, report)
-            await _context_window(http, pool, settings, listing, report)
+        listing = await _list_models(http, settings, report)
+        await _context_window(http, pool, settings, listing, report)
         await _system_role(pool, settings, report)
         await _speed(pool, settings, report)
         await _parallel(pool, settings, report)
@@ -139,28 +136,13 @@ async def check_endpoint(settings: LLMSettings) -> CheckReport:
     return report
 
 
-def _root(settings: LLMSettings) -> str:
-    """The server's root: base_url without its /v1 (where llama.cpp serves /props)."""
-    base = (settings.base_url or "").rstrip("/")
-    return base[: -len("/v1")] if base.endswith("/v1") else base
-
-
-async def _get_json(http: Any, url: str, body: Any = None) -> tuple[int, Any]:
-    import aiohttp
-
-    try:
-        request = http.get(url) if body is None else http.post(url, json=body)
-        async with request as reply:
-            try:
-                return reply.status, await reply.json(content_type=None)
-            except ValueError:
-                return reply.status, None
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return 0, f"{type(exc).__name__}: {exc}"
+def _root(http: Any) -> str:
+    """The server's root: the base URL without its /v1 (where llama.cpp serves /props)."""
+    return http.base.removesuffix("/v1")
 
 
 async def _list_models(http: Any, settings: LLMSettings, report: CheckReport) -> list[dict[str, Any]]:
-    status, body = await _get_json(http, f"{(settings.base_url or '').rstrip('/')}/models")
+    status, body = await http.get_json(f"{http.base}/models")
     entries = body.get("data") if isinstance(body, dict) else None
     if status != 200 or not isinstance(entries, list):
         report.models_note = f"GET /models answered {status or masked(str(body))[:200]}"
@@ -181,7 +163,7 @@ async def _context_window(http: Any, pool: LLMPool, settings: LLMSettings, listi
                     if isinstance(source.get(key), int) and source[key] > 0:
                         report.context_tokens, report.context_note = source[key], f"the model list's {key}"
                         return
-    status, props = await _get_json(http, f"{_root(settings)}/props")  # llama.cpp's llama-server
+    status, props = await http.get_json(f"{_root(http)}/props")  # llama.cpp's llama-server
     if status == 200 and isinstance(props, dict):
         for source in (props.get("default_generation_settings") or {}, props):
             if isinstance(source.get("n_ctx"), int) and source["n_ctx"] > 0:
@@ -189,8 +171,8 @@ async def _context_window(http: Any, pool: LLMPool, settings: LLMSettings, listi
                 return
     # llama-cpp-python (it serves /extras/tokenize/count) cuts a too large max_tokens without a word,
     # but refuses a prompt longer than its window before evaluating it.
-    status, counted = await _get_json(http, f"{_root(settings)}/extras/tokenize/count",
-                                      {"input": "hello", "model": settings.model})
+    status, counted = await http.get_json(f"{_root(http)}/extras/tokenize/count",
+                                       {"input": "hello", "model": settings.model})
     llama_cpp_python = status == 200 and isinstance(counted, dict) and "count" in counted
     if llama_cpp_python:
         messages = [{"role": "user", "content": "hello " * OVERSIZED_PROMPT_WORDS}]

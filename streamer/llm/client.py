@@ -98,7 +98,8 @@ class LLMPool:
     def client(self, settings: LLMSettings, stage: str, cache_scope: str = "") -> LLMClient:
         return LLMClient(self, settings, stage, cache_scope)
 
-    def _http(self, settings: LLMSettings) -> _Endpoint:
+    def endpoint(self, settings: LLMSettings) -> _Endpoint:
+        """The HTTP endpoint of `settings` (one session per base URL and key)."""
         api_key = settings.resolved_api_key()
         key = (settings.base_url, api_key)
         if key not in self._clients:
@@ -367,7 +368,7 @@ class LLMClient:
     async def _send(
         self, messages: list[dict[str, str]], params: dict[str, Any], extra: dict[str, Any]
     ) -> _Attempt:
-        http = self.pool._http(self.settings)  # noqa: SLF001 - pool and client are one unit
+        http = self.pool.endpoint(self.settings)
         estimate = sum(len(m["content"]) for m in messages) // 4 + int(params.get("max_tokens", 0))
         timeout = self.pool.timeout_for(self.settings, int(params.get("max_tokens") or self.settings.max_tokens))
         last = "no attempt made"
@@ -632,8 +633,8 @@ class _Endpoint:
     request here, three quarters of the whole call (measured against the simulator)."""
 
     def __init__(self, base_url: str | None, api_key: str, timeout: float) -> None:
-        base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        self.url = base.rstrip("/") + "/chat/completions"
+        self.base = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.url = self.base + "/chat/completions"
         self.headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json",
                         "Accept": "application/json"}
         # The SDK's organisation and project headers, from the same variables.
@@ -665,6 +666,22 @@ class _Endpoint:
             return orjson.loads(raw)
         except ValueError:
             return raw.decode("utf-8", "replace")  # not a completion: _attempt_from says so
+
+    async def get_json(self, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+        """(status, JSON body or None) of a GET, or a POST of `body`, to another URL of this server,
+        with the endpoint's auth, headers and proxy (`llm check`'s probes: /models, /props, ...);
+        status 0 and what went wrong when nothing answered."""
+        data = None if body is None else orjson.dumps(body)
+        try:
+            async with self._open().request("GET" if body is None else "POST", url, data=data, headers=self.headers,
+                                            timeout=aiohttp.ClientTimeout(total=timeout), **self.proxy) as resp:
+                raw = await resp.read()
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            return 0, f"{type(exc).__name__}: {exc}"
+        try:
+            return resp.status, orjson.loads(raw)
+        except ValueError:
+            return resp.status, None
 
     async def close(self) -> None:
         if self._session is not None:
