@@ -193,17 +193,24 @@ class BatchRecords:
             self.log.publish_batch(row.as_dict())
         if custom_ids:
             wanted = set(custom_ids)
-            for cid, outcome, result, error in self._read(
-                    "SELECT custom_id, outcome, result, error FROM requests WHERE local_id = ?", (local_id,)):
+            for cid, outcome, result, error in self.outcomes(local_id):
                 if cid in wanted:
                     self.log.publish_request(cid, local_id, outcome, result, error)
 
-    def batch(self, local_id: str) -> BatchRow | None:
+    def outcomes(self, local_id: str) -> list[tuple[str, str | None, bytes | None, str | None]]:
+        """The batch's requests: (custom_id, outcome, result, error); outcome None while it is open."""
+        return self._read("SELECT custom_id, outcome, result, error FROM requests WHERE local_id = ?", (local_id,))
+
+    def _batch_rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[BatchRow]:
         with self._lock:
-            cursor = self._db.execute("SELECT * FROM batches WHERE local_id = ?", (local_id,))
+            cursor = self._db.execute(sql, args)
             names = [d[0] for d in cursor.description]
-            found = cursor.fetchone()
-        return None if found is None else _row(names, found)
+            rows = cursor.fetchall()
+        return [_row(names, r) for r in rows]
+
+    def batch(self, local_id: str) -> BatchRow | None:
+        found = self._batch_rows("SELECT * FROM batches WHERE local_id = ?", (local_id,))
+        return found[0] if found else None
 
     def republish(self, local_id: str) -> None:
         """Queue a batch and all its requests again (the topic lost them: a broker that came back empty)."""
@@ -251,12 +258,8 @@ class BatchRecords:
             args.append(stage)
         if open_only:
             where.append("collected = 0")
-        sql = "SELECT * FROM batches" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created"
-        with self._lock:
-            cursor = self._db.execute(sql, tuple(args))
-            names = [d[0] for d in cursor.description]
-            rows = cursor.fetchall()
-        return [_row(names, r) for r in rows]
+        return self._batch_rows("SELECT * FROM batches" + (" WHERE " + " AND ".join(where) if where else "")
+                                + " ORDER BY created", tuple(args))
 
     def custom_ids(self, local_id: str) -> list[str]:
         return [r[0] for r in self._read("SELECT custom_id FROM requests WHERE local_id = ?", (local_id,))]
@@ -353,11 +356,11 @@ class BatchLane:
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         pending = self.pending.get(cid)
         if pending is None:
-            done = self._recorded(cid)
+            done, open_batch = self._known(cid)
             if done is not None:
                 return done
             pending = self.pending[cid] = _Pending(body, len(orjson.dumps(body)) + 120)
-            if (open_batch := self._open_batch_of(cid)) is not None:
+            if open_batch is not None:
                 pending.local_id = open_batch  # submitted before (another process, or before a restart)
                 self.live.setdefault(open_batch, None)
             else:
@@ -369,21 +372,19 @@ class BatchLane:
             self._forget(cid, future)
             raise
 
-    def _recorded(self, cid: str) -> dict[str, Any] | None:
-        """A result already recorded for this request; raises when its batch was cancelled."""
+    def _known(self, cid: str) -> tuple[dict[str, Any] | None, str | None]:
+        """What the records know of this request, from one read of its history: a result already
+        recorded, else the open batch that holds it (local id); raises when its batch was cancelled."""
         history = self.records.history(cid)
         for _, outcome, result, _, _, _ in history:
             if outcome == "ok" and result is not None:
-                return orjson.loads(result)
+                return orjson.loads(result), None
         if history and history[0][1] == "cancelled":
             raise BatchCancelledError(f"batch request cancelled: {history[0][3]}")
-        return None
-
-    def _open_batch_of(self, cid: str) -> str | None:
-        for local_id, outcome, _, _, collected, _ in self.records.history(cid):
+        for local_id, outcome, _, _, collected, _ in history:
             if not collected and outcome is None:
-                return local_id
-        return None
+                return None, local_id
+        return None, None
 
     def _gather(self, cid: str) -> None:
         pending = self.pending[cid]
@@ -545,13 +546,13 @@ class BatchLane:
             if cid not in self.pending:
                 continue
             try:
-                done = self._recorded(cid)
+                done, open_batch = self._known(cid)
             except BatchCancelledError as exc:
                 self._fail(cid, exc)
                 continue
             if done is not None:
                 self._resolve(cid, done)
-            elif (open_batch := self._open_batch_of(cid)) is not None:
+            elif open_batch is not None:
                 self.pending[cid].local_id = open_batch
                 self.live.setdefault(open_batch, None)
                 log.info("stage %s: request %s is in batch %s already: waiting for it", self.stage, cid, open_batch)
@@ -589,8 +590,8 @@ class BatchLane:
             self.records.update(local_id, state=batch.status, completed=counts.completed if counts else 0,
                                 failed=counts.failed if counts else 0)
             return
-        rows = [r for r in self.records.batches(self.stage) if r.local_id == local_id]
-        if rows and rows[0].collected:  # collected by another process meanwhile
+        row = self.records.batch(local_id)
+        if row is not None and row.collected:  # collected by another process meanwhile
             return self._settle_from_records(local_id)
         await self._collect(local_id, batch)
 
@@ -645,16 +646,13 @@ class BatchLane:
 
     def _settle_from_records(self, local_id: str) -> None:
         answers, failures = {}, {}
-        for cid in self.records.custom_ids(local_id):
-            for lid, outcome, result, error, _, _ in self.records.history(cid):
-                if lid != local_id:
-                    continue
-                if outcome == "ok" and result is not None:
-                    answers[cid] = orjson.loads(result)
-                else:
-                    failures[cid] = (outcome or "error", error or "no result")
-        rows = [r for r in self.records.batches(self.stage) if r.local_id == local_id]
-        self._settle(local_id, answers, failures, rows[0].state if rows else "completed")
+        for cid, outcome, result, error in self.records.outcomes(local_id):
+            if outcome == "ok" and result is not None:
+                answers[cid] = orjson.loads(result)
+            else:
+                failures[cid] = (outcome or "error", error or "no result")
+        row = self.records.batch(local_id)
+        self._settle(local_id, answers, failures, row.state if row is not None else "completed")
 
     def _settle(self, local_id: str, answers: dict[str, dict[str, Any]], failures: dict[str, tuple[str, str]],
                 status: str) -> None:
