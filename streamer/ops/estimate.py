@@ -167,11 +167,7 @@ async def _run_stage(settings: Settings, stage: Any, records: list[Envelope], ou
     llm = bound.settings.llm
     mode = llm.mode
     llm.mode = "online"  # every sampled call is made now, to be measured
-    resources = None
-    if stage.state is not None:
-        resources = stage.state.factory(bound.settings, bound.options)
-    elif stage.setup is not None:
-        resources = await stage.setup(bound.settings, bound.options)
+    resources = await bound.resources_in_process()
     tables = {name: StaticTable(outputs.get(name, []), model) for name, model in stage.tables.items()}
     processor = RecordProcessor(bound, pool.client(llm, stage.name), retry_backoff=0.05, tables=tables,
                                 resources=lambda: resources)

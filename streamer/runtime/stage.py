@@ -217,6 +217,15 @@ class BoundStage:
     def expected(self, handled: int) -> Expected:
         return self.stage.expect(self.options, handled)
 
+    async def resources_in_process(self) -> Any:
+        """`ctx.resources` for running the stage without a worker (tests, `estimate`): a stateful
+        stage's state made fresh (no changelog to restore from), else what its setup makes."""
+        if self.stage.state is not None:
+            return self.stage.state.factory(self.settings, self.options)
+        if self.stage.setup is not None:
+            return await self.stage.setup(self.settings, self.options)
+        return None
+
 
 class RecordFailed(Exception):
     """A failure another attempt cannot mend (e.g. a table that will stay empty): dead-lettered at once."""

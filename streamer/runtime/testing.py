@@ -88,10 +88,8 @@ async def run_stage_async(stage: Stage, record: Envelope | RecordData | bytes, r
     `[stages.NAME]` table and `llm` (default: a ScriptedLLM of `replies`) as its endpoint."""
     settings = Settings(stages={stage.name: dict(config or {})})
     bound = stage.bind(settings)
-    if resources is None and stage.state is not None:
-        resources = stage.state.factory(bound.settings, bound.options)
-    elif resources is None and stage.setup is not None:
-        resources = await stage.setup(bound.settings, bound.options)
+    if resources is None:
+        resources = await bound.resources_in_process()
     processor = RecordProcessor(bound, llm or ScriptedLLM(replies), retry_backoff=0.0, tables=tables or {},
                                 resources=lambda: resources)
     if isinstance(record, RecordData):

@@ -28,7 +28,6 @@ from streamer.kafka.group import GroupMember, abandon, sleep_until
 from streamer.kafka.health import BrokerWatch
 from streamer.kafka.incarnation import SeenIncarnations, replaced_line
 from streamer.llm.batch import BatchRecords
-from streamer.state.batch_log import BatchLog
 from streamer.llm.cache import ResponseCache
 from streamer.llm.client import LLMPool
 from streamer.llm.prices import Prices
@@ -37,6 +36,7 @@ from streamer.runtime.embedding import encoder_summaries
 from streamer.runtime.progress import Progress
 from streamer.runtime.runner import StageRunner
 from streamer.runtime.stage import Stage
+from streamer.state.batch_log import BatchLog
 from streamer.storage.sink import ParquetSink
 
 log = logging.getLogger(__name__)
