@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.pipeline import documents, write_jsonl  # noqa: E402
 from streamer.config import load_settings  # noqa: E402
-from streamer.kafka.broker import EmbeddedBroker, free_port, port_open  # noqa: E402
+from streamer.kafka.broker import EmbeddedBroker  # noqa: E402
+from streamer.processes import free_port, port_open  # noqa: E402
 from streamer.llm.batch import stored_batches  # noqa: E402
 from streamer.llm.prices import Prices  # noqa: E402
 from streamer.records import content_id  # noqa: E402

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streamer import metrics  # noqa: E402
 from streamer.config import LLMSettings  # noqa: E402
-from streamer.kafka.broker import free_port, port_open  # noqa: E402
+from streamer.processes import free_port, port_open  # noqa: E402
 from streamer.llm.client import LLMPool  # noqa: E402
 
 

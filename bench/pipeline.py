@@ -58,7 +58,8 @@ from consumers.instruction import InstructionOutput  # noqa: E402
 from consumers.rubric import RubricScores  # noqa: E402
 from consumers.situation import SituationOutput  # noqa: E402
 from streamer.kafka.apache import KafkaCluster  # noqa: E402
-from streamer.kafka.broker import EmbeddedBroker, free_port, port_open  # noqa: E402
+from streamer.kafka.broker import EmbeddedBroker  # noqa: E402
+from streamer.processes import free_port, port_open  # noqa: E402
 
 CLI = [sys.executable, "-m", "streamer.cli"]
 SCRAPE_INTERVAL = 2.0  # seconds between scrapes of the run's metrics (the in-flight timeline)

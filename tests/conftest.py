@@ -16,7 +16,8 @@ import pytest
 
 from streamer.config import Settings, load_settings
 from streamer.kafka.apache import KafkaCluster, missing_tools
-from streamer.kafka.broker import EmbeddedBroker, free_port, port_open
+from streamer.kafka.broker import EmbeddedBroker
+from streamer.processes import free_port, port_open
 from streamer.llm import local_server
 
 from helpers import CLI, stop_process, wait_for

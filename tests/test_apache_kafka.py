@@ -16,7 +16,7 @@ import pytest
 
 from helpers import endings, expected_ids, make_texts, probe_broker, stop_process, wait_for
 from streamer.kafka.apache import broker_settings
-from streamer.kafka.broker import free_port, port_open
+from streamer.processes import free_port, port_open
 from streamer.kafka.incarnation import incarnations
 
 pytestmark = pytest.mark.slow

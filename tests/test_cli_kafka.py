@@ -14,7 +14,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from helpers import CLI, expected_ids, make_texts, probe_broker, read_topic, stop_process, wait_for, write_jsonl
-from streamer.kafka.broker import BrokerError, EmbeddedBroker, free_port, port_open
+from streamer.kafka.broker import BrokerError, EmbeddedBroker
+from streamer.processes import free_port, port_open
 
 
 def test_broker_command_serves_kafka_and_stops_on_sigterm(tmp_path):

@@ -188,7 +188,7 @@ async def test_requests_carry_the_key_as_bearer_json_and_the_organisation_and_er
 
 
 async def test_an_endpoint_that_does_not_answer_is_retried_then_named():
-    from streamer.kafka.broker import free_port
+    from streamer.processes import free_port
 
     pool = LLMPool()
     client = pool.client(llm(f"http://127.0.0.1:{free_port()}/v1", max_retries=1), "t-refused")

@@ -23,7 +23,7 @@ from typing import Iterator
 import pytest
 
 from streamer.config import load_settings
-from streamer.kafka.broker import free_port, port_open
+from streamer.processes import free_port, port_open
 
 from helpers import ENGINES, read_topic, stop_process, stored_rows, wait_for
 

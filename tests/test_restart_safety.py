@@ -32,7 +32,8 @@ from helpers import (
     write_jsonl,
     write_seeds,
 )
-from streamer.kafka.broker import EmbeddedBroker, free_port
+from streamer.kafka.broker import EmbeddedBroker
+from streamer.processes import free_port
 from streamer.kafka.incarnation import incarnations, short
 from streamer.records import Envelope, Sample, new_root
 

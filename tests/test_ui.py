@@ -32,7 +32,7 @@ from helpers import (
     write_seeds,
 )
 
-from streamer.kafka.broker import free_port, port_open
+from streamer.processes import free_port, port_open
 from streamer.records import content_id
 
 pytestmark = pytest.mark.slow

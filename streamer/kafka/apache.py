@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamer.kafka.broker import BrokerError, die_with_parent, free_port, port_open, running
+from streamer.kafka.broker import BrokerError, running
+from streamer.processes import die_with_parent, free_port, port_open, stop_child
 from streamer.user_cache import cache_dir
 
 log = logging.getLogger(__name__)
@@ -235,15 +236,7 @@ class KafkaNode:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (a controlled shutdown: leaders move away first), SIGKILL if it takes too long."""
-        proc = self.process
-        if proc is None:
-            return
-        self.signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_child(self.process, grace=timeout)
 
     def kill(self) -> None:
         """SIGKILL: the node is gone at once, as in a crash."""

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from streamer.processes import die_with_parent, free_port, port_open, stop_child  # noqa: F401 - imported from here too
+from streamer.processes import die_with_parent, free_port, port_open, stop_child
 
 log = logging.getLogger(__name__)
 
