@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from helpers import endings, envelopes, expected_ids, make_texts, stop_process, wait_for
-from streamer.kafka.broker import free_port, port_open
+from streamer.processes import free_port, port_open
 from streamer.llm.batch import stored_batches
 from streamer.llm.prices import Prices
 
@@ -38,6 +38,11 @@ def batch_env(pipeline, sim_url: str, **extra: str) -> None:
 
 def batch_rows(pipeline, data_dir=None) -> list[Any]:
     return stored_batches(data_dir or pipeline.data_dir, pipeline.prefix)
+
+
+def dedup_rejections(pipeline) -> list[dict[str, Any]]:
+    """Dedup's exact-duplicate rejections, once each: a redelivered record is stored again under its id."""
+    return list({e["id"]: e for e in envelopes(pipeline, "rejected") if e["data"]["stage"] == "dedup"}.values())
 
 
 def ledger_cost(charges: list[dict[str, Any]]) -> float:
@@ -71,7 +76,7 @@ def test_sigkilled_worker_re_attaches_to_its_batches_nothing_paid_twice_and_cost
     # A sample each (redelivered copies share ids), or now and then dedup's rejection: the simulator
     # writes instructions from the prompt's words, and two documents can get the same one.
     samples = len({e["id"] for e in envelopes(pipeline, "samples")})
-    duplicates = [e for e in envelopes(pipeline, "rejected") if e["data"]["stage"] == "dedup"]
+    duplicates = dedup_rejections(pipeline)
     assert samples + len(duplicates) == DOCUMENTS and len(duplicates) <= 2 and not envelopes(pipeline, "dlq")
 
     rows = batch_rows(pipeline)
@@ -214,7 +219,7 @@ def test_expired_batch_and_failed_requests_resubmitted_then_dead_lettered_with_t
     # A document that an earlier stage dead-lettered (an instruction the content checks refused) never
     # reached judge; one whose instruction duplicates another's asked the very same request (one charge).
     before_judge = [d for d in letters if d["stage"] in ("situation", "instruction")]
-    twins = [e for e in envelopes(pipeline, "rejected") if e["data"]["stage"] == "dedup"]
+    twins = dedup_rejections(pipeline)
     judged_once = DOCUMENTS - len(before_judge) - len(judged)
     assert judged_once - len(twins) <= judge_charges <= judged_once, (
         judge_charges, len(judged), len(twins), [(d["stage"], d["error"][:120]) for d in letters if d["stage"] != "judge"])

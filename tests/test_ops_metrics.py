@@ -6,6 +6,7 @@ finds it, through the registration under <data_dir>/workers/.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -281,6 +282,14 @@ def llm_requests(pipeline, stage: str = "attribution") -> int:
     return llm_total(report, stage)
 
 
+def file_requests(runs_dir: Path, pid: int, stage: str = "attribution") -> float:
+    """LLM requests the run file of worker `pid` holds for the stage (0 before it has one)."""
+    for path in runs_dir.glob(f"{pid}-*.json"):
+        with contextlib.suppress(OSError, ValueError):  # rewritten meanwhile
+            return float(((orjson.loads(path.read_bytes()).get("stages") or {}).get(stage) or {}).get("requests", 0))
+    return 0.0
+
+
 def llm_total(report: dict, stage: str = "attribution") -> int:
     return row(report, stage)["llm"]["requests"]
 
@@ -313,14 +322,16 @@ def test_status_llm_calls_keep_counting_across_a_worker_restart(pipeline, start_
     assert total <= after_first + live, (after_first, live, total)
     assert during_second["counters"]["worker_runs"] == 1
 
-    # A SIGKILLed worker loses at most its last few seconds of counts; the earlier run's stay.
+    # A SIGKILLed worker loses at most its last few seconds of counts (its run file is written every
+    # 2 s); the earlier run's stay. Killed once its file holds the calls the checks below count on.
+    runs_dir = pipeline.data_dir / "workers" / "runs"
+    wait_for(lambda: file_requests(runs_dir, second.pid) >= 4, 30, what="the second run's file to count its calls")
     stop_process(second, signal.SIGKILL)
     after_kill = llm_requests(pipeline)
     assert after_first + 4 <= after_kill <= total + 20, (after_first, total, after_kill)
 
     # A worker without an endpoint keeps its run's counters on disk too; its exit folds every ended run.
     third = pipeline.start("run", "--stage", "attribution", "--no-progress", name="no-endpoint")
-    runs_dir = pipeline.data_dir / "workers" / "runs"
     wait_for(lambda: list(runs_dir.glob(f"{third.pid}-*.json")), 30, what="the third run's counters file")
     assert stop_process(third) == 0, pipeline.log_of(third)
     runs = sorted(p.name for p in runs_dir.glob("*.json"))
